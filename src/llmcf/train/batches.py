@@ -1,0 +1,49 @@
+"""Mini-batches of encoded samples as dicts of tensors, with in-context examples gathered on the fly."""
+from __future__ import annotations
+
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+
+
+class ContextSource(Protocol):
+    def gather(self, ctx_idx: np.ndarray) -> dict[str, torch.Tensor]: ...
+
+
+class ArrayBatches:
+    """Iterate over rows of equally long numpy arrays.
+
+    arrays: name -> array [N, ...] (the encoded batch contract of llmcf.data.schema).
+    ctx: optional (ctx_idx [N, K] int64 with -1 for missing, source) — the source turns bank indices into ctx_* tensors.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool = False, seed: int = 0,
+                 ctx: tuple[np.ndarray, ContextSource] | None = None, max_batches: int | None = None):
+        lengths = {len(v) for v in arrays.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"arrays of different lengths: { {k: len(v) for k, v in arrays.items()} }")
+        self.n = lengths.pop()
+        if ctx is not None and len(ctx[0]) != self.n:
+            raise ValueError(f"in-context ids have {len(ctx[0])} rows, samples have {self.n}")
+        self.arrays = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.ctx = ctx
+        self.max_batches = max_batches
+        self._gen = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        n = (self.n + self.batch_size - 1) // self.batch_size
+        return min(n, self.max_batches) if self.max_batches else n
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = self._gen.permutation(self.n) if self.shuffle else np.arange(self.n)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            tidx = torch.from_numpy(idx)
+            batch = {k: v[tidx] for k, v in self.arrays.items()}
+            if self.ctx is not None:
+                ctx_idx, source = self.ctx
+                batch.update(source.gather(ctx_idx[idx]))
+            yield batch

@@ -1,0 +1,164 @@
+"""`llmcf train`: train and evaluate one ranking backbone (± the ICT module) over seeds in a run directory.
+
+Outputs, per variant tag (``DIN``, ``DIN+llmcf``, ``DIN+llmcf-no_cot``, ...):
+    run_dir/models/<tag>/seed_<s>/model.safetensors   best weights (safetensors, no pickle)
+    run_dir/models/<tag>/seed_<s>/result.json          valid/test metrics, curve, seconds/epoch, peak memory
+    run_dir/models/<tag>/summary.json                  mean ± std over seeds, with the evaluation protocol
+A seed whose result.json exists with the same config hash is not trained again (resumable).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from llmcf.config import Config, save_config
+from llmcf.errors import RunError
+from llmcf.io import atomic_path, atomic_write_json
+from llmcf.train.batches import ArrayBatches
+from llmcf.train.metrics import mean_std
+from llmcf.train.trainer import fit
+
+
+def variant_tag(model_name: str, cfg: Config) -> str:
+    if not cfg.ict.enabled:
+        return model_name
+    return f"{model_name}+llmcf" if cfg.ict.variant == "full" else f"{model_name}+llmcf-{cfg.ict.variant}"
+
+
+class RunData:
+    """Everything the trainer needs from a run directory, loaded once and shared by seeds and variants."""
+
+    def __init__(self, run_dir: Path, cfg: Config):
+        from llmcf.data.features import encode, make_schema
+        from llmcf.data.vocab import Vocab
+
+        data = run_dir / "data"
+        if not (data / "vocab.json").exists():
+            raise RunError(f"{data}: no samples here; run `llmcf data build --out {run_dir}` first")
+        self.run_dir = run_dir
+        self.vocab = Vocab.load(data / "vocab.json")
+        self.items = pd.read_parquet(data / "items.parquet")
+        self.hist_len = cfg.data.history_len
+        self.schema = make_schema(self.vocab, self.items, self.hist_len)
+        self.frames = {s: pd.read_parquet(data / f"{s}.parquet") for s in ("train", "valid", "test")}
+        self.arrays = {s: encode(df, self.vocab, self.hist_len) for s, df in self.frames.items()}
+        self._ctx = None
+
+    def context(self):
+        """(ContextBank, {split: ctx_idx}, item_text matrix, cot_dim) — requires `llmcf retrieve` to have run."""
+        if self._ctx is None:
+            from llmcf.models.context import ContextBank, item_text_matrix
+
+            rdir = self.run_dir / "retrieval"
+            missing = [s for s in ("train", "valid", "test") if not (rdir / f"{s}_ctx.npy").exists()]
+            if missing:
+                raise RunError(f"{rdir}: no in-context ids for {missing}; run `llmcf retrieve --run {self.run_dir}`")
+            bank = ContextBank.from_run(self.run_dir, self.vocab, self.hist_len)
+            idx = {s: np.load(rdir / f"{s}_ctx.npy", allow_pickle=False) for s in ("train", "valid", "test")}
+            for s, a in idx.items():
+                if len(a) != len(self.frames[s]):
+                    raise RunError(f"{rdir}/{s}_ctx.npy has {len(a)} rows but data/{s}.parquet has "
+                                   f"{len(self.frames[s])}: rerun `llmcf retrieve`")
+            text = torch.from_numpy(item_text_matrix(self.run_dir, self.vocab))
+            self._ctx = (bank, idx, text, int(bank.cot_dim))
+        return self._ctx
+
+    def batches(self, split: str, cfg: Config, seed: int, train: bool) -> ArrayBatches:
+        ctx = None
+        if cfg.ict.enabled:
+            bank, idx, _, _ = self.context()
+            ctx = (idx[split], bank)
+        bs = cfg.train.batch_size if train else cfg.train.eval_batch_size
+        return ArrayBatches(self.arrays[split], bs, shuffle=train, seed=seed, ctx=ctx,
+                            max_batches=cfg.train.max_steps_per_epoch if train else None)
+
+
+def make_model(run: RunData, model_name: str, cfg: Config) -> torch.nn.Module:
+    from llmcf.models.llmcf_model import build_model
+
+    m = cfg.model
+    if cfg.ict.enabled:
+        _, _, text, cot_dim = run.context()
+        return build_model(model_name, run.schema, m, cfg.ict, item_text=text, cot_dim=cot_dim)
+    return build_model(model_name, run.schema, m, None)
+
+
+def protocol(run_dir: Path, cfg: Config) -> dict:
+    stats_path = run_dir / "data" / "stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    return {"task": "ctr", "split": stats.get("protocol", {}), "metrics": ["auc", "logloss", "gauc"],
+            "early_stopping": f"valid AUC, patience {cfg.train.patience}, max {cfg.train.max_epochs} epochs",
+            "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay,
+            "retrieval": asdict(cfg.retrieval) if cfg.ict.enabled else None,
+            "ict": asdict(cfg.ict) if cfg.ict.enabled else None}
+
+
+def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | None = None,
+              progress: bool = True) -> dict:
+    """Train ``model_name`` for cfg.train.seeds seeds; returns the summary (also written to summary.json)."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    run = run or RunData(run_dir, cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    tag = variant_tag(model_name, cfg)
+    out_dir = run_dir / "models" / tag
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    chash = cfg.section_hash("data", "model", "train", "ict", "retrieval") + f"-{model_name}"
+    labels = {s: run.arrays[s]["label"] for s in ("valid", "test")}
+    users = {s: run.arrays[s]["user"] for s in ("valid", "test")}
+    results = []
+    for k in range(cfg.train.seeds):
+        seed = cfg.train.seed + k
+        sdir = out_dir / f"seed_{seed}"
+        rpath = sdir / "result.json"
+        if rpath.exists():
+            prev = json.loads(rpath.read_text())
+            if prev.get("config_hash") == chash:
+                results.append(prev)
+                print(f"[train] {tag} seed {seed}: cached (test auc {prev['test']['auc']:.4f})")
+                continue
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        model = make_model(run, model_name, cfg)
+        t0 = time.perf_counter()
+        res = fit(model, run.batches("train", cfg, seed, True), run.batches("valid", cfg, seed, False),
+                  labels["valid"], cfg.train, valid_users=users["valid"], test=run.batches("test", cfg, seed, False),
+                  test_labels=labels["test"], test_users=users["test"], progress=progress, desc=f"{tag} s{seed}")
+        sdir.mkdir(parents=True, exist_ok=True)
+        state = {k2: v.detach().contiguous() for k2, v in model.state_dict().items()}
+        with atomic_path(sdir / "model.safetensors") as tmp:
+            save_file(state, str(tmp))
+        record = {"model": model_name, "tag": tag, "seed": seed, "config_hash": chash,
+                  "best_epoch": res.best_epoch, "valid": res.valid, "test": res.test, "curve": res.curve,
+                  "seconds_per_epoch": res.seconds_per_epoch, "peak_rss_mb": res.peak_rss_mb,
+                  "wall_seconds": time.perf_counter() - t0,
+                  "params": int(sum(p.numel() for p in model.parameters()))}
+        atomic_write_json(rpath, record)
+        results.append(record)
+        print(f"[train] {tag} seed {seed}: best epoch {res.best_epoch}  valid auc {res.valid['auc']:.4f}  "
+              f"test auc {res.test['auc']:.4f}  logloss {res.test['logloss']:.4f}  "
+              f"({res.seconds_per_epoch:.1f}s/epoch)")
+    summary = {"model": model_name, "tag": tag, "seeds": [r["seed"] for r in results],
+               "protocol": protocol(run_dir, cfg),
+               "test": {m: mean_std([r["test"][m] for r in results]) for m in ("auc", "logloss", "gauc")},
+               "valid": {m: mean_std([r["valid"][m] for r in results]) for m in ("auc", "logloss")},
+               "seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in results]),
+               "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    t = s["test"]
+    return (f"{s['tag']:<24} test AUC {t['auc']['mean']:.4f} ± {t['auc']['std']:.4f}   "
+            f"LogLoss {t['logloss']['mean']:.4f} ± {t['logloss']['std']:.4f}   "
+            f"gAUC {t['gauc']['mean']:.4f}   ({len(s['seeds'])} seed(s), {s['seconds_per_epoch']['mean']:.1f}s/epoch)")

@@ -170,6 +170,8 @@ class Config:
     ict: ICTConfig = field(default_factory=ICTConfig)
     models: list[str] = field(default_factory=lambda: ["DIN"])
     """Backbones trained by ``llmcf run``."""
+    variants: list[str] = field(default_factory=lambda: ["base", "full", "no_cot"])
+    """Training variants of ``llmcf run``: base (backbone alone) | full (LLM-CF) | no_cot | mean_pool (ablations)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

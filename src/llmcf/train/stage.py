@@ -100,7 +100,7 @@ def protocol(run_dir: Path, cfg: Config) -> dict:
 
 
 def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, upstream: str = "") -> dict:
     """Train ``model_name`` for cfg.train.seeds seeds; returns the summary (also written to summary.json)."""
     from safetensors.torch import save_file
 
@@ -112,7 +112,8 @@ def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | Non
     out_dir = run_dir / "models" / tag
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
-    chash = cfg.section_hash("data", "model", "train", "ict", "retrieval") + f"-{model_name}"
+    # upstream: hash of the artifacts this model reads (e.g. the retrieval stamp), so new CoTs retrain LLM-CF
+    chash = cfg.section_hash("data", "model", "train", "ict", "retrieval") + f"-{model_name}-{upstream}"
     labels = {s: run.arrays[s]["label"] for s in ("valid", "test")}
     users = {s: run.arrays[s]["user"] for s in ("valid", "test")}
     results = []

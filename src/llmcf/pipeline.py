@@ -1,0 +1,130 @@
+"""`llmcf run`: every stage from one preset, skipping stages whose inputs and config are unchanged.
+
+A finished stage writes ``run_dir/stages/<stage>.json`` with a hash of the config sections it reads *and* of the stamp
+of the stage before it, so changing e.g. the CoT config reruns CoT, embed, retrieve and LLM-CF training, but not data
+or RecGen. Interrupted stages resume through their own mechanisms (CoT shards, per-seed training results).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from llmcf.config import Config, save_config
+from llmcf.io import atomic_write_json
+
+# stage -> config sections it reads (besides its upstream stamp)
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": ("data",),
+    "recgen": ("llm", "recgen"),
+    "cot_generate": ("llm", "cot"),
+    "cot_score": ("embed", "cot"),
+    "embed": ("embed",),
+    "retrieve": ("retrieval",),
+}
+ORDER = ["data", "recgen", "cot_generate", "cot_score", "embed", "retrieve"]
+
+
+def _stamp_path(run_dir: Path, stage: str) -> Path:
+    return run_dir / "stages" / f"{stage}.json"
+
+
+def stage_hash(cfg: Config, stage: str, upstream: str) -> str:
+    return hashlib.sha256((cfg.section_hash(*STAGE_SECTIONS[stage]) + upstream).encode()).hexdigest()[:16]
+
+
+def _banner(msg: str) -> None:
+    print(f"\n=== {msg} ===", flush=True)
+
+
+def run_stage(run_dir: Path, cfg: Config, stage: str, upstream: str, fn: Callable[[], object],
+              force: set[str], note: str = "") -> str:
+    h = stage_hash(cfg, stage, upstream)
+    stamp = _stamp_path(run_dir, stage)
+    if stage not in force and stamp.exists() and json.loads(stamp.read_text()).get("hash") == h:
+        print(f"[{stage}] unchanged since last run: skipped ({stamp})")
+        return h
+    _banner(f"{stage}{' — ' + note if note else ''}")
+    t0 = time.perf_counter()
+    fn()
+    atomic_write_json(stamp, {"stage": stage, "hash": h, "seconds": round(time.perf_counter() - t0, 1),
+                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return h
+
+
+def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> dict:
+    from llmcf.data.build import build_run_data
+    from llmcf.data.loaders import load_dataset
+    from llmcf.embed import run_embed
+    from llmcf.llm.cot_generate import run_cot_generate
+    from llmcf.llm.cot_score import run_cot_score
+    from llmcf.llm.recgen_eval import run_recgen_eval
+    from llmcf.llm.recgen_train import run_recgen_train
+    from llmcf.report import print_table, write_report
+    from llmcf.retrieval.stage import run_retrieve
+    from llmcf.train.stage import RunData, format_summary, run_train
+
+    force = force or set()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    t_start = time.perf_counter()
+
+    def data():
+        ds = load_dataset(cfg.data.dataset, cfg.data.format)
+        build_run_data(ds, cfg.data, run_dir)
+
+    h = run_stage(run_dir, cfg, "data", "", data, force,
+                  f"{cfg.data.dataset}, split {cfg.data.split}" +
+                  (f", {cfg.data.max_users} users (reduced)" if cfg.data.max_users else ""))
+
+    def recgen():
+        if cfg.recgen.skip:
+            print("[recgen] skipped by config (recgen.skip: true): CoTs come from the untuned base model")
+            return
+        from llmcf.llm.models import resolve_model
+
+        run_recgen_eval(run_dir, cfg, model_path=resolve_model(cfg.llm.model), tag="base")
+        run_recgen_train(run_dir, cfg)
+        run_recgen_eval(run_dir, cfg, model_path=None, tag="tuned")
+
+    h = run_stage(run_dir, cfg, "recgen", h, recgen, force,
+                  f"{cfg.recgen.method}, {cfg.recgen.num_rec} rec rows"
+                  + (f", max {cfg.recgen.max_steps} steps" if cfg.recgen.max_steps else ""))
+    h = run_stage(run_dir, cfg, "cot_generate", h, lambda: run_cot_generate(run_dir, cfg), force,
+                  f"{cfg.cot.count or cfg.cot.fraction} train rows x {cfg.cot.candidates} candidates, "
+                  f"{cfg.cot.max_new_tokens} new tokens")
+    h = run_stage(run_dir, cfg, "cot_score", h, lambda: run_cot_score(run_dir, cfg), force)
+    h = run_stage(run_dir, cfg, "embed", h, lambda: run_embed(run_dir, cfg), force, cfg.embed.encoder)
+    h = run_stage(run_dir, cfg, "retrieve", h, lambda: run_retrieve(run_dir, cfg), force,
+                  f"K={cfg.retrieval.k}, leakage rule {cfg.retrieval.leakage}")
+
+    _banner(f"train {', '.join(cfg.models)} x {', '.join(cfg.variants)} ({cfg.train.seeds} seed(s))")
+    run = RunData(run_dir, cfg)
+    summaries = []
+    for name in cfg.models:
+        for variant in cfg.variants:
+            vcfg = cfg_variant(cfg, variant)
+            s = run_train(run_dir, vcfg, name, run=run, upstream=h if vcfg.ict.enabled else "")
+            print(format_summary(s))
+            summaries.append(s)
+    _banner("report")
+    page = write_report(run_dir)
+    print_table(run_dir)
+    print(f"\nreport: {page}\nrun directory: {run_dir}  (total {time.perf_counter() - t_start:.0f}s)")
+    return {"summaries": summaries, "report": str(page)}
+
+
+def cfg_variant(cfg: Config, variant: str) -> Config:
+    """A copy of cfg for one training variant: base | full | no_cot | mean_pool."""
+    from copy import deepcopy
+
+    v = deepcopy(cfg)
+    if variant == "base":
+        v.ict.enabled = False
+    else:
+        v.ict.enabled = True
+        v.ict.variant = variant
+    return v

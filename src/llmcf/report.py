@@ -1,0 +1,114 @@
+"""`llmcf report`: result tables (Markdown, HTML) and plots (PNG) of every model trained in a run directory."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from llmcf.io import atomic_path, atomic_write_text
+
+
+def load_summaries(run_dir: Path) -> list[dict]:
+    out = []
+    for p in sorted((Path(run_dir) / "models").glob("*/summary.json")):
+        out.append(json.loads(p.read_text()))
+    return out
+
+
+def _fmt(ms: dict, digits: int = 4) -> str:
+    return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
+
+
+def results_table(summaries: list[dict]) -> str:
+    """Markdown table: one row per trained variant, grouped by backbone (base first)."""
+    rows = ["| model | variant | test AUC | test LogLoss | test gAUC | valid AUC | seeds | s/epoch |",
+            "|---|---|---|---|---|---|---|---|"]
+    order = sorted(summaries, key=lambda s: (s["model"].lower(), s["tag"] != s["model"], s["tag"]))
+    for s in order:
+        variant = "base" if s["tag"] == s["model"] else s["tag"][len(s["model"]) + 1:]
+        t = s["test"]
+        rows.append(f"| {s['model']} | {variant} | {_fmt(t['auc'])} | {_fmt(t['logloss'])} | {_fmt(t['gauc'])} | "
+                    f"{_fmt(s['valid']['auc'])} | {len(s['seeds'])} | {s['seconds_per_epoch']['mean']:.1f} |")
+    return "\n".join(rows)
+
+
+def protocol_text(summaries: list[dict]) -> str:
+    if not summaries:
+        return ""
+    p = summaries[0]["protocol"]
+    split = p.get("split") or {}
+    parts = [f"split: {json.dumps(split, sort_keys=True)}", f"early stopping: {p.get('early_stopping')}",
+             f"batch {p.get('batch_size')}, lr {p.get('lr')}, weight decay {p.get('weight_decay')}"]
+    llm = next((s["protocol"] for s in summaries if s["protocol"].get("retrieval")), None)
+    if llm:
+        r = llm["retrieval"]
+        parts.append(f"retrieval: K={r['k']}, balanced={r['balanced']}, leakage rule {r['leakage']}, "
+                     f"weights history {r['history_weight']} / target {r['target_weight']}")
+    return "\n".join(f"- {x}" for x in parts)
+
+
+def _plots(run_dir: Path, summaries: list[dict], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    if not summaries:
+        return files
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(summaries)), 3.5))
+    tags = [s["tag"] for s in summaries]
+    means = [s["test"]["auc"]["mean"] for s in summaries]
+    stds = [s["test"]["auc"]["std"] for s in summaries]
+    ax.bar(range(len(tags)), means, yerr=stds, capsize=4, color="#4C72B0")
+    ax.set_xticks(range(len(tags)), tags, rotation=30, ha="right")
+    lo = min(m - s for m, s in zip(means, stds))
+    hi = max(m + s for m, s in zip(means, stds))
+    ax.set_ylim(lo - 0.02, hi + 0.01)
+    ax.set_ylabel("test AUC (mean ± std over seeds)")
+    fig.tight_layout()
+    with atomic_path(out / "auc.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    files.append("auc.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for s in summaries:
+        rp = Path(run_dir) / "models" / s["tag"] / f"seed_{s['seeds'][0]}" / "result.json"
+        if rp.exists():
+            curve = json.loads(rp.read_text())["curve"]
+            ax.plot([c["epoch"] for c in curve], [c["valid_auc"] for c in curve], marker="o", label=s["tag"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid AUC (first seed)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(out / "curves.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    files.append("curves.png")
+    return files
+
+
+def write_report(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = load_summaries(run_dir)
+    table = results_table(summaries)
+    proto = protocol_text(summaries)
+    plots = _plots(run_dir, summaries, out)
+    md = [f"# llmcf results: {run_dir.name}", "", table, "", "## Protocol", proto, ""]
+    md += [f"![{p}]({p})" for p in plots]
+    atomic_write_text(out / "results.md", "\n".join(md) + "\n")
+    body = "".join(f"<p><img src='{html.escape(p)}'></p>" for p in plots)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>llmcf {html.escape(run_dir.name)}</title>"
+            f"</head><body><h1>llmcf results: {html.escape(run_dir.name)}</h1><pre>{html.escape(table)}</pre>"
+            f"<h2>Protocol</h2><pre>{html.escape(proto)}</pre>{body}</body></html>")
+    atomic_write_text(out / "index.html", page)
+    return out / "index.html"
+
+
+def print_table(run_dir: Path) -> None:
+    summaries = load_summaries(run_dir)
+    print(results_table(summaries))
+    print("\nprotocol:\n" + protocol_text(summaries))

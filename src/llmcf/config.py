@@ -155,6 +155,8 @@ class ICTConfig:
     heads: int = 2
     recon_weight: float = 1.0
     dropout: float = 0.1
+    field_dim: int = 16
+    """Size of the ICT's own field embeddings (user, item, brand, category) inside each features token."""
 
 
 @dataclass

@@ -1,0 +1,189 @@
+"""In-context example tensors for the ICT: the CoT bank as encoded arrays, gathered by retrieved bank row ids.
+
+Files read (written by the retrieval and embedding stages):
+    run_dir/retrieval/bank.parquet   user_id, pos, item_id, label, history list<str>, cot_row (row of embed/cot.npy)
+    run_dir/embed/cot.npy            [n_cot, D] float CoT embeddings
+    run_dir/embed/items.npy          [n_text, D] item text embeddings, rows named by embed/item_ids.json
+    run_dir/data/vocab.json          {"user": [...], "item": [...], ...}; id = index + 2 (0 pad, 1 OOV)
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from llmcf.data.schema import OOV
+from llmcf.errors import DataError, RunError
+from llmcf.io import load_npy
+
+BANK_COLUMNS = ("user_id", "item_id", "label", "history", "cot_row")
+
+
+def _vocab_lists(vocab, run_dir: Path | None) -> Mapping[str, Sequence[str]]:
+    """The id lists of a vocabulary: a mapping {"user": [...], "item": [...]}, an object exposing ``to_dict()`` /
+    ``user`` and ``item`` lists, or (vocab None) the run's data/vocab.json."""
+    if isinstance(vocab, Mapping):
+        return vocab
+    if vocab is not None:
+        if hasattr(vocab, "to_dict"):
+            return vocab.to_dict()
+        if isinstance(getattr(vocab, "user", None), Sequence) and isinstance(getattr(vocab, "item", None), Sequence):
+            return {"user": vocab.user, "item": vocab.item}
+    if run_dir is None:
+        raise DataError("no vocabulary given and no run directory to read data/vocab.json from", field="vocab")
+    path = Path(run_dir) / "data" / "vocab.json"
+    if not path.exists():
+        raise RunError(f"{path}: missing; run `llmcf data build` first")
+    try:
+        tree = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON: {e}", file=str(path)) from e
+    for kind in ("user", "item"):
+        if not isinstance(tree.get(kind), list):
+            raise DataError("expected a list of ids", file=str(path), field=kind)
+    return tree
+
+
+def _lookup(ids: Sequence[str]) -> dict[str, int]:
+    return {str(v): i + 2 for i, v in enumerate(ids)}
+
+
+def _encode(values, lookup: dict[str, int]) -> np.ndarray:
+    """Strings -> ids (OOV = 1 for unknown)."""
+    return pd.Series(values, dtype=object).map(lookup).fillna(OOV).to_numpy(dtype=np.int64)
+
+
+def encode_histories(column, lookup: dict[str, int], hist_len: int) -> np.ndarray:
+    """A pyarrow list<str> column (oldest first) -> [n, hist_len] int64, left-padded 0, most recent at the end."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = _encode(arr.flatten().to_pylist(), lookup)
+    row = np.repeat(np.arange(n), lengths)
+    start = np.cumsum(lengths) - lengths
+    col = hist_len - lengths[row] + (np.arange(len(flat)) - start[row])
+    keep = col >= 0
+    out = np.zeros((n, hist_len), dtype=np.int64)
+    out[row[keep], col[keep]] = flat[keep]
+    return out
+
+
+class ContextBank:
+    """The CoT bank as encoded arrays: user [n], item [n], hist [n, L], label [n], and CoT embeddings.
+
+    cot: [n_cot, D] float32; cot_row [n] picks each bank row's CoT (default: row i ↔ cot i).
+    ``gather(ctx_idx)`` turns retrieved bank row ids [B, K] (-1 = missing) into the ctx_* tensors of the ICT.
+    """
+
+    def __init__(self, user: np.ndarray, item: np.ndarray, hist: np.ndarray, label: np.ndarray, cot: np.ndarray,
+                 cot_row: np.ndarray | None = None):
+        n = len(user)
+        hist = np.asarray(hist, dtype=np.int64)
+        cot = np.asarray(cot, dtype=np.float32)
+        cot_row = np.arange(n) if cot_row is None else np.asarray(cot_row, dtype=np.int64)
+        if len(item) != n or len(label) != n or len(cot_row) != n or hist.ndim != 2 or len(hist) != n:
+            raise DataError(f"bank arrays disagree: user {n}, item {len(item)}, hist {hist.shape}, "
+                            f"label {len(label)}, cot_row {len(cot_row)}", field="bank")
+        if cot.ndim != 2:
+            raise DataError(f"CoT embeddings must be [n, D], got shape {cot.shape}", field="cot")
+        if n and (cot_row.min() < 0 or cot_row.max() >= len(cot)):
+            raise DataError(f"cot_row must lie in [0, {len(cot)}), got [{cot_row.min()}, {cot_row.max()}]",
+                            field="cot_row")
+        label = np.asarray(label, dtype=np.int64)
+        if n and not np.isin(label, (0, 1)).all():
+            raise DataError("labels must be 0 or 1", field="label")
+        # one extra all-zero row at index n (and a zero CoT row) serves the missing (-1) slots
+        self._user = np.append(np.asarray(user, dtype=np.int64), 0)
+        self._item = np.append(np.asarray(item, dtype=np.int64), 0)
+        self._hist = np.vstack([hist, np.zeros((1, hist.shape[1]), dtype=np.int64)])
+        self._label = np.append(label, 0)
+        self._cot = np.vstack([cot, np.zeros((1, cot.shape[1]), dtype=np.float32)])
+        self._cot_row = np.append(cot_row, len(cot))
+        self.n, self.hist_len, self.cot_dim = n, hist.shape[1], cot.shape[1]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def gather(self, ctx_idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """ctx_idx [B, K] bank rows (-1 = missing) -> ctx_user/ctx_item [B,K], ctx_hist [B,K,L], ctx_label [B,K]
+        int64, ctx_cot [B,K,D] float32, ctx_mask [B,K] bool; missing slots are zeros with mask False."""
+        idx = np.asarray(ctx_idx)
+        if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
+            raise DataError(f"expected integer bank row ids [B, K], got {idx.dtype} {idx.shape}", field="ctx_idx")
+        if idx.size and (idx.min() < -1 or idx.max() >= self.n):
+            raise DataError(f"bank row ids must lie in [-1, {self.n}), got [{idx.min()}, {idx.max()}]: the "
+                            "in-context ids belong to another bank; rerun `llmcf retrieve`", field="ctx_idx")
+        mask = idx >= 0
+        rows = np.where(mask, idx, self.n)
+        return {
+            "ctx_user": torch.from_numpy(self._user[rows]),
+            "ctx_item": torch.from_numpy(self._item[rows]),
+            "ctx_hist": torch.from_numpy(self._hist[rows]),
+            "ctx_label": torch.from_numpy(self._label[rows]),
+            "ctx_cot": torch.from_numpy(self._cot[self._cot_row[rows]]),
+            "ctx_mask": torch.from_numpy(mask),
+        }
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, vocab=None, hist_len: int = 20) -> "ContextBank":
+        """Read retrieval/bank.parquet and embed/cot.npy of a run, encoding ids with ``vocab``."""
+        import pyarrow.parquet as pq
+
+        run_dir = Path(run_dir)
+        path, cot_path = run_dir / "retrieval" / "bank.parquet", run_dir / "embed" / "cot.npy"
+        for p, stage in ((path, "retrieve"), (cot_path, "embed")):
+            if not p.exists():
+                raise RunError(f"{p}: missing; run `llmcf {stage} --run {run_dir}`")
+        names = pq.read_schema(path).names
+        for col in BANK_COLUMNS:
+            if col not in names:
+                raise DataError(f"missing column (has {names})", file=str(path), field=col)
+        table = pq.read_table(path, columns=list(BANK_COLUMNS))
+        lists = _vocab_lists(vocab, run_dir)
+        users, items = _lookup(lists["user"]), _lookup(lists["item"])
+        cot = load_npy(cot_path)
+        if cot.ndim != 2 or not np.issubdtype(cot.dtype, np.floating):
+            raise DataError(f"expected a float matrix [n, D], got {cot.dtype} {cot.shape}", file=str(cot_path))
+        label = table.column("label").to_numpy(zero_copy_only=False)
+        try:
+            return cls(
+                user=_encode(table.column("user_id").to_pylist(), users),
+                item=_encode(table.column("item_id").to_pylist(), items),
+                hist=encode_histories(table.column("history"), items, hist_len),
+                label=label,
+                cot=cot,
+                cot_row=table.column("cot_row").to_numpy(zero_copy_only=False),
+            )
+        except DataError as e:
+            raise DataError(str(e), file=str(path)) from e
+
+
+def item_text_matrix(run_dir: str | Path, vocab=None) -> np.ndarray:
+    """Text embedding per vocabulary item id, float32 [n_items, D]: rows of embed/items.npy placed at the ids of
+    embed/item_ids.json; pad, OOV and items without a text embedding stay zero."""
+    run_dir = Path(run_dir)
+    emb_path, ids_path = run_dir / "embed" / "items.npy", run_dir / "embed" / "item_ids.json"
+    for p in (emb_path, ids_path):
+        if not p.exists():
+            raise RunError(f"{p}: missing; run `llmcf embed --run {run_dir}`")
+    emb = load_npy(emb_path)
+    try:
+        ids = json.loads(ids_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON: {e}", file=str(ids_path)) from e
+    if not isinstance(ids, list) or emb.ndim != 2 or len(ids) != len(emb):
+        raise DataError(f"expected a JSON list of {len(emb)} item ids matching {emb_path.name} {emb.shape}",
+                        file=str(ids_path))
+    item_list = _vocab_lists(vocab, run_dir)["item"]
+    out = np.zeros((len(item_list) + 2, emb.shape[1]), dtype=np.float32)
+    enc = _encode(ids, _lookup(item_list))
+    known = enc > OOV
+    out[enc[known]] = emb[known]
+    return out

@@ -1,0 +1,168 @@
+"""ICT: the in-context chain-of-thought module of LLM-CF (DESIGN §1.5–1.6).
+
+For each retrieved example j the module builds a features token f_j, a CoT token c_j and a label token y_j, then the
+query's features token f_q; the sequence ``[f1,c1,y1, ..., fK,cK,yK, fq]`` runs through a small causal decoder and the
+final-normed hidden state at f_q is the ICT feature ``w [B, dim]`` that a backbone takes as its ``extra`` input.
+
+Tokens:
+    features = MLP(concat of field embeddings: user id, item id, item text (mapped), brand, mean categories,
+               mean history items, mean history text (mapped), mean history brands, mean history categories)
+    CoT      = text_mlp(frozen CoT embedding)   — text_mlp is the one MLP mapping encoder vectors to dim
+    label    = Embedding(2, dim)[label]
+Missing examples (``ctx_mask`` False) are zeroed and masked out as attention keys, so they never affect ``w``.
+
+Variants:
+    full       the paper's model, with the reconstruction loss
+               recon = recon_weight · (1 − mean cos(MLP_up(h at each present example's features token), its CoT))
+    no_cot     [f1,y1, ..., fK,yK, fq], no CoT tokens, no reconstruction loss
+    mean_pool  w = MLP(mean of the present example tokens and f_q); no decoder, no reconstruction loss
+
+Hyper-parameters (defaults): dim=32, layers=2, heads=2, variant="full", dropout=0.1, field_dim=16, recon_weight=1.0.
+Batch inputs: the encoded batch (user, item, hist) plus ctx_user [B,K], ctx_item [B,K], ctx_hist [B,K,L],
+ctx_label [B,K] int64, ctx_cot [B,K,D] float32 (unused by no_cot), ctx_mask [B,K] bool.
+The item text matrix and item side tables are non-persistent buffers: rebuild them from the run directory when loading
+a checkpoint (``item_text_matrix`` in llmcf.models.context).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmcf.data.schema import FeatureSchema
+from llmcf.errors import DataError
+from llmcf.models.ict_layers import CausalDecoder
+
+VARIANTS = ("full", "no_cot", "mean_pool")
+CTX_KEYS = ("ctx_user", "ctx_item", "ctx_hist", "ctx_label", "ctx_mask")
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
+
+
+def _bag_mean(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Mean of table rows over the non-zero ids of each row of ``ids`` [N, M] (zeros when none) -> [N, d]."""
+    return F.embedding_bag(ids, table, mode="mean", padding_idx=0)
+
+
+class ICT(nn.Module):
+    def __init__(self, schema: FeatureSchema, item_text: torch.Tensor, cot_dim: int | None = None, dim: int = 32,
+                 layers: int = 2, heads: int = 2, variant: str = "full", dropout: float = 0.1, field_dim: int = 16,
+                 recon_weight: float = 1.0):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"ICT variant '{variant}': expected one of {', '.join(VARIANTS)}")
+        item_text = torch.as_tensor(item_text, dtype=torch.float32)
+        if item_text.ndim != 2 or item_text.shape[0] != schema.n_items:
+            raise DataError(f"item text matrix has shape {tuple(item_text.shape)}, expected [{schema.n_items}, D] "
+                            "(one row per item id, pad/OOV included)", field="item_text")
+        text_dim = item_text.shape[1]
+        self.uses_cot = variant != "no_cot"
+        if self.uses_cot and cot_dim is not None and cot_dim != text_dim:
+            raise DataError(f"CoT embeddings are {cot_dim}-d but item text embeddings are {text_dim}-d; the ICT maps "
+                            "both with one MLP, so embed them with the same encoder", field="cot_dim")
+        self.variant, self.dim, self.text_dim = variant, dim, text_dim
+        self.recon_weight = float(recon_weight)
+        self.register_buffer("item_text", item_text, persistent=False)
+        self.register_buffer("item_brand", torch.as_tensor(schema.item_brand, dtype=torch.long), persistent=False)
+        self.register_buffer("item_cats", torch.as_tensor(schema.item_cats, dtype=torch.long), persistent=False)
+
+        self.user_emb = nn.Embedding(schema.n_users, field_dim)
+        self.item_emb = nn.Embedding(schema.n_items, field_dim, padding_idx=0)
+        self.brand_emb = nn.Embedding(schema.n_brands, field_dim, padding_idx=0)
+        self.cat_emb = nn.Embedding(schema.n_cats, field_dim, padding_idx=0)
+        for emb in (self.user_emb, self.item_emb, self.brand_emb, self.cat_emb):
+            nn.init.normal_(emb.weight, std=0.05)
+            if emb.padding_idx is not None:
+                with torch.no_grad():
+                    emb.weight[emb.padding_idx].zero_()
+        self.text_mlp = _mlp(text_dim, dim, dim)
+        self.feat_mlp = _mlp(7 * field_dim + 2 * dim, 2 * dim, dim, dropout)
+        self.label_emb = nn.Embedding(2, dim)
+        if variant == "mean_pool":
+            self.pool_mlp = _mlp(dim, dim, dim, dropout)
+        else:
+            self.decoder = CausalDecoder(dim, layers, heads, dropout)
+        if variant == "full":
+            self.recon_head = _mlp(dim, 2 * dim, text_dim)
+        self.tokens_per_example = 3 if self.uses_cot else 2
+
+    # ---- tokens -------------------------------------------------------------------------------------------------
+    def features(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+        """Features tokens for user [N], item [N], hist [N, L] (0-padded) -> [N, dim]."""
+        n = hist.shape[0]
+        hist_brand = self.item_brand[hist] * (hist > 0)
+        hist_cats = (self.item_cats[hist] * (hist > 0)[..., None]).reshape(n, -1)
+        fields = [
+            self.user_emb(user),
+            self.item_emb(item),
+            self.text_mlp(self.item_text[item]),
+            self.brand_emb(self.item_brand[item]),
+            _bag_mean(self.item_cats[item], self.cat_emb.weight),
+            _bag_mean(hist, self.item_emb.weight),
+            self.text_mlp(_bag_mean(hist, self.item_text)),
+            _bag_mean(hist_brand, self.brand_emb.weight),
+            _bag_mean(hist_cats, self.cat_emb.weight),
+        ]
+        return self.feat_mlp(torch.cat(fields, -1))
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input sequence [B, T, dim] and key-present mask [B, T] (T = tokens_per_example·K + 1)."""
+        missing = [k for k in CTX_KEYS + (("ctx_cot",) if self.uses_cot else ()) if k not in batch]
+        if missing:
+            raise DataError(f"batch lacks the in-context inputs {missing}: gather them with ContextBank.gather",
+                            field=missing[0])
+        b, k = batch["ctx_item"].shape
+        hist_len = batch["hist"].shape[1]
+        feats = self.features(
+            torch.cat([batch["ctx_user"].reshape(-1), batch["user"]]),
+            torch.cat([batch["ctx_item"].reshape(-1), batch["item"]]),
+            torch.cat([batch["ctx_hist"].reshape(-1, hist_len), batch["hist"]]),
+        )
+        f_ex, f_q = feats[: b * k].view(b, k, -1), feats[b * k:]
+        parts = [f_ex]
+        if self.uses_cot:
+            parts.append(self.text_mlp(batch["ctx_cot"].to(self.item_text.dtype)))
+        parts.append(self.label_emb(batch["ctx_label"].long()))
+        mask = batch["ctx_mask"].bool()
+        ex = torch.stack(parts, 2) * mask[:, :, None, None]  # [B, K, tpe, dim], missing examples zeroed
+        seq = torch.cat([ex.reshape(b, k * self.tokens_per_example, -1), f_q[:, None]], 1)
+        present = torch.cat([mask.repeat_interleave(self.tokens_per_example, 1),
+                             torch.ones(b, 1, dtype=torch.bool, device=mask.device)], 1)
+        return seq, present
+
+    def token_names(self, k: int) -> list[str]:
+        """Names of the sequence positions for K examples, e.g. ['f1', 'c1', 'y1', ..., 'fq']."""
+        kinds = ("f", "c", "y") if self.uses_cot else ("f", "y")
+        return [f"{t}{j + 1}" for j in range(k) for t in kinds] + ["fq"]
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+    def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        """Everything the forward pass computes: hidden [B,T,dim] (None for mean_pool), present [B,T],
+        attention [B,H,T,T] of the last layer (for mean_pool: the pooling weights [B,1,1,T]) and w [B,dim]."""
+        seq, present = self.tokens(batch)
+        if self.variant == "mean_pool":
+            weights = present.to(seq.dtype) / present.sum(1, keepdim=True)
+            w = self.pool_mlp((seq * weights[..., None]).sum(1))
+            return {"hidden": None, "present": present, "attention": weights[:, None, None, :], "w": w}
+        hidden, attn = self.decoder(seq, present)
+        return {"hidden": hidden, "present": present, "attention": attn, "w": hidden[:, -1]}
+
+    def recon_loss(self, hidden: torch.Tensor, cot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """recon_weight · (1 − mean cos(MLP_up(h_f_j), cot_j)) over the present examples (0 when none)."""
+        h_f = hidden[:, : -1 : self.tokens_per_example]  # features positions of the examples [B, K, dim]
+        cos = F.cosine_similarity(self.recon_head(h_f), cot.to(h_f.dtype), dim=-1)
+        m = mask.to(cos.dtype)
+        return self.recon_weight * ((1.0 - cos) * m).sum() / m.sum().clamp_min(1.0)
+
+    def forward(self, batch: dict[str, torch.Tensor], return_attention: bool = False):
+        """-> (w [B, dim], {"recon": scalar} for variant full else {}), plus the last layer's attention of the query
+        position over the tokens [B, H, T] when ``return_attention`` (names: ``token_names(K)``)."""
+        out = self.encode(batch)
+        losses = {}
+        if self.variant == "full":
+            losses["recon"] = self.recon_loss(out["hidden"], batch["ctx_cot"], batch["ctx_mask"].bool())
+        if return_attention:
+            return out["w"], losses, out["attention"][:, :, -1, :]
+        return out["w"], losses

@@ -1,0 +1,124 @@
+"""A small causal decoder for the ICT module: pre-RMSNorm blocks with rotary attention and a SwiGLU MLP.
+
+Attention is computed explicitly (sequences are ~13 tokens long) so the weights can be returned for explanations.
+Masks are boolean ``[B, T]`` "key present" vectors; each position always sees itself, so a row whose earlier keys
+are all absent never produces NaNs, and an absent token is never read by any other position.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) · g (no bias, no mean subtraction)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (rotate-half form) for head dimension ``head_dim`` (even)."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, H, T, hd] -> same shape, rotated by position."""
+        t = torch.arange(x.shape[-2], device=x.device, dtype=self.inv_freq.dtype)
+        freqs = torch.outer(t, self.inv_freq)  # [T, hd/2]
+        cos = torch.cat([freqs.cos(), freqs.cos()], -1).to(x.dtype)
+        sin = torch.cat([freqs.sin(), freqs.sin()], -1).to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.rope = RotaryEmbedding(self.head_dim)
+        self.attn_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, dim], allowed [B, 1, T, T] bool -> (output [B, T, dim], attention [B, H, T, T])."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.rope(q), self.rope(k)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        attn = scores.softmax(-1)
+        y = self.attn_drop(attn) @ v  # [B, H, T, hd]
+        return self.out(y.transpose(1, 2).reshape(b, t, d)), attn
+
+
+class SwiGLU(nn.Module):
+    """W2(silu(W1 x) * W3 x); hidden size defaults to ~8/3·dim rounded up to a multiple of 8."""
+
+    def __init__(self, dim: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or 8 * ((8 * dim // 3 + 7) // 8)
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class DecoderBlock(nn.Module):
+    """x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x)), with residual dropout."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads, dropout)
+        self.mlp = SwiGLU(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, attn = self.attn(self.norm1(x), allowed)
+        x = x + self.drop(a)
+        x = x + self.drop(self.mlp(self.norm2(x)))
+        return x, attn
+
+
+def causal_mask(present: torch.Tensor) -> torch.Tensor:
+    """present [B, T] bool -> allowed [B, 1, T, T]: key j visible from i iff j <= i and (j present or j == i)."""
+    t = present.shape[1]
+    tri = torch.ones(t, t, dtype=torch.bool, device=present.device).tril()
+    eye = torch.eye(t, dtype=torch.bool, device=present.device)
+    return (tri & (present[:, None, :] | eye))[:, None]
+
+
+class CausalDecoder(nn.Module):
+    """``layers`` decoder blocks and a final RMSNorm. Returns all final-normed hidden states and last-layer attention."""
+
+    def __init__(self, dim: int, layers: int = 2, heads: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.blocks = nn.ModuleList(DecoderBlock(dim, heads, dropout) for _ in range(layers))
+        self.norm = RMSNorm(dim)
+
+    def forward(self, x: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x [B, T, dim], present [B, T] bool -> (hidden [B, T, dim], last attention [B, H, T, T] or None)."""
+        allowed = causal_mask(present)
+        attn = None
+        for block in self.blocks:
+            x, attn = block(x, allowed)
+        return self.norm(x), attn

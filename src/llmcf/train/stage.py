@@ -35,12 +35,12 @@ class RunData:
     """Everything the trainer needs from a run directory, loaded once and shared by seeds and variants."""
 
     def __init__(self, run_dir: Path, cfg: Config):
-        from llmcf.data.features import encode, make_schema
-        from llmcf.data.vocab import Vocab
-
         data = run_dir / "data"
         if not (data / "vocab.json").exists():
             raise RunError(f"{data}: no samples here; run `llmcf data build --out {run_dir}` first")
+        from llmcf.data.features import encode, make_schema
+        from llmcf.data.vocab import Vocab
+
         self.run_dir = run_dir
         self.vocab = Vocab.load(data / "vocab.json")
         self.items = pd.read_parquet(data / "items.parquet")

@@ -160,6 +160,27 @@ class ICTConfig:
 
 
 @dataclass
+class SeqConfig:
+    """Sequential recommendation (next-item retrieval): samples, sampled softmax, full-ranking evaluation."""
+
+    history_len: int = 20
+    hidden: int = 64
+    """User/item vector size of every sequential backbone."""
+    num_negatives: int = 256
+    """Uniform negatives shared by a batch for the sampled softmax; 0 = full softmax over all items."""
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    max_epochs: int = 50
+    fusion_alpha: float = 0.1
+    """ICT fusion u + alpha·w (SASRec, GRU4Rec, SR-GNN); YouTubeDNN uses an MLP over [u ; w]."""
+    remove_history: bool = False
+    """Exclude the history items from the ranking (the paper keeps them: false)."""
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    params: dict[str, Any] = field(default_factory=dict)
+    """Backbone-specific constructor arguments (see each sequential backbone's docstring)."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -170,6 +191,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     ict: ICTConfig = field(default_factory=ICTConfig)
+    seq: SeqConfig = field(default_factory=SeqConfig)
     models: list[str] = field(default_factory=lambda: ["DIN"])
     """Backbones trained by ``llmcf run``."""
     variants: list[str] = field(default_factory=lambda: ["base", "full", "no_cot"])

@@ -12,6 +12,7 @@ from torch import nn
 
 from llmcf.config import ICTConfig, ModelConfig
 from llmcf.data.schema import FeatureSchema
+from llmcf.data.vocab import Vocab
 from llmcf.errors import DataError
 from llmcf.models.context import ContextBank, item_text_matrix
 from llmcf.models.ict import ICT
@@ -313,10 +314,10 @@ def test_context_bank_from_run_and_item_text(tmp_path):
     # last 3 of [a b c d] = b c d -> 3 4 5; [b] -> left-padded; [] -> zeros
     assert out["ctx_hist"][0].tolist() == [[3, 4, 5], [0, 0, 3], [0, 0, 0], [0, 0, 0]]
     assert out["ctx_cot"][0, 0].tolist() == [4.0, 5.0, 6.0, 7.0]  # cot_row 1
-    vocab = json.loads((tmp_path / "data" / "vocab.json").read_text())
+    vocab = Vocab.load(tmp_path / "data" / "vocab.json")
     assert torch.equal(ContextBank.from_run(tmp_path, vocab, hist_len=3).gather(np.array([[0]]))["ctx_hist"],
                        out["ctx_hist"][:, :1])
-    text = item_text_matrix(tmp_path, vocab)
+    text = item_text_matrix(tmp_path, json.loads((tmp_path / "data" / "vocab.json").read_text()))
     assert text.shape == (6, 4) and text.dtype == np.float32
     assert text[5].tolist() == [1, 2, 3, 4] and text[2].tolist() == [5, 6, 7, 8]  # d -> id 5, a -> id 2
     assert not text[[0, 1, 3, 4]].any()  # pad, OOV, items without text

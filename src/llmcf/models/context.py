@@ -4,75 +4,40 @@ Files read (written by the retrieval and embedding stages):
     run_dir/retrieval/bank.parquet   user_id, pos, item_id, label, history list<str>, cot_row (row of embed/cot.npy)
     run_dir/embed/cot.npy            [n_cot, D] float CoT embeddings
     run_dir/embed/items.npy          [n_text, D] item text embeddings, rows named by embed/item_ids.json
-    run_dir/data/vocab.json          {"user": [...], "item": [...], ...}; id = index + 2 (0 pad, 1 OOV)
+    run_dir/data/vocab.json          the vocabulary (llmcf.data.vocab.Vocab), used when none is passed
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
+from llmcf.data.features import encode_history
 from llmcf.data.schema import OOV
+from llmcf.data.vocab import FIELDS, Vocab
 from llmcf.errors import DataError, RunError
 from llmcf.io import load_npy
 
 BANK_COLUMNS = ("user_id", "item_id", "label", "history", "cot_row")
 
 
-def _vocab_lists(vocab, run_dir: Path | None) -> Mapping[str, Sequence[str]]:
-    """The id lists of a vocabulary: a mapping {"user": [...], "item": [...]}, an object exposing ``to_dict()`` /
-    ``user`` and ``item`` lists, or (vocab None) the run's data/vocab.json."""
-    if isinstance(vocab, Mapping):
+def as_vocab(vocab, run_dir: str | Path | None = None) -> Vocab:
+    """A Vocab as given, built from a {"user": [...], "item": [...], ...} mapping, or (None) the run's vocab.json."""
+    if isinstance(vocab, Vocab):
         return vocab
+    if isinstance(vocab, Mapping):
+        return Vocab(**{f: [str(x) for x in vocab.get(f, [])] for f in FIELDS})
     if vocab is not None:
-        if hasattr(vocab, "to_dict"):
-            return vocab.to_dict()
-        if isinstance(getattr(vocab, "user", None), Sequence) and isinstance(getattr(vocab, "item", None), Sequence):
-            return {"user": vocab.user, "item": vocab.item}
+        raise TypeError(f"vocab: expected a Vocab, a mapping or None, got {type(vocab).__name__}")
     if run_dir is None:
         raise DataError("no vocabulary given and no run directory to read data/vocab.json from", field="vocab")
     path = Path(run_dir) / "data" / "vocab.json"
     if not path.exists():
-        raise RunError(f"{path}: missing; run `llmcf data build` first")
-    try:
-        tree = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"not valid JSON: {e}", file=str(path)) from e
-    for kind in ("user", "item"):
-        if not isinstance(tree.get(kind), list):
-            raise DataError("expected a list of ids", file=str(path), field=kind)
-    return tree
-
-
-def _lookup(ids: Sequence[str]) -> dict[str, int]:
-    return {str(v): i + 2 for i, v in enumerate(ids)}
-
-
-def _encode(values, lookup: dict[str, int]) -> np.ndarray:
-    """Strings -> ids (OOV = 1 for unknown)."""
-    return pd.Series(values, dtype=object).map(lookup).fillna(OOV).to_numpy(dtype=np.int64)
-
-
-def encode_histories(column, lookup: dict[str, int], hist_len: int) -> np.ndarray:
-    """A pyarrow list<str> column (oldest first) -> [n, hist_len] int64, left-padded 0, most recent at the end."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(arr)
-    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = _encode(arr.flatten().to_pylist(), lookup)
-    row = np.repeat(np.arange(n), lengths)
-    start = np.cumsum(lengths) - lengths
-    col = hist_len - lengths[row] + (np.arange(len(flat)) - start[row])
-    keep = col >= 0
-    out = np.zeros((n, hist_len), dtype=np.int64)
-    out[row[keep], col[keep]] = flat[keep]
-    return out
+        raise RunError(f"{path}: missing; run `llmcf data build --out {run_dir}` first")
+    return Vocab.load(path)
 
 
 class ContextBank:
@@ -146,17 +111,16 @@ class ContextBank:
             if col not in names:
                 raise DataError(f"missing column (has {names})", file=str(path), field=col)
         table = pq.read_table(path, columns=list(BANK_COLUMNS))
-        lists = _vocab_lists(vocab, run_dir)
-        users, items = _lookup(lists["user"]), _lookup(lists["item"])
+        vocab = as_vocab(vocab, run_dir)
         cot = load_npy(cot_path)
         if cot.ndim != 2 or not np.issubdtype(cot.dtype, np.floating):
             raise DataError(f"expected a float matrix [n, D], got {cot.dtype} {cot.shape}", file=str(cot_path))
         label = table.column("label").to_numpy(zero_copy_only=False)
         try:
             return cls(
-                user=_encode(table.column("user_id").to_pylist(), users),
-                item=_encode(table.column("item_id").to_pylist(), items),
-                hist=encode_histories(table.column("history"), items, hist_len),
+                user=vocab.encode_users(table.column("user_id").to_numpy(zero_copy_only=False).astype(str)),
+                item=vocab.encode_items(table.column("item_id").to_numpy(zero_copy_only=False).astype(str)),
+                hist=encode_history(table.column("history"), vocab, hist_len)[0],
                 label=label,
                 cot=cot,
                 cot_row=table.column("cot_row").to_numpy(zero_copy_only=False),
@@ -181,9 +145,9 @@ def item_text_matrix(run_dir: str | Path, vocab=None) -> np.ndarray:
     if not isinstance(ids, list) or emb.ndim != 2 or len(ids) != len(emb):
         raise DataError(f"expected a JSON list of {len(emb)} item ids matching {emb_path.name} {emb.shape}",
                         file=str(ids_path))
-    item_list = _vocab_lists(vocab, run_dir)["item"]
-    out = np.zeros((len(item_list) + 2, emb.shape[1]), dtype=np.float32)
-    enc = _encode(ids, _lookup(item_list))
+    vocab = as_vocab(vocab, run_dir)
+    out = np.zeros((vocab.n_items, emb.shape[1]), dtype=np.float32)
+    enc = vocab.encode_items([str(x) for x in ids])
     known = enc > OOV
     out[enc[known]] = emb[known]
     return out

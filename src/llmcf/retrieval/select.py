@@ -1,0 +1,170 @@
+"""Balanced, leakage-safe selection of in-context examples, vectorised over batches of queries.
+
+For each query (user, pos, key): the best ``k - k//2`` positive and ``k//2`` negative bank rows (``balanced``), or
+the best ``k`` over both labels, never a row of the same user at the same or a later position (``leakage:
+same_or_later``; ``later`` forbids only strictly later positions, the original code's rule). A query with user
+None (an unknown user at serving time) has no same-user rule. Each label bucket is searched with ``k' = need +
+margin`` results, filtered, and only the queries still short are searched again with a 4x larger k' (up to the whole
+bucket), so the result is exact for a flat index. The selected rows come in a random order seeded by ``cfg.seed`` and
+the query itself (user, pos, target), so it is deterministic and independent of batching; missing slots (a short
+bucket) are -1 and always at the end of the row.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import faiss
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from llmcf.config import ConfigError, RetrievalConfig
+from llmcf.retrieval.index import search
+
+RULES = ("same_or_later", "later")
+_GROWTH = 4
+
+
+def check_config(cfg: RetrievalConfig) -> None:
+    if cfg.leakage not in RULES:
+        raise ConfigError(f"retrieval.leakage='{cfg.leakage}': expected one of {', '.join(RULES)}")
+    if cfg.k < 1:
+        raise ConfigError(f"retrieval.k={cfg.k}: expected a positive integer")
+    if cfg.margin < 0 or cfg.query_batch < 1:
+        raise ConfigError("retrieval.margin must be >= 0 and retrieval.query_batch >= 1")
+
+
+def query_seeds(seed: int, users: Sequence[str | None], pos: np.ndarray, targets: Sequence[str | None]) -> np.ndarray:
+    """A stable 64-bit seed per query (blake2b of seed, user, pos, target), independent of the process."""
+    out = np.empty(len(pos), np.uint64)
+    salt = str(int(seed)).encode()
+    for i, (u, p, t) in enumerate(zip(users, pos.tolist(), targets)):
+        h = hashlib.blake2b(f"{u}\x1f{p}\x1f{t}".encode(), digest_size=8, key=salt)
+        out[i] = int.from_bytes(h.digest(), "little")
+    return out
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser (uint64 -> well-spread uint64)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def shuffle_rows(ctx: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Permute each row's valid entries by its seed; -1 entries go to the end."""
+    n, k = ctx.shape
+    with np.errstate(over="ignore"):
+        slots = seeds[:, None] + np.arange(1, k + 1, dtype=np.uint64)[None, :] * np.uint64(0x9E3779B97F4A7C15)
+    keys = _mix(slots)
+    keys[ctx < 0] = np.iinfo(np.uint64).max
+    order = np.argsort(keys, axis=1, kind="stable")
+    return np.take_along_axis(ctx, order, axis=1)
+
+
+class Selector:
+    """Selection over one index per label. ``indexes[label]`` holds the bank rows ``np.flatnonzero(labels == label)``
+    in order; returned ids are bank row indices (int64)."""
+
+    def __init__(self, bank_users: Sequence[str], bank_pos: np.ndarray, bank_labels: np.ndarray,
+                 indexes: dict[int, faiss.Index], cfg: RetrievalConfig):
+        check_config(cfg)
+        self.cfg = cfg
+        self.users = pd.Index(pd.unique(np.asarray(bank_users, dtype=object)))
+        self.bank_user = self.users.get_indexer(np.asarray(bank_users, dtype=object)).astype(np.int64)
+        self.bank_pos = np.asarray(bank_pos, dtype=np.int64)
+        labels = np.asarray(bank_labels)
+        self.rows = {lab: np.flatnonzero(labels == lab).astype(np.int64) for lab in (0, 1)}
+        self.indexes = indexes
+        for lab in (0, 1):
+            nt = indexes[lab].ntotal
+            if nt != len(self.rows[lab]):
+                raise ValueError(f"index for label {lab} holds {nt} vectors, the bank {len(self.rows[lab])} rows")
+
+    def user_codes(self, users: Sequence[str | None]) -> np.ndarray:
+        """Bank user code per query user; -1 for None or a user without bank rows (no same-user rule applies)."""
+        vals = np.asarray(["\x00none" if u is None else str(u) for u in users], dtype=object)
+        return self.users.get_indexer(vals).astype(np.int64) if len(vals) else np.zeros(0, np.int64)
+
+    def forbidden(self, rows: np.ndarray, ucode: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Mask of candidate bank rows [N, k] the leakage rule forbids for queries (ucode [N], pos [N])."""
+        safe = np.where(rows >= 0, rows, 0)
+        same = (self.bank_user[safe] == ucode[:, None]) & (ucode[:, None] >= 0) & (rows >= 0)
+        rpos = self.bank_pos[safe]
+        later = rpos >= pos[:, None] if self.cfg.leakage == "same_or_later" else rpos > pos[:, None]
+        return same & later
+
+    def _top_valid(self, label: int, keys: np.ndarray, ucode: np.ndarray, pos: np.ndarray,
+                   m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``m`` allowed rows of one label bucket: (rows [N, m] with -1 padding, scores with -inf padding)."""
+        n = len(keys)
+        out_r = np.full((n, m), -1, np.int64)
+        out_s = np.full((n, m), -np.inf, np.float32)
+        index, rows_map = self.indexes[label], self.rows[label]
+        ntotal = int(index.ntotal)
+        if ntotal == 0 or m == 0 or n == 0:
+            return out_r, out_s
+        todo = np.arange(n)
+        k = m + int(self.cfg.margin)
+        while todo.size:
+            k = min(k, ntotal)
+            sc, ids = search(index, keys[todo], k, self.cfg)
+            if ids.shape[1] < m:  # bucket smaller than m: pad
+                pad = m - ids.shape[1]
+                ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+                sc = np.pad(sc, ((0, 0), (0, pad)), constant_values=-np.inf)
+            g = np.where(ids >= 0, rows_map[np.maximum(ids, 0)], -1)
+            ok = (g >= 0) & ~self.forbidden(g, ucode[todo], pos[todo])
+            order = np.argsort(~ok, axis=1, kind="stable")[:, :m]  # allowed first, score order kept
+            sel_ok = np.take_along_axis(ok, order, axis=1)
+            sel_r = np.where(sel_ok, np.take_along_axis(g, order, axis=1), -1)
+            sel_s = np.where(sel_ok, np.take_along_axis(sc, order, axis=1), -np.inf)
+            done = (ok.sum(axis=1) >= m) | (k >= ntotal)
+            out_r[todo[done]], out_s[todo[done]] = sel_r[done], sel_s[done]
+            todo = todo[~done]
+            k *= _GROWTH
+        return out_r, out_s
+
+    def select_batch(self, keys: np.ndarray, ucode: np.ndarray, pos: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        k = int(self.cfg.k)
+        if self.cfg.balanced:
+            rp, _ = self._top_valid(1, keys, ucode, pos, k - k // 2)
+            rn, _ = self._top_valid(0, keys, ucode, pos, k // 2)
+            ctx = np.concatenate([rp, rn], axis=1)
+        else:
+            rp, sp = self._top_valid(1, keys, ucode, pos, k)
+            rn, sn = self._top_valid(0, keys, ucode, pos, k)
+            r, s = np.concatenate([rp, rn], axis=1), np.concatenate([sp, sn], axis=1)
+            order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            ctx = np.take_along_axis(r, order, axis=1)
+        return shuffle_rows(ctx, seeds)
+
+    def select(self, keys: np.ndarray, users: Sequence[str | None], pos: np.ndarray,
+               targets: Sequence[str | None], progress: bool = False, desc: str = "retrieve") -> np.ndarray:
+        """[N, k] int64 bank rows for N queries (keys from ``bank.compose_keys``); -1 where a bucket is short."""
+        pos = np.asarray(pos, dtype=np.int64)
+        if not (len(keys) == len(users) == len(pos) == len(targets)):
+            raise ValueError(f"query arrays differ in length: keys {len(keys)}, users {len(users)}, pos {len(pos)}, "
+                             f"targets {len(targets)}")
+        keys = np.ascontiguousarray(keys, dtype=np.float32)
+        ucode = self.user_codes(users)
+        seeds = query_seeds(self.cfg.seed, users, pos, targets)
+        out = np.full((len(keys), int(self.cfg.k)), -1, np.int64)
+        bs = int(self.cfg.query_batch)
+        for a in tqdm(range(0, len(keys), bs), desc=desc, unit="batch", disable=not progress):
+            b = slice(a, a + bs)
+            out[b] = self.select_batch(keys[b], ucode[b], pos[b], seeds[b])
+        return out
+
+    def violations(self, ctx: np.ndarray, users: Sequence[str | None], pos: np.ndarray) -> int:
+        """Number of selected ids that break the leakage rule (a post-check: must be 0)."""
+        return int(self.forbidden(ctx, self.user_codes(users), np.asarray(pos, dtype=np.int64)).sum())
+
+    def same_position_hits(self, ctx: np.ndarray, users: Sequence[str | None], pos: np.ndarray) -> int:
+        """Selected ids of the query's own user at the query's position (only possible with ``leakage: later``)."""
+        safe = np.where(ctx >= 0, ctx, 0)
+        ucode = self.user_codes(users)
+        same = (self.bank_user[safe] == ucode[:, None]) & (ucode[:, None] >= 0) & (ctx >= 0)
+        return int((same & (self.bank_pos[safe] == np.asarray(pos, np.int64)[:, None])).sum())

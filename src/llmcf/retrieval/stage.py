@@ -1,0 +1,180 @@
+"""`llmcf retrieve`: build the CoT bank and one index per label, precompute in-context ids for every sample row.
+
+Reads ``data/{train,valid,test}.parquet``, ``embed/items.npy`` + ``embed/item_ids.json``, ``cot/selected.parquet``
+and ``embed/cot.npy``. Writes to ``run_dir/retrieval/``:
+    bank.parquet, bank_hist.npy, bank_target.npy     the bank (see ``retrieval.bank``)
+    index_pos.faiss, index_neg.faiss                  inner-product index over the positive / negative rows' keys
+    {train,valid,test}_ctx.npy                        int64 [N_split, k]: bank rows per sample row (file row order),
+                                                      -1 = missing (short bucket), always at the end of a row
+    meta.json                                         counts, config, timing, queries/s, leakage post-check
+A split whose ctx file was written under the same inputs and config is not recomputed (resumable).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from llmcf.config import Config, RetrievalConfig
+from llmcf.data.schema import SPLITS
+from llmcf.errors import DataError, RunError
+from llmcf.io import atomic_write_json, load_npy, save_npy
+from llmcf.retrieval.bank import CoTBank, ItemVectors, build_bank, compose_keys
+from llmcf.retrieval.index import build_index, kind, load_index, save_index
+from llmcf.retrieval.select import Selector, check_config
+
+INDEX_FILES = {1: "index_pos.faiss", 0: "index_neg.faiss"}
+
+
+def leakage_violations(ctx: np.ndarray, bank: pd.DataFrame, users: Sequence[str], pos: np.ndarray,
+                       rule: str) -> int:
+    """Independent post-check on strings: selected rows of the query's user at a forbidden position."""
+    valid = ctx >= 0
+    safe = np.where(valid, ctx, 0)
+    bu = bank["user_id"].to_numpy(dtype=object)[safe]
+    bp = bank["pos"].to_numpy(np.int64)[safe]
+    same = valid & (bu == np.asarray(users, dtype=object)[:, None])
+    q = np.asarray(pos, np.int64)[:, None]
+    return int((same & ((bp >= q) if rule == "same_or_later" else (bp > q))).sum())
+
+
+def _fingerprint(run_dir: Path, cfg: RetrievalConfig) -> str:
+    parts = [json.dumps(asdict(cfg), sort_keys=True)]
+    for rel in ["cot/selected.parquet", "embed/cot.npy", "embed/items.npy", "embed/item_ids.json"] + \
+               [f"data/{s}.parquet" for s in SPLITS]:
+        st = (run_dir / rel).stat()
+        parts.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _read_split(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise RunError(f"{path}: missing; run `llmcf data build` first")
+    df = pd.read_parquet(path, columns=None)
+    missing = [c for c in ("user_id", "pos", "item_id", "history") if c not in df.columns]
+    if missing:
+        raise DataError(f"missing column(s) {missing}", file=str(path))
+    return df
+
+
+def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
+    """Build bank + indexes and write ``{split}_ctx.npy`` for every split; returns the meta dict (also meta.json)."""
+    run_dir = Path(run_dir)
+    rc = cfg.retrieval
+    check_config(rc)
+    out = run_dir / "retrieval"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    items = ItemVectors.load(run_dir)
+    bank = build_bank(run_dir, items)
+    keys = bank.keys(rc)
+    labels = bank.labels
+    indexes = {}
+    for lab, name in INDEX_FILES.items():
+        indexes[lab] = build_index(keys[labels == lab], rc)
+        save_index(indexes[lab], out / name)
+    bank.save(out)
+    t_build = time.perf_counter() - t0
+    selector = Selector(bank.frame["user_id"].tolist(), bank.frame["pos"].to_numpy(), labels, indexes, rc)
+
+    fp = _fingerprint(run_dir, rc)
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    done = state.get("done", {}) if state.get("fingerprint") == fp else {}
+    splits: dict[str, dict] = {}
+    for split in SPLITS:
+        df = _read_split(run_dir / "data" / f"{split}.parquet")
+        users, pos = df["user_id"].astype(str).tolist(), df["pos"].to_numpy(np.int64)
+        ctx_path = out / f"{split}_ctx.npy"
+        if split in done and ctx_path.exists():
+            ctx = load_npy(ctx_path)
+            if ctx.shape == (len(df), rc.k):
+                print(f"[retrieve] {split}: cached ({len(df)} rows)")
+                splits[split] = dict(done[split], cached=True)
+                continue
+        t1 = time.perf_counter()
+        qkeys = compose_keys(items.history_means(df["history"].tolist()),
+                             items.targets(df["item_id"].tolist()) if rc.target_weight > 0 else None, rc)
+        ctx = selector.select(qkeys, users, pos, df["item_id"].astype(str).tolist(), progress=progress,
+                              desc=f"retrieve {split}")
+        secs = time.perf_counter() - t1
+        viol = leakage_violations(ctx, bank.frame, users, pos, rc.leakage)
+        if viol:
+            raise RunError(f"retrieval post-check: {viol} in-context ids in {split} break the leakage rule "
+                           f"'{rc.leakage}' (a bug: please report)")
+        save_npy(ctx_path, ctx)
+        filled = (ctx >= 0).sum(axis=1)
+        ctx_labels = np.where(ctx >= 0, labels[np.maximum(ctx, 0)], -1)
+        splits[split] = {"rows": len(df), "seconds": round(secs, 3),
+                         "queries_per_s": round(len(df) / secs, 1) if secs > 0 else None,
+                         "leakage_violations": viol,
+                         "same_position_hits": selector.same_position_hits(ctx, users, pos),
+                         "full_rows": int((filled == rc.k).sum()), "mean_filled": float(filled.mean()) if len(df) else 0,
+                         "positive_share": float((ctx_labels == 1).sum() / max(1, (ctx_labels >= 0).sum())),
+                         "same_target_share": _same_target_share(ctx, bank.frame, df)}
+        done[split] = splits[split]
+        atomic_write_json(state_path, {"fingerprint": fp, "done": done})
+    meta = {"bank_rows": len(bank), "positives": int((labels == 1).sum()), "negatives": int((labels == 0).sum()),
+            "bank_users": int(bank.frame["user_id"].nunique()), "key_dim": int(keys.shape[1]),
+            "index": {str(lab): kind(ix) for lab, ix in indexes.items()},
+            "build_seconds": round(t_build, 3), "total_seconds": round(time.perf_counter() - t0, 3),
+            "leakage_violations": int(sum(s["leakage_violations"] for s in splits.values())),
+            "splits": splits, "fingerprint": fp, "config": asdict(rc)}
+    atomic_write_json(out / "meta.json", meta)
+    return meta
+
+
+def _same_target_share(ctx: np.ndarray, bank: pd.DataFrame, df: pd.DataFrame) -> float:
+    """Share of selected examples whose target item equals the query's target (diagnostic)."""
+    valid = ctx >= 0
+    if not valid.any():
+        return 0.0
+    bi = bank["item_id"].to_numpy(dtype=object)[np.maximum(ctx, 0)]
+    same = valid & (bi == df["item_id"].astype(str).to_numpy(dtype=object)[:, None])
+    return float(same.sum() / valid.sum())
+
+
+class Retriever:
+    """Online retrieval over a run directory's bank and indexes (what ``llmcf serve`` uses per request).
+
+    Item ids absent from ``embed/item_ids.json`` (new items at serving time) are embedded as zero vectors: they add
+    nothing to a history mean and give a 0 target similarity. A user of None (unknown user) has no same-user rule.
+    """
+
+    def __init__(self, bank: CoTBank, items: ItemVectors, indexes: dict[int, object], cfg: RetrievalConfig):
+        self.bank, self.items, self.cfg = bank, items, cfg
+        self.selector = Selector(bank.frame["user_id"].tolist(), bank.frame["pos"].to_numpy(), bank.labels,
+                                 indexes, cfg)
+
+    @classmethod
+    def load(cls, run_dir: Path, cfg: RetrievalConfig | None = None) -> "Retriever":
+        """Load what ``llmcf retrieve`` wrote; the retrieval config defaults to the one recorded in meta.json
+        (index-building fields must match the saved indexes; search fields such as k, nprobe may differ)."""
+        run_dir = Path(run_dir)
+        out = run_dir / "retrieval"
+        meta_path = out / "meta.json"
+        if not meta_path.exists():
+            raise RunError(f"{meta_path}: missing; run `llmcf retrieve --run {run_dir}` first")
+        if cfg is None:
+            saved = json.loads(meta_path.read_text())["config"]
+            cfg = RetrievalConfig(**{k: v for k, v in saved.items() if k in RetrievalConfig.__dataclass_fields__})
+        indexes = {lab: load_index(out / name) for lab, name in INDEX_FILES.items()}
+        return cls(CoTBank.load(out), ItemVectors.load(run_dir), indexes, cfg)
+
+    def keys(self, histories: Sequence[Sequence[str]], targets: Sequence[str | None]) -> np.ndarray:
+        t = self.items.targets(targets) if self.cfg.target_weight > 0 else None
+        return compose_keys(self.items.history_means(histories), t, self.cfg)
+
+    def query(self, user_ids: Sequence[str | None], pos: np.ndarray, histories: Sequence[Sequence[str]],
+              targets: Sequence[str | None]) -> np.ndarray:
+        """[B, k] int64 bank rows (-1 = missing) for B requests; bank row i is ``self.bank.frame.iloc[i]``, its CoT
+        embedding row is ``cot_row``. Same selection (and order) as the offline precomputation for the same input."""
+        pos = np.asarray(pos, dtype=np.int64).reshape(-1)
+        return self.selector.select(self.keys(histories, targets), list(user_ids), pos,
+                                    ["None" if t is None else str(t) for t in targets])

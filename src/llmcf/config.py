@@ -142,6 +142,13 @@ class RetrievalConfig:
     nlist: int = 256
     nprobe: int = 16
     hnsw_m: int = 32
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 64
+    """HNSW search breadth (raised to the fetch size when that is larger)."""
+    margin: int = 16
+    """Over-fetch per label bucket before the leakage filter; short queries are re-searched with a larger k."""
+    query_batch: int = 2048
+    """Queries per FAISS search call (and per progress-bar step)."""
     seed: int = 0
 
 

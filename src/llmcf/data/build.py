@@ -1,0 +1,118 @@
+"""`llmcf data build`: RawDataset → run_dir/data/{items,users,train,valid,test}.parquet, vocab.json, stats.json.
+
+Every file is written atomically (temp file + rename). stats.json is removed first and written last, so a run
+directory whose build was interrupted has no stats.json (and no half-written file at any final path).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from llmcf.config import DataConfig
+from llmcf.data.samples import build_samples, resolve_label_rule
+from llmcf.data.schema import ITEM_COLUMNS, SAMPLE_COLUMNS, SPLITS, RawDataset
+from llmcf.data.splits import assign_splits
+from llmcf.data.vocab import Vocab
+from llmcf.errors import DataError
+from llmcf.io import atomic_path, atomic_write_json
+
+SAMPLE_SCHEMA = pa.schema([("user_id", pa.string()), ("pos", pa.int64()), ("item_id", pa.string()),
+                           ("label", pa.int8()), ("rating", pa.float64()), ("timestamp", pa.float64()),
+                           ("history", pa.list_(pa.string()))])
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Atomic Parquet write of an Arrow table."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def samples_table(df: pd.DataFrame) -> pa.Table:
+    """CTR rows as an Arrow table with the exact types of the run-directory contract."""
+    return pa.Table.from_pandas(df[list(SAMPLE_COLUMNS)], schema=SAMPLE_SCHEMA, preserve_index=False)
+
+
+def items_table(items: pd.DataFrame) -> pa.Table:
+    missing = [c for c in ITEM_COLUMNS if c not in items.columns]
+    if missing:
+        raise DataError(f"items table lacks the columns {missing} (have {list(items.columns)})")
+    df = items.copy()
+    for c in ("item_id", "title", "brand", "text"):
+        df[c] = df[c].fillna("").astype(str)
+    if df["item_id"].duplicated().any():
+        raise DataError(f"item {df['item_id'][df['item_id'].duplicated()].iloc[0]!r} listed twice", field="item_id")
+    df["categories"] = [[] if v is None or (isinstance(v, float) and np.isnan(v)) else [str(x) for x in v]
+                        for v in df["categories"]]
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    i = table.schema.get_field_index("categories")
+    return table.set_column(i, "categories", table.column("categories").cast(pa.list_(pa.string())))
+
+
+def split_stats(df: pd.DataFrame) -> dict:
+    pos = int((df["label"] == 1).sum())
+    return {"users": int(df["user_id"].nunique()), "items": int(df["item_id"].nunique()), "rows": int(len(df)),
+            "positives": pos, "positive_rate": pos / len(df) if len(df) else 0.0}
+
+
+def _oov_rates(df: pd.DataFrame, vocab: Vocab) -> dict:
+    if not len(df):
+        return {"user": 0.0, "item": 0.0}
+    return {"user": float((vocab.encode_users(df["user_id"]) == 1).mean()),
+            "item": float((vocab.encode_items(df["item_id"]) == 1).mean())}
+
+
+def build_run_data(ds: RawDataset, cfg: DataConfig, run_dir: str | Path, show_progress: bool = True) -> dict:
+    """Build samples, splits and vocabulary; write them under run_dir/data; return the stats (as in stats.json)."""
+    t0 = time.perf_counter()
+    out = Path(run_dir) / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stats.json").unlink(missing_ok=True)
+    steps = ["samples", "splits", "vocab", "items.parquet", "users.parquet"] + [f"{s}.parquet" for s in SPLITS] + \
+        ["vocab.json", "stats.json"]
+    bar = tqdm(total=len(steps), desc=f"[data] {ds.name}", disable=not show_progress, unit="step")
+
+    def step(name):
+        bar.set_postfix_str(name)
+        bar.update(1)
+
+    rule = resolve_label_rule(ds, cfg)
+    samples = build_samples(ds, cfg)
+    step("samples")
+    split, protocol = assign_splits(samples, cfg, real_time=ds.real_time, label_rule=rule, dataset=ds.source or ds.name)
+    codes = split.cat.codes.to_numpy()
+    parts = {s: samples[codes == i].reset_index(drop=True) for i, s in enumerate(SPLITS)}
+    step("splits")
+    vocab = Vocab.from_train(parts["train"], ds.items)
+    step("vocab")
+    write_table(items_table(ds.items), out / "items.parquet")
+    step("items.parquet")
+    if ds.users is not None:
+        users = ds.users.copy()
+        users["user_id"] = users["user_id"].astype(str)
+        write_table(pa.Table.from_pandas(users, preserve_index=False), out / "users.parquet")
+    else:
+        (out / "users.parquet").unlink(missing_ok=True)
+    step("users.parquet")
+    for s in SPLITS:
+        write_table(samples_table(parts[s]), out / f"{s}.parquet")
+        step(f"{s}.parquet")
+    vocab.save(out / "vocab.json")
+    step("vocab.json")
+    stats = {"dataset": ds.name, "source": ds.source, "real_time": ds.real_time,
+             "interactions": int(len(ds.interactions)),
+             "kept_interactions": int((samples["label"] == 1).sum() if rule == "implicit" else len(samples)),
+             "protocol": protocol,
+             "splits": {s: split_stats(parts[s]) for s in SPLITS},
+             "vocab": {f: vocab.size(f) for f in ("user", "item", "brand", "category")},
+             "oov_rate": {s: _oov_rates(parts[s], vocab) for s in ("valid", "test")},
+             "seconds": round(time.perf_counter() - t0, 2)}
+    atomic_write_json(out / "stats.json", stats)
+    step("stats.json")
+    bar.close()
+    return stats

@@ -1,0 +1,96 @@
+"""Encoded features: the FeatureSchema side tables and the numpy arrays of the batch contract (llmcf.data.schema)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmcf.data.samples import flatten_lists
+from llmcf.data.schema import SAMPLE_COLUMNS, SPLITS, FeatureSchema
+from llmcf.data.vocab import Vocab
+from llmcf.errors import DataError, RunError
+
+
+def make_schema(vocab: Vocab, items_df: pd.DataFrame, hist_len: int, max_cats: int = 8) -> FeatureSchema:
+    """Side tables indexed by item id: item_brand [n_items] (the item's brand id, 0 if none) and item_cats
+    [n_items, max_cats] (its first ``max_cats`` category ids, 0-padded). Rows 0 (padding), 1 (OOV) and vocabulary
+    items missing from ``items_df`` are all 0."""
+    n_items = vocab.n_items
+    item_brand = np.zeros(n_items, dtype=np.int64)
+    item_cats = np.zeros((n_items, max_cats), dtype=np.int64)
+    if items_df is not None and len(items_df):
+        items = items_df.drop_duplicates("item_id")
+        ids = vocab.encode_items(items["item_id"].astype(str))
+        known = ids >= 2
+        items, ids = items[known], ids[known]
+        if "brand" in items:
+            brand = items["brand"].fillna("").astype(str).to_numpy(dtype=object)
+            b = vocab.encode("brand", brand)
+            b[brand == ""] = 0
+            item_brand[ids] = b
+        if "categories" in items and max_cats > 0:
+            flat, lens = flatten_lists(items["categories"])
+            c = vocab.encode("category", flat)
+            c[flat == ""] = 0
+            row = np.repeat(np.arange(len(lens)), lens)
+            col = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+            keep = col < max_cats
+            item_cats[ids[row[keep]], col[keep]] = c[keep]
+    return FeatureSchema(n_users=vocab.n_users, n_items=n_items, n_brands=vocab.size("brand"),
+                         n_cats=vocab.size("category"), hist_len=hist_len, item_brand=item_brand, item_cats=item_cats)
+
+
+def encode_history(history, vocab: Vocab, hist_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hist [N, L] int64 left-padded with 0, most recent at L-1; hist_len [N] int64) keeping the last L items."""
+    flat, lens = flatten_lists(history)
+    n = len(lens)
+    out = np.zeros((n, hist_len), dtype=np.int64)
+    if hist_len > 0 and len(flat):
+        ids = vocab.encode_items(flat)
+        end = np.cumsum(lens)
+        idx = end[:, None] - hist_len + np.arange(hist_len)[None, :]  # flat index of each cell
+        valid = idx >= (end - lens)[:, None]
+        out = np.where(valid, ids[np.clip(idx, 0, len(ids) - 1)], 0)
+    return out, np.minimum(lens, hist_len).astype(np.int64)
+
+
+def encode(df: pd.DataFrame, vocab: Vocab, hist_len: int) -> dict[str, np.ndarray]:
+    """Arrays of the batch contract: user, item, hist, hist_len (int64) and label (float32)."""
+    missing = [c for c in ("user_id", "item_id", "history", "label") if c not in df.columns]
+    if missing:
+        raise DataError(f"samples lack the columns {missing} (have {list(df.columns)})")
+    hist, hlen = encode_history(df["history"], vocab, hist_len)
+    return {"user": vocab.encode_users(df["user_id"].to_numpy(dtype=object)),
+            "item": vocab.encode_items(df["item_id"].to_numpy(dtype=object)),
+            "hist": hist, "hist_len": hlen,
+            "label": df["label"].to_numpy(dtype=np.float32)}
+
+
+def load_split(run_dir: str | Path, split: str) -> pd.DataFrame:
+    """The CTR rows of one split from ``run_dir/data/<split>.parquet``."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    path = Path(run_dir) / "data" / f"{split}.parquet"
+    if not path.exists():
+        raise RunError(f"{path}: missing; run `llmcf data build --out {run_dir}` first")
+    df = pd.read_parquet(path)
+    missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"expected the sample columns {list(SAMPLE_COLUMNS)}, missing {missing}", file=str(path))
+    return df
+
+
+def load_encoded(run_dir: str | Path, split: str, vocab: Vocab | None = None,
+                 hist_len: int | None = None) -> dict[str, np.ndarray]:
+    """``encode(load_split(...))``; vocab defaults to run_dir/data/vocab.json, hist_len to the build's history_len."""
+    df = load_split(run_dir, split)
+    data = Path(run_dir) / "data"
+    vocab = vocab or Vocab.load(data / "vocab.json")
+    if hist_len is None:
+        stats = json.loads((data / "stats.json").read_text()) if (data / "stats.json").exists() else {}
+        hist_len = stats.get("protocol", {}).get("history_len")
+        if hist_len is None:
+            hist_len = int(df["history"].map(len).max()) if len(df) else 0
+    return encode(df, vocab, hist_len)

@@ -127,7 +127,7 @@ def flatten_lists(col) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sample_negatives(user_code: np.ndarray, item_code: np.ndarray, rows_user: np.ndarray, n_items: int, k: int,
-                     rng: np.random.Generator) -> np.ndarray:
+                     rng: np.random.Generator, user_names=None) -> np.ndarray:
     """[len(rows_user), k] item codes, uniform over the items each row's user never interacted with.
 
     user_code/item_code: every interaction (codes); rows_user: the user code of each positive row.
@@ -138,7 +138,9 @@ def sample_negatives(user_code: np.ndarray, item_code: np.ndarray, rows_user: np
     distinct = np.bincount(keys // n_items, minlength=int(rows_user.max(initial=0)) + 1)
     full = distinct[rows_user] >= n_items
     if full.any():
-        raise DataError(f"a user interacted with every one of the {n_items} items: no negative can be sampled "
+        u = int(rows_user[np.flatnonzero(full)[0]])
+        who = f"user {user_names[u]!r}" if user_names is not None else f"user #{u}"
+        raise DataError(f"{who} interacted with every one of the {n_items} items: no negative can be sampled "
                         "for them (use data.label: rating/column, or drop such users)", field="data.num_negatives")
     users = np.repeat(rows_user.astype(np.int64), k)
     out = rng.integers(0, n_items, size=len(users))
@@ -192,7 +194,8 @@ def build_samples(ds: RawDataset, cfg: DataConfig) -> pd.DataFrame:
                       df["timestamp"].to_numpy(), hist)
     k = cfg.num_negatives
     icode, catalogue = pd.factorize(items, sort=True)
-    neg = sample_negatives(ucode, icode, ucode, len(catalogue), k, np.random.default_rng([cfg.seed, 1]))
+    names = df["user_id"].to_numpy(dtype=object)[np.r_[0, np.flatnonzero(np.diff(ucode)) + 1]]
+    neg = sample_negatives(ucode, icode, ucode, len(catalogue), k, np.random.default_rng([cfg.seed, 1]), names)
     rep = np.repeat(np.arange(len(df)), k + 1)
     is_neg = np.tile(np.arange(k + 1) > 0, len(df))
     all_items = np.empty(len(rep), dtype=object)

@@ -1,0 +1,79 @@
+"""Common last step of every loader: cross-table checks, item text, time semantics → ``RawDataset``."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from llmcf.data.schema import RawDataset, item_text
+
+from . import validate as V
+from .table import Table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Part:
+    """A normalised frame plus the table it came from (for line numbers in messages)."""
+
+    frame: pd.DataFrame
+    table: Table
+
+
+def empty_items(item_ids) -> pd.DataFrame:
+    ids = pd.Series(pd.unique(np.asarray(item_ids, dtype=object)), dtype=object)
+    n = len(ids)
+    return pd.DataFrame({"item_id": ids, "title": [""] * n, "brand": [""] * n, "categories": [[] for _ in range(n)]})
+
+
+def positional(inter: pd.DataFrame) -> bool:
+    """True when each user's timestamps are exactly 0..n-1 (a per-user position, not a time)."""
+    d = inter[["user_id", "timestamp"]].sort_values(["user_id", "timestamp"], kind="stable")
+    pos = d.groupby("user_id", sort=False).cumcount().to_numpy()
+    return bool(np.array_equal(pos.astype(np.float64), d["timestamp"].to_numpy(np.float64)))
+
+
+def finish(name: str, source: str, inter: Part, items: Part | None, users: Part | None, label_hint: str | None,
+           *, strict_items: bool = True) -> RawDataset:
+    """Check ids across tables, build item text and return the dataset.
+
+    ``strict_items``: interactions naming items absent from the item table are an error; otherwise (Amazon, where the
+    meta file may lack products) such items get empty text fields.
+    """
+    df = inter.frame
+    if "timestamp" not in df.columns:
+        log.warning("%s has no timestamp: using each user's order in the file", inter.table.file)
+        df = df.assign(timestamp=df.groupby("user_id", sort=False).cumcount().astype("float64"))
+    if items is None:
+        it = empty_items(df["item_id"])
+    else:
+        it = items.frame
+        V.unique(items.table, it["item_id"], "item_id", "item id")
+        if strict_items:
+            V.known(inter.table, df["item_id"], it["item_id"], "item_id", items.table.file)
+        else:
+            missing = ~pd.Series(pd.unique(df["item_id"].to_numpy(dtype=object))).isin(it["item_id"])
+            if missing.any():
+                extra = empty_items(pd.unique(df["item_id"].to_numpy(dtype=object))[missing.to_numpy()])
+                log.warning("%d items have no metadata in %s: their text is empty", len(extra), items.table.file)
+                it = pd.concat([it, extra], ignore_index=True)
+    it = it.reset_index(drop=True)
+    for c in ("title", "brand"):
+        it[c] = it[c].astype(object)
+    it["text"] = [item_text(t, b, c) for t, b, c in zip(it["title"], it["brand"], it["categories"])]
+    cols = ["item_id", "title", "brand", "categories", "text"] + [c for c in it.columns
+                                                                 if c not in ("item_id", "title", "brand", "categories", "text")]
+    it = it[cols]
+    us = None
+    if users is not None:
+        us = users.frame.reset_index(drop=True)
+        V.unique(users.table, us["user_id"], "user_id", "user id")
+    order = ["user_id", "item_id", "timestamp"] + [c for c in ("rating", "label") if c in df.columns]
+    df = df[order].reset_index(drop=True)
+    real_time = not positional(df)
+    hint = "column" if "label" in df.columns else label_hint
+    return RawDataset(name=name, interactions=df, items=it, users=us, real_time=real_time, source=source,
+                      label_hint=hint)

@@ -1,0 +1,122 @@
+"""Delimited text files → a table of strings that remembers each row's line number (for error messages)."""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from llmcf.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Table:
+    """Rows read from ``file``: ``df`` (one column per field) and ``lines`` (1-based line of each row)."""
+
+    file: str
+    df: pd.DataFrame
+    lines: np.ndarray
+
+    def line(self, row: int) -> int:
+        return int(self.lines[row])
+
+    def take(self, mask: np.ndarray) -> "Table":
+        return Table(self.file, self.df[mask].reset_index(drop=True), self.lines[np.asarray(mask)])
+
+
+def open_text(path: Path, encoding: str = "utf-8") -> str:
+    """The whole file as text (gunzipped if it ends with .gz). ``utf-8`` falls back to latin-1 on undecodable bytes."""
+    if not path.is_file():
+        raise DataError("file not found", file=str(path))
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise DataError(f"expected a gzip file ({e})", file=str(path)) from None
+    if encoding.lower().replace("-", "") in ("utf8", "utf8sig"):
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            log.warning("%s is not UTF-8; reading it as latin-1", path)
+            return data.decode("latin-1")
+    return data.decode(encoding)
+
+
+def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its end) for the non-blank lines of a text or .gz file."""
+    for i, line in enumerate(_lines(open_text(path, encoding)), 1):
+        if line.strip():
+            yield i, line
+
+
+def read_delimited(path: Path, sep: str, *, names: Sequence[str] | None = None, quoted: bool = False,
+                   encoding: str = "utf-8") -> tuple[list[str], Table]:
+    """Read a delimited file, one record per line.
+
+    ``names`` given: the file has no header. Otherwise line 1 is the header and its cells are returned as read.
+    ``quoted``: a field may be CSV-quoted (``"a<sep>b"``, ``""`` for a quote) on lines that contain a quote.
+    Rows shorter than the header are padded with empty fields; longer rows are an error. Blank lines are skipped.
+    """
+    numbered = [(i, line) for i, line in enumerate(_lines(open_text(path, encoding)), 1) if line.strip()]
+    if names is None:
+        if not numbered:
+            raise DataError("empty file: expected a header line and at least one data row", file=str(path), line=1)
+        header = _split(numbered[0][1], sep, quoted)
+        numbered = numbered[1:]
+    else:
+        header = list(names)
+    if not numbered:
+        raise DataError("empty file: expected at least one data row", file=str(path), line=1)
+    width = len(header)
+    numbers = np.fromiter((i for i, _ in numbered), dtype=np.int64, count=len(numbered))
+    if len(sep) == 1 and sep not in "\"\n\r" and not (quoted and any('"' in line for _, line in numbered)):
+        df = _fast(numbered, sep, width)
+        if df is not None:
+            return header, Table(str(path), df, numbers)
+    if quoted and len(sep) == 1:
+        rows = [_split(line, sep, True) if '"' in line else line.split(sep) for _, line in numbered]
+    else:
+        rows = [line.split(sep) for _, line in numbered]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    if (lengths > width).any():
+        k = int(np.flatnonzero(lengths > width)[0])
+        raise DataError(f"expected {width} fields separated by {sep!r}, found {lengths[k]}", file=str(path),
+                        line=int(numbers[k]))
+    for k in np.flatnonzero(lengths < width):  # short rows: missing trailing fields are empty
+        rows[k] = rows[k] + [""] * (width - int(lengths[k]))
+    cols = list(zip(*rows))
+    df = pd.DataFrame({i: np.asarray(c, dtype=object) for i, c in enumerate(cols)})
+    return header, Table(str(path), df, numbers)
+
+
+def _fast(numbered: list[tuple[int, str]], sep: str, width: int) -> pd.DataFrame | None:
+    """pandas' C parser on the non-blank lines; None when a row is too long (the slow path then names its line)."""
+    try:
+        df = pd.read_csv(io.StringIO("\n".join(line for _, line in numbered)), sep=sep, header=None,
+                         names=list(range(width)), dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False,
+                         na_filter=False, skip_blank_lines=False, engine="c")
+    except (pd.errors.ParserError, ValueError):
+        return None
+    return df if len(df) == len(numbered) else None
+
+
+def _lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    if "\r" in text:
+        lines = [line.rstrip("\r") for line in lines]
+    return lines
+
+
+def _split(line: str, sep: str, quoted: bool) -> list[str]:
+    if quoted and '"' in line and len(sep) == 1:
+        return next(csv.reader([line], delimiter=sep, quotechar='"', doublequote=True, strict=False))
+    return line.split(sep)

@@ -120,6 +120,13 @@ class CoTConfig:
     history_items: int = 10
     shard_size: int = 64
     seed: int = 0
+    min_chars: int = 10
+    """Candidates shorter than this (stripped) score 0."""
+    echo_threshold: float = 0.5
+    """A candidate is an echo (score 0) when this share of its word 8-grams occurs verbatim in the prompt, or this
+    share of the instruction's 8-grams occurs in it."""
+    completeness: str = "text"
+    """text (the paper: cosine of the whole CoT to each aspect sentence) | sentences (per aspect, its best sentence)."""
 
 
 @dataclass
@@ -127,6 +134,8 @@ class EmbedConfig:
     encoder: str = "minilm"
     """``minilm`` (embedded all-MiniLM-L6-v2), ``mpnet`` or a sentence-transformers folder."""
     batch_size: int = 64
+    cache_dir: str | None = None
+    """On-disk embedding cache (keyed by sha256 of model + text); None = ``<run_dir>/embed/cache``."""
 
 
 @dataclass

@@ -193,7 +193,8 @@ def test_loo_split():
 
 def test_ratio_counts_rule():
     tr, va, te = ratio_counts(np.array([10, 20, 3, 2, 1, 25]), [0.8, 0.1, 0.1])
-    assert tr.tolist() == [8, 16, 1, 2, 1, 21] and va.tolist() == [1, 2, 1, 0, 0, 2] and te.tolist() == [1, 2, 1, 0, 0, 2]
+    assert tr.tolist() == [8, 16, 1, 2, 1, 21]
+    assert va.tolist() == te.tolist() == [1, 2, 1, 0, 0, 2]
     n = np.arange(1, 300)
     for r in ([0.8, 0.1, 0.1], [0.01, 0.98, 0.01], [0.7, 0.0, 0.3], [1, 1, 1]):
         tr, va, te = ratio_counts(n, r)

@@ -105,8 +105,12 @@ def history_lists(items: np.ndarray, pos: np.ndarray, hist_len: int) -> pa.ListA
     return pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), values)
 
 
-def flatten_lists(col) -> tuple[np.ndarray, np.ndarray]:
-    """(flat values as an object array, length of each row) of a column of lists / arrays (None = empty)."""
+def flatten_lists(col, arrow: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(flat values, length of each row) of a column of lists / arrays (None = empty): a Series, a sequence or an
+    Arrow list array. Flat values are an object array, or with ``arrow`` an Arrow array when that is cheaper
+    (Arrow input: no Python string objects are made)."""
+    if isinstance(col, pd.Series) and isinstance(col.dtype, pd.ArrowDtype):
+        col = pa.array(col)
     if not isinstance(col, (pa.Array, pa.ChunkedArray)):
         vals = col.to_numpy() if isinstance(col, pd.Series) else list(col)
         try:  # fast path: every row is a numpy array (as read from Parquet)
@@ -122,6 +126,8 @@ def flatten_lists(col) -> tuple[np.ndarray, np.ndarray]:
         col = col.combine_chunks()
     col = col.fill_null([]) if col.null_count else col
     lens = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
+    if arrow:
+        return col.flatten(), lens
     flat = col.flatten().to_numpy(zero_copy_only=False)
     return flat.astype(object, copy=False), lens
 

@@ -81,6 +81,12 @@ class LLMConfig:
     timeout_s: float = 120.0
     max_retries: int = 3
     dtype: str = "float32"
+    device: str = "auto"
+    """hf backend: auto (cuda if available) | cpu | cuda | cuda:N."""
+    api_model: str | None = None
+    """For backend=openai: the model name sent to the server (default: ``model``)."""
+    send_top_k: bool = True
+    """For backend=openai: send top_k (vLLM/SGLang accept it; the official OpenAI API does not)."""
 
 
 @dataclass
@@ -106,6 +112,18 @@ class RecGenConfig:
     mmlu_subjects: list[str] = field(default_factory=list)
     skip: bool = False
     """Use the base model for CoT generation (the paper's untuned-CoT ablation)."""
+    lora_dropout: float = 0.05
+    seed: int = 0
+    save_every: int = 50
+    """Optimizer steps between resumable checkpoints (run_dir/llm/recgen/ckpt)."""
+    self_distill_samples: int = 1
+    """Answers per general prompt when general_data is None (sampled at temperature 0.7 when > 1)."""
+    self_distill_max_new_tokens: int = 200
+    heldout_general: int = 40
+    """General rows held out of training for the perplexity check."""
+    mmlu_shots: int = 5
+    mmlu_max_questions: int | None = 100
+    """Per subject (None = all test questions)."""
 
 
 @dataclass

@@ -127,7 +127,7 @@ def _reviews(path: Path, v: Version) -> Part:
         labels.append(rec.get("label"))
         lines.append(no)
     if not lines:
-        raise DataError("empty file: expected at least one review", file=str(path))
+        raise DataError("empty file: expected at least one review", file=str(path), line=1)
     df = pd.DataFrame({k: pd.Series(c, dtype=object) for k, c in cols.items()})
     has_label = any(x is not None for x in labels)
     if has_label:

@@ -30,10 +30,11 @@ def empty_items(item_ids) -> pd.DataFrame:
 
 
 def positional(inter: pd.DataFrame) -> bool:
-    """True when each user's timestamps are exactly 0..n-1 (a per-user position, not a time)."""
+    """True when each user's timestamps are exactly 0..n-1 (or all 1..n): a per-user position, not a time."""
     d = inter[["user_id", "timestamp"]].sort_values(["user_id", "timestamp"], kind="stable")
-    pos = d.groupby("user_id", sort=False).cumcount().to_numpy()
-    return bool(np.array_equal(pos.astype(np.float64), d["timestamp"].to_numpy(np.float64)))
+    pos = d.groupby("user_id", sort=False).cumcount().to_numpy().astype(np.float64)
+    ts = d["timestamp"].to_numpy(np.float64)
+    return bool(np.array_equal(pos, ts) or np.array_equal(pos + 1, ts))
 
 
 def finish(name: str, source: str, inter: Part, items: Part | None, users: Part | None, label_hint: str | None,

@@ -28,9 +28,6 @@ class Table:
     def line(self, row: int) -> int:
         return int(self.lines[row])
 
-    def take(self, mask: np.ndarray) -> "Table":
-        return Table(self.file, self.df[mask].reset_index(drop=True), self.lines[np.asarray(mask)])
-
 
 def open_text(path: Path, encoding: str = "utf-8") -> str:
     """The whole file as text (gunzipped if it ends with .gz). ``utf-8`` falls back to latin-1 on undecodable bytes."""
@@ -81,7 +78,7 @@ def read_delimited(path: Path, sep: str, *, names: Sequence[str] | None = None, 
     if len(sep) == 1 and sep not in "\"\n\r" and not (quoted and any('"' in line for _, line in numbered)):
         df = _fast(numbered, sep, width)
         if df is not None:
-            return header, Table(str(path), df, numbers)
+            return header, _table(path, df, names, numbers)
     if quoted and len(sep) == 1:
         rows = [_split(line, sep, True) if '"' in line else line.split(sep) for _, line in numbered]
     else:
@@ -95,18 +92,27 @@ def read_delimited(path: Path, sep: str, *, names: Sequence[str] | None = None, 
         rows[k] = rows[k] + [""] * (width - int(lengths[k]))
     cols = list(zip(*rows))
     df = pd.DataFrame({i: np.asarray(c, dtype=object) for i, c in enumerate(cols)})
-    return header, Table(str(path), df, numbers)
+    return header, _table(path, df, names, numbers)
+
+
+def _table(path: Path, df: pd.DataFrame, names: Sequence[str] | None, numbers: np.ndarray) -> Table:
+    """Columns are ``names`` for headerless files, else 0..width-1 (the caller names them from the header)."""
+    df.columns = list(names) if names is not None else list(range(df.shape[1]))
+    return Table(str(path), df, numbers)
 
 
 def _fast(numbered: list[tuple[int, str]], sep: str, width: int) -> pd.DataFrame | None:
-    """pandas' C parser on the non-blank lines; None when a row is too long (the slow path then names its line)."""
+    """pandas' C parser on the non-blank lines; None when a row is longer than the first one or than ``width`` (the
+    slow path then pads short rows and names the line of a long one)."""
     try:
-        df = pd.read_csv(io.StringIO("\n".join(line for _, line in numbered)), sep=sep, header=None,
-                         names=list(range(width)), dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False,
-                         na_filter=False, skip_blank_lines=False, engine="c")
+        df = pd.read_csv(io.StringIO("\n".join(line for _, line in numbered)), sep=sep, header=None, index_col=False,
+                         dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False, na_filter=False,
+                         skip_blank_lines=False, engine="c")
     except (pd.errors.ParserError, ValueError):
         return None
-    return df if len(df) == len(numbered) else None
+    if len(df) != len(numbered) or df.shape[1] != width:
+        return None
+    return df
 
 
 def _lines(text: str) -> list[str]:

@@ -9,7 +9,7 @@ from llmcf.errors import DataError
 from .table import Table
 
 
-def _first(t: Table, mask: np.ndarray) -> int:
+def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
@@ -31,7 +31,7 @@ def ids(t: Table, col: str, field: str | None = None) -> pd.Series:
     s = t.df[col].astype(object).where(t.df[col].notna(), "").astype(str).str.strip()
     bad = (s == "").to_numpy()
     if bad.any():
-        i = _first(t, bad)
+        i = _first(bad)
         raise DataError("empty id; expected a non-empty value", file=t.file, line=t.line(i), field=field or col)
     return s
 
@@ -50,7 +50,7 @@ def floats(t: Table, col: str, *, required: bool, field: str | None = None, what
         bad |= empty
     bad |= np.isinf(num.to_numpy())
     if bad.any():
-        i = _first(t, bad)
+        i = _first(bad)
         raise DataError(f"expected {what}, found {_show(raw.iloc[i])}", file=t.file, line=t.line(i),
                         field=field or col)
     return num
@@ -61,7 +61,7 @@ def labels(t: Table, col: str, field: str | None = None) -> pd.Series:
     num = floats(t, col, required=True, field=field, what="a label 0 or 1")
     bad = ~num.isin([0.0, 1.0]).to_numpy()
     if bad.any():
-        i = _first(t, bad)
+        i = _first(bad)
         raise DataError(f"expected a label 0 or 1, found {_show(t.df[col].iloc[i])}", file=t.file,
                         line=t.line(i), field=field or col)
     return num.astype("int8")
@@ -71,7 +71,7 @@ def unique(t: Table, values: pd.Series, field: str, what: str) -> None:
     """Raise on the second occurrence of a value (naming both lines)."""
     dup = values.duplicated(keep="first").to_numpy()
     if dup.any():
-        i = _first(t, dup)
+        i = _first(dup)
         v = values.iloc[i]
         j = int(np.flatnonzero((values == v).to_numpy())[0])
         raise DataError(f"duplicate {what} {_show(v)} (first listed on line {t.line(j)}); expected each {what} once",
@@ -82,7 +82,7 @@ def known(t: Table, values: pd.Series, catalogue: pd.Series, field: str, table_f
     """Raise if ``values`` name ids absent from ``catalogue`` (how many, and the first with its line)."""
     missing = ~values.isin(catalogue).to_numpy()
     if missing.any():
-        i = _first(t, missing)
+        i = _first(missing)
         n_rows = int(missing.sum())
         n_ids = int(values[missing].nunique())
         raise DataError(f"{n_rows} interactions name {n_ids} items absent from the item table {table_file}; the first "

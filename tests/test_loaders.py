@@ -327,7 +327,8 @@ def test_several_inter_files_need_a_prefix(tmp_path):
 @pytest.mark.parametrize("case", [
     # (inter, item, user, file, line, field, words)
     ("user_id:token\trating:float\n1\t3\n", None, None, "d.inter", 1, "item_id", ["missing required column"]),
-    (tsv(INTER_HDR, "1\t10\t4\t5", "1\t11\tfour\t6"), None, None, "d.inter", 3, "rating", ["expected a number", "four"]),
+    (tsv(INTER_HDR, "1\t10\t4\t5", "1\t11\tfour\t6"), None, None, "d.inter", 3, "rating",
+     ["expected a number", "four"]),
     (tsv(INTER_HDR, "1\t10\t4\t5", "", "1\t11\t4\t"), None, None, "d.inter", 4, "timestamp", ["expected a number"]),
     (tsv(INTER_HDR, "1\t\t4\t5"), None, None, "d.inter", 2, "item_id", ["empty id"]),
     (tsv(INTER_HDR), None, None, "d.inter", 1, None, ["empty file"]),
@@ -381,6 +382,9 @@ def test_amazon_bad_input(tmp_path):
     assert load_dataset(str(d)).items["categories"].iloc[0] == ["Beauty"]  # 2nd record is a duplicate: ignored
     write(d / "meta_X.json", "{'asin': 'B', 'categories': 5}\n")
     raises(lambda: load_dataset(str(d)), "meta_X.json", 1, "categories", "list of category names")
+    write(d / "meta_X.json", "{'asin': 'other', 'title': 'not reviewed'}\n")
+    items = load_dataset(str(d)).items
+    assert list(items["item_id"]) == ["B"] and list(items["text"]) == [""]
 
 
 # ---------------------------------------------------------------- real data

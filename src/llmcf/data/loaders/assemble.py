@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from llmcf.data.schema import RawDataset, item_text
+from llmcf.data.schema import ITEM_COLUMNS, RawDataset, item_text
 
 from . import validate as V
 from .table import Table
@@ -56,18 +56,16 @@ def finish(name: str, source: str, inter: Part, items: Part | None, users: Part 
         if strict_items:
             V.known(inter.table, df["item_id"], it["item_id"], "item_id", items.table.file)
         else:
-            missing = ~pd.Series(pd.unique(df["item_id"].to_numpy(dtype=object))).isin(it["item_id"])
-            if missing.any():
-                extra = empty_items(pd.unique(df["item_id"].to_numpy(dtype=object))[missing.to_numpy()])
+            used = pd.Series(pd.unique(df["item_id"].to_numpy(dtype=object)), dtype=object)
+            extra = empty_items(used[~used.isin(it["item_id"])])
+            if len(extra):
                 log.warning("%d items have no metadata in %s: their text is empty", len(extra), items.table.file)
-                it = pd.concat([it, extra], ignore_index=True)
+                it = pd.concat([it, extra], ignore_index=True) if len(it) else extra
     it = it.reset_index(drop=True)
     for c in ("title", "brand"):
         it[c] = it[c].astype(object)
     it["text"] = [item_text(t, b, c) for t, b, c in zip(it["title"], it["brand"], it["categories"])]
-    cols = ["item_id", "title", "brand", "categories", "text"] + [c for c in it.columns
-                                                                 if c not in ("item_id", "title", "brand", "categories", "text")]
-    it = it[cols]
+    it = it[list(ITEM_COLUMNS) + [c for c in it.columns if c not in ITEM_COLUMNS]]
     us = None
     if users is not None:
         us = users.frame.reset_index(drop=True)

@@ -22,7 +22,8 @@ from .table import Table, read_delimited
 
 ENC = "latin-1"
 GENRES_100K = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-               "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+               "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
+               "Western"]
 INTER = ["user_id", "item_id", "rating", "timestamp"]
 
 

@@ -5,8 +5,8 @@ query's features token f_q; the sequence ``[f1,c1,y1, ..., fK,cK,yK, fq]`` runs 
 final-normed hidden state at f_q is the ICT feature ``w [B, dim]`` that a backbone takes as its ``extra`` input.
 
 Tokens:
-    features = MLP(concat of field embeddings: user id, item id, item text (mapped), brand, mean categories,
-               mean history items, mean history text (mapped), mean history brands, mean history categories)
+    features = MLP(concat of field embeddings: user id, item id, brand, mean categories, item text (mapped),
+               and the means over the history items of item id, brand, mean categories, mapped text)
     CoT      = text_mlp(frozen CoT embedding)   — text_mlp is the one MLP mapping encoder vectors to dim
     label    = Embedding(2, dim)[label]
 Missing examples (``ctx_mask`` False) are zeroed and masked out as attention keys, so they never affect ``w``.
@@ -78,7 +78,7 @@ class ICT(nn.Module):
                 with torch.no_grad():
                     emb.weight[emb.padding_idx].zero_()
         self.text_mlp = _mlp(text_dim, dim, dim)
-        self.feat_mlp = _mlp(7 * field_dim + 2 * dim, 2 * dim, dim, dropout)
+        self.feat_mlp = _mlp(7 * field_dim + 2 * dim, 2 * dim, dim, dropout)  # user + 2 × (3 fields + text)
         self.label_emb = nn.Embedding(2, dim)
         if variant == "mean_pool":
             self.pool_mlp = _mlp(dim, dim, dim, dropout)
@@ -90,22 +90,21 @@ class ICT(nn.Module):
 
     # ---- tokens -------------------------------------------------------------------------------------------------
     def features(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
-        """Features tokens for user [N], item [N], hist [N, L] (0-padded) -> [N, dim]."""
-        n = hist.shape[0]
-        hist_brand = self.item_brand[hist] * (hist > 0)
-        hist_cats = (self.item_cats[hist] * (hist > 0)[..., None]).reshape(n, -1)
-        fields = [
-            self.user_emb(user),
-            self.item_emb(item),
-            self.text_mlp(self.item_text[item]),
-            self.brand_emb(self.item_brand[item]),
-            _bag_mean(self.item_cats[item], self.cat_emb.weight),
-            _bag_mean(hist, self.item_emb.weight),
-            self.text_mlp(_bag_mean(hist, self.item_text)),
-            _bag_mean(hist_brand, self.brand_emb.weight),
-            _bag_mean(hist_cats, self.cat_emb.weight),
-        ]
-        return self.feat_mlp(torch.cat(fields, -1))
+        """Features tokens for user [N], item [N], hist [N, L] (0-padded) -> [N, dim].
+
+        The item-side fields (id, brand, mean category, mapped text) are computed once per distinct item of the call
+        and then gathered for targets and history positions (history fields are means over the present items)."""
+        n, hist_len = hist.shape
+        uniq, inv = torch.unique(torch.cat([item, hist.reshape(-1)]), return_inverse=True)
+        table = torch.cat([
+            self.item_emb(uniq),
+            self.brand_emb(self.item_brand[uniq]),
+            _bag_mean(self.item_cats[uniq], self.cat_emb.weight),
+            self.text_mlp(F.embedding(uniq, self.item_text)),
+        ], -1) * (uniq > 0)[:, None]  # padding items contribute zeros
+        target = table[inv[:n]]
+        hist_mean = table[inv[n:]].view(n, hist_len, -1).sum(1) / (hist > 0).sum(1, keepdim=True).clamp_min(1)
+        return self.feat_mlp(torch.cat([self.user_emb(user), target, hist_mean], -1))
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Input sequence [B, T, dim] and key-present mask [B, T] (T = tokens_per_example·K + 1)."""

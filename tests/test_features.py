@@ -161,7 +161,11 @@ def test_build_run_data_writes_everything(tmp_path):
     items = pd.read_parquet(data / "items.parquet")
     assert len(items) == len(ds.items) and list(items.categories.iloc[3]) == ds.items.categories.iloc[3]
     v = Vocab.load(data / "vocab.json")
-    assert v.user == sorted(set(load_split(tmp_path, "train").user_id))
+    train = load_split(tmp_path, "train")
+    assert v.user == sorted(set(train.user_id))
+    assert set(v.item) == set(train.item_id) | {x for h in train.history for x in h}  # train only
+    test = load_split(tmp_path, "test")
+    assert stats["oov_rate"]["test"]["item"] == pytest.approx((~test.item_id.isin(set(v.item))).mean())
     arrays = load_encoded(tmp_path, "valid")
     assert arrays["hist"].shape == (stats["splits"]["valid"]["rows"], 5)
     direct = encode(load_split(tmp_path, "valid"), v, 5)
@@ -174,6 +178,19 @@ def test_build_run_data_writes_everything(tmp_path):
     # a dataset without users drops a stale users.parquet
     build_run_data(make_ds(with_users=False), cfg, tmp_path, show_progress=False)
     assert not (data / "users.parquet").exists()
+
+
+def test_build_vocab_ignores_valid_and_test_only_items(tmp_path):
+    ds = make_ds()
+    extra = pd.DataFrame({"user_id": ["u00", "u01"], "item_id": ["new_a", "new_b"], "timestamp": [99.0, 99.0]})
+    ds.interactions = pd.concat([ds.interactions, extra], ignore_index=True).assign(rating=5.0)
+    stats = build_run_data(ds, DataConfig(label="rating", split="loo"), tmp_path, show_progress=False)
+    v = Vocab.load(tmp_path / "data" / "vocab.json")
+    assert "new_a" not in v.item and "new_b" not in v.item
+    test = load_split(tmp_path, "test")
+    enc = load_encoded(tmp_path, "test", v, 20)
+    assert (enc["item"][test.item_id.isin(["new_a", "new_b"]).to_numpy()] == OOV).sum() == 2
+    assert stats["oov_rate"]["test"]["item"] >= 2 / len(test)
 
 
 def test_build_failure_leaves_no_partial_parquet(tmp_path, monkeypatch):

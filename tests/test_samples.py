@@ -235,6 +235,8 @@ def test_time_split_global_and_needs_real_time():
     assert (df.groupby("split", observed=True).size() > 0).all()
     q1, q2 = proto["cut_timestamps"]
     assert q1 == 52 and q2 == 100
+    assert (df[df.timestamp <= 52].split == "train").all() and (df[df.timestamp == 53].split == "valid").all()
+    assert df.groupby("split", observed=True).size().to_dict() == {"train": 18, "valid": 6, "test": 6}
     ds.real_time = False
     with pytest.raises(DataError, match="real_time"):
         assign_splits(build_samples(ds, cfg), cfg, real_time=False)

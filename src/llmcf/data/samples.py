@@ -115,9 +115,9 @@ def flatten_lists(col, arrow: bool = False) -> tuple[np.ndarray, np.ndarray]:
         vals = col.to_numpy() if isinstance(col, pd.Series) else list(col)
         try:  # fast path: every row is a numpy array (as read from Parquet)
             lens = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
-            if all(isinstance(v, np.ndarray) and v.dtype == object for v in vals[:1]) and len(vals):
+            if len(vals) and isinstance(vals[0], np.ndarray) and vals[0].dtype == object:
                 flat = np.concatenate(list(vals)) if lens.sum() else np.zeros(0, dtype=object)
-                if flat.dtype == object:
+                if flat.dtype == object:  # rows of plain lists of str would give a fixed-width str array
                     return flat, lens
         except TypeError:
             pass

@@ -98,6 +98,7 @@ def test_selection_is_exact_and_leakage_safe(rule, balanced):
     pos = np.concatenate([frame["pos"].to_numpy()] * 2)
     ctx = sel.select(q, users, pos, ["x"] * len(q))
     assert ctx.shape == (len(q), 4) and ctx.dtype == np.int64
+    assert sel.stats["re_searched_queries"] > 0  # the small margin forces the grow-and-re-search path
     assert leakage_violations(ctx, frame, users, pos, rule) == 0
     own = np.concatenate([np.arange(len(frame))] * 2)
     bu, bp = frame["user_id"].to_numpy()[ctx], frame["pos"].to_numpy()[ctx]

@@ -78,6 +78,8 @@ class Selector:
         labels = np.asarray(bank_labels)
         self.rows = {lab: np.flatnonzero(labels == lab).astype(np.int64) for lab in (0, 1)}
         self.indexes = indexes
+        self.stats = {"searches": 0, "re_searched_queries": 0}
+        """Counters: FAISS search calls, and queries searched again because the leakage filter left them short."""
         for lab in (0, 1):
             nt = indexes[lab].ntotal
             if nt != len(self.rows[lab]):
@@ -107,10 +109,14 @@ class Selector:
         if ntotal == 0 or m == 0 or n == 0:
             return out_r, out_s
         todo = np.arange(n)
-        k = m + int(self.cfg.margin)
+        k, first = m + int(self.cfg.margin), True
         while todo.size:
             k = min(k, ntotal)
             sc, ids = search(index, keys[todo], k, self.cfg)
+            self.stats["searches"] += 1
+            if not first:
+                self.stats["re_searched_queries"] += int(todo.size)
+            first = False
             if ids.shape[1] < m:  # bucket smaller than m: pad
                 pad = m - ids.shape[1]
                 ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
@@ -121,7 +127,8 @@ class Selector:
             sel_ok = np.take_along_axis(ok, order, axis=1)
             sel_r = np.where(sel_ok, np.take_along_axis(g, order, axis=1), -1)
             sel_s = np.where(sel_ok, np.take_along_axis(sc, order, axis=1), -np.inf)
-            done = (ok.sum(axis=1) >= m) | (k >= ntotal)
+            # done: enough allowed rows, the whole bucket seen, or an approximate index ran out of reachable rows
+            done = (ok.sum(axis=1) >= m) | (k >= ntotal) | (ids[:, -1] < 0)
             out_r[todo[done]], out_s[todo[done]] = sel_r[done], sel_s[done]
             todo = todo[~done]
             k *= _GROWTH

@@ -99,6 +99,7 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
                 splits[split] = dict(done[split], cached=True)
                 continue
         t1 = time.perf_counter()
+        stats0 = dict(selector.stats)
         qkeys = compose_keys(items.history_means(df["history"].tolist()),
                              items.targets(df["item_id"].tolist()) if rc.target_weight > 0 else None, rc)
         ctx = selector.select(qkeys, users, pos, df["item_id"].astype(str).tolist(), progress=progress,
@@ -114,6 +115,7 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
         splits[split] = {"rows": len(df), "seconds": round(secs, 3),
                          "queries_per_s": round(len(df) / secs, 1) if secs > 0 else None,
                          "leakage_violations": viol,
+                         "re_searched_queries": selector.stats["re_searched_queries"] - stats0["re_searched_queries"],
                          "same_position_hits": selector.same_position_hits(ctx, users, pos),
                          "full_rows": int((filled == rc.k).sum()), "mean_filled": float(filled.mean()) if len(df) else 0,
                          "positive_share": float((ctx_labels == 1).sum() / max(1, (ctx_labels >= 0).sum())),

@@ -124,11 +124,15 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
         atomic_write_json(state_path, {"fingerprint": fp, "done": done})
     meta = {"bank_rows": len(bank), "positives": int((labels == 1).sum()), "negatives": int((labels == 0).sum()),
             "bank_users": int(bank.frame["user_id"].nunique()), "key_dim": int(keys.shape[1]),
-            "index": {str(lab): kind(ix) for lab, ix in indexes.items()},
+            "index": {"positive": kind(indexes[1]), "negative": kind(indexes[0])},
             "build_seconds": round(t_build, 3), "total_seconds": round(time.perf_counter() - t0, 3),
             "leakage_violations": int(sum(s["leakage_violations"] for s in splits.values())),
             "splits": splits, "fingerprint": fp, "config": asdict(rc)}
     atomic_write_json(out / "meta.json", meta)
+    qps = ", ".join(f"{s} {v['rows']} rows" + ("" if v.get("cached") else f" {v['queries_per_s']} q/s")
+                    for s, v in splits.items())
+    print(f"[retrieve] bank {meta['bank_rows']} rows ({meta['positives']} pos / {meta['negatives']} neg), "
+          f"{meta['index']['positive']}, K={rc.k}; {qps}; leakage violations 0 -> {out}")
     return meta
 
 

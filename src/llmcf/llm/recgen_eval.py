@@ -1,0 +1,88 @@
+"""RecGen evaluation: rec ability (AUC/LogLoss of p(Yes) on test rows), 5-shot MMLU, general perplexity.
+
+Writes ``run_dir/llm/recgen/eval_<tag>.json``. The model is ``model_path`` or the tuned ``run_dir/llm/recgen/model``;
+it is evaluated with the hf backend (local weights). Perplexity is exp(mean NLL) over the answer tokens of the
+held-out general rows (see recgen_data: with self-distilled data these are the base model's own answers, so the base
+model's perplexity there is low by construction; the number then measures drift, not quality).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llmcf.config import Config
+from llmcf.errors import RunError
+from llmcf.io import atomic_write_json
+from llmcf.llm.rec_prompts import rec_prompts_for
+from llmcf.llm.recgen_data import (collate, general_examples, read_item_texts, read_split, recgen_dir,
+                                   sample_rows, tokenize_example)
+
+
+def rec_metrics(labels: np.ndarray, p: np.ndarray) -> dict:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    labels = np.asarray(labels).astype(int)
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    both = len(np.unique(labels)) == 2
+    return {"auc": float(roc_auc_score(labels, p)) if both else None,
+            "logloss": float(log_loss(labels, p, labels=[0, 1])),
+            "accuracy": float(np.mean((p >= 0.5) == labels)),
+            "mean_p_yes": float(p.mean()), "positive_rate": float(labels.mean()), "n": int(len(labels))}
+
+
+def perplexity(backend, examples, cutoff_len: int, batch_size: int = 4) -> dict:
+    """exp(mean answer-token NLL) of ``examples`` under the backend's model."""
+    import torch
+
+    from llmcf.llm.recgen_train import token_nll
+
+    tok = backend.tokenizer
+    enc = [e for e in (tokenize_example(tok, x, cutoff_len) for x in examples) if e is not None]
+    if not enc:
+        return {"perplexity": None, "n": 0, "tokens": 0}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(enc), batch_size):
+            b = {k: v.to(backend.device) for k, v in collate(enc[i:i + batch_size], pad).items()}
+            nll, _ = token_nll(backend.model, b)
+            total += float(nll.sum())
+            count += int(nll.numel())
+    return {"perplexity": math.exp(total / count), "mean_nll": total / count, "n": len(enc), "tokens": count}
+
+
+def run_recgen_eval(run_dir: Path, cfg: Config, model_path: Path | None = None, tag: str = "tuned") -> dict:
+    """Evaluate one model and write ``eval_<tag>.json``; returns the same dict."""
+    from llmcf.llm.hf_backend import HFBackend
+    from llmcf.llm.mmlu import evaluate_mmlu
+
+    run_dir = Path(run_dir)
+    rc = cfg.recgen
+    if model_path is None:
+        model_path = recgen_dir(run_dir) / "model"
+        if not (model_path / "config.json").exists():
+            raise RunError(f"{model_path} is missing: run `llmcf recgen train` first (or evaluate the base model)")
+    t0 = time.perf_counter()
+    backend = HFBackend(model_path, batch_size=cfg.llm.batch_size, dtype=cfg.llm.dtype, device=cfg.llm.device)
+    result: dict = {"tag": tag, "model": str(model_path)}
+
+    test = sample_rows(read_split(run_dir, "test"), rc.eval_rows, rc.seed)
+    prompts = rec_prompts_for(test, read_item_texts(run_dir), cfg.data, rc.history_items)
+    result["rec"] = rec_metrics(test["label"].to_numpy(), backend.score_yes_no(prompts))
+
+    if rc.mmlu_dir and rc.mmlu_subjects:
+        result["mmlu"] = evaluate_mmlu(backend, rc.mmlu_dir, rc.mmlu_subjects, rc.mmlu_shots, rc.mmlu_max_questions)
+    else:
+        result["mmlu"] = {"skipped": "set recgen.mmlu_dir and recgen.mmlu_subjects to score MMLU"}
+
+    _, held, ginfo = general_examples(run_dir, cfg)
+    result["general"] = {**perplexity(backend, held, rc.cutoff_len), "source": ginfo.get("source")}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_json(recgen_dir(run_dir) / f"eval_{tag}.json", result)
+    mm = result["mmlu"].get("accuracy")
+    print(f"[recgen eval:{tag}] AUC {result['rec']['auc']}, LogLoss {result['rec']['logloss']:.4f}, "
+          f"MMLU {mm if mm is not None else '-'}, ppl {result['general']['perplexity']}", flush=True)
+    return result

@@ -197,6 +197,8 @@ def _prepare_folder(cot_dir: Path, gen_id: str) -> str:
 
 
 def _token_counter(backend) -> tuple[Callable[[str], int], str]:
+    """Per-text token count for the progress bar (exact when the backend has a tokenizer); backends that report
+    ``last_stats["new_tokens"]`` after each call are read from that instead."""
     if hasattr(backend, "count_tokens"):
         return backend.count_tokens, "tok/s"
     tok = getattr(backend, "tokenizer", None)
@@ -243,6 +245,8 @@ def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
     if pending:
         count, unit = _token_counter(backend)
         bs = max(1, cfg.llm.batch_size)
+        if hasattr(backend, "progress"):
+            backend.progress = False  # one bar (ours) instead of one per call
         with tqdm(total=n_rows, initial=done_rows, unit="row", desc="cot generate", dynamic_ncols=True) as bar:
             for k in pending:
                 rows = pool.iloc[k * S:(k + 1) * S]
@@ -255,9 +259,13 @@ def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
                     if len(outs) != len(prompts) or any(len(o) != params.n for o in outs):
                         raise LLMCFError(f"generation backend returned {[len(o) for o in outs]} completions for "
                                          f"{len(prompts)} prompts; expected {params.n} per prompt")
+                    stats = getattr(backend, "last_stats", None)
+                    if isinstance(stats, dict) and "new_tokens" in stats:
+                        new_tokens += int(stats["new_tokens"])
+                    else:
+                        new_tokens += sum(count(str(c)) for o in outs for c in o)
                     for r, cands in zip(chunk.itertuples(index=False), outs):
                         cands = [str(c) for c in cands]
-                        new_tokens += sum(count(c) for c in cands)
                         records.append({"key": r.key, "user_id": r.user_id, "pos": int(r.pos),
                                         "item_id": r.item_id, "label": int(r.label), "candidates": cands})
                     bar.update(len(chunk))

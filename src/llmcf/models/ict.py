@@ -6,7 +6,7 @@ final-normed hidden state at f_q is the ICT feature ``w [B, dim]`` that a backbo
 
 Tokens:
     features = MLP(concat of field embeddings: user id, item id, brand, mean categories, item text (mapped),
-               and the means over the history items of item id, brand, mean categories, mapped text)
+               means over the history items of item id, brand and mean categories, mapped mean history text)
     CoT      = text_mlp(frozen CoT embedding)   — text_mlp is the one MLP mapping encoder vectors to dim
     label    = Embedding(2, dim)[label]
 Missing examples (``ctx_mask`` False) are zeroed and masked out as attention keys, so they never affect ``w``.
@@ -92,19 +92,24 @@ class ICT(nn.Module):
     def features(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
         """Features tokens for user [N], item [N], hist [N, L] (0-padded) -> [N, dim].
 
-        The item-side fields (id, brand, mean category, mapped text) are computed once per distinct item of the call
-        and then gathered for targets and history positions (history fields are means over the present items)."""
+        Item-side id fields (item, brand, mean category) are computed once per distinct item of the call and gathered
+        for targets and history positions; history fields are means over the present history items, and the history
+        text field is the mapped mean of their (frozen) text embeddings."""
         n, hist_len = hist.shape
         uniq, inv = torch.unique(torch.cat([item, hist.reshape(-1)]), return_inverse=True)
         table = torch.cat([
             self.item_emb(uniq),
             self.brand_emb(self.item_brand[uniq]),
             _bag_mean(self.item_cats[uniq], self.cat_emb.weight),
-            self.text_mlp(F.embedding(uniq, self.item_text)),
         ], -1) * (uniq > 0)[:, None]  # padding items contribute zeros
-        target = table[inv[:n]]
         hist_mean = table[inv[n:]].view(n, hist_len, -1).sum(1) / (hist > 0).sum(1, keepdim=True).clamp_min(1)
-        return self.feat_mlp(torch.cat([self.user_emb(user), target, hist_mean], -1))
+        return self.feat_mlp(torch.cat([
+            self.user_emb(user),
+            table[inv[:n]],
+            self.text_mlp(F.embedding(item, self.item_text)),
+            hist_mean,
+            self.text_mlp(_bag_mean(hist, self.item_text)),
+        ], -1))
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Input sequence [B, T, dim] and key-present mask [B, T] (T = tokens_per_example·K + 1)."""
@@ -137,15 +142,16 @@ class ICT(nn.Module):
         return [f"{t}{j + 1}" for j in range(k) for t in kinds] + ["fq"]
 
     # ---- forward ------------------------------------------------------------------------------------------------
-    def encode(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    def encode(self, batch: dict[str, torch.Tensor], need_weights: bool = True) -> dict[str, torch.Tensor | None]:
         """Everything the forward pass computes: hidden [B,T,dim] (None for mean_pool), present [B,T],
-        attention [B,H,T,T] of the last layer (for mean_pool: the pooling weights [B,1,1,T]) and w [B,dim]."""
+        attention [B,H,T,T] of the last layer (for mean_pool: the pooling weights [B,1,1,T]; None when not
+        ``need_weights``) and w [B,dim]."""
         seq, present = self.tokens(batch)
         if self.variant == "mean_pool":
             weights = present.to(seq.dtype) / present.sum(1, keepdim=True)
             w = self.pool_mlp((seq * weights[..., None]).sum(1))
             return {"hidden": None, "present": present, "attention": weights[:, None, None, :], "w": w}
-        hidden, attn = self.decoder(seq, present)
+        hidden, attn = self.decoder(seq, present, need_weights)
         return {"hidden": hidden, "present": present, "attention": attn, "w": hidden[:, -1]}
 
     def recon_loss(self, hidden: torch.Tensor, cot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -158,7 +164,7 @@ class ICT(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], return_attention: bool = False):
         """-> (w [B, dim], {"recon": scalar} for variant full else {}), plus the last layer's attention of the query
         position over the tokens [B, H, T] when ``return_attention`` (names: ``token_names(K)``)."""
-        out = self.encode(batch)
+        out = self.encode(batch, need_weights=return_attention)
         losses = {}
         if self.variant == "full":
             losses["recon"] = self.recon_loss(out["hidden"], batch["ctx_cot"], batch["ctx_mask"].bool())

@@ -1,6 +1,6 @@
 """A small causal decoder for the ICT module: pre-RMSNorm blocks with rotary attention and a SwiGLU MLP.
 
-Attention is computed explicitly (sequences are ~13 tokens long) so the weights can be returned for explanations.
+Attention uses the fused kernel, or is computed explicitly in the layer whose weights are asked for (explanations).
 Masks are boolean ``[B, T]`` "key present" vectors; each position always sees itself, so a row whose earlier keys
 are all absent never produces NaNs, and an absent token is never read by any other position.
 """
@@ -35,12 +35,15 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, H, T, hd] -> same shape, rotated by position."""
-        t = torch.arange(x.shape[-2], device=x.device, dtype=self.inv_freq.dtype)
-        freqs = torch.outer(t, self.inv_freq)  # [T, hd/2]
-        cos = torch.cat([freqs.cos(), freqs.cos()], -1).to(x.dtype)
-        sin = torch.cat([freqs.sin(), freqs.sin()], -1).to(x.dtype)
+    def tables(self, t: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) [T, hd] for positions 0..t-1."""
+        freqs = torch.outer(torch.arange(t, device=device, dtype=self.inv_freq.dtype), self.inv_freq)
+        freqs = torch.cat([freqs, freqs], -1)
+        return freqs.cos().to(dtype), freqs.sin().to(dtype)
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [..., T, hd] rotated by position (rotate-half form)."""
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], -1) * sin
 
@@ -53,18 +56,23 @@ class CausalSelfAttention(nn.Module):
         self.heads, self.head_dim = heads, dim // heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
-        self.rope = RotaryEmbedding(self.head_dim)
         self.attn_drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, dim], allowed [B, 1, T, T] bool -> (output [B, T, dim], attention [B, H, T, T])."""
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x [B, T, dim], allowed [B, 1, T, T] bool, rope (cos, sin) -> (output [B, T, dim], attention [B, H, T, T]
+        when ``need_weights`` else None; the fused kernel is used when the weights are not needed)."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = self.rope(q), self.rope(k)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        attn = scores.softmax(-1)
-        y = self.attn_drop(attn) @ v  # [B, H, T, hd]
+        q, k = RotaryEmbedding.rotate(q, *rope), RotaryEmbedding.rotate(k, *rope)
+        drop = self.attn_drop.p if self.training else 0.0
+        if need_weights:
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            attn = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+            y = F.dropout(attn, drop, self.training) @ v  # [B, H, T, hd]
+        else:
+            attn = None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=drop)
         return self.out(y.transpose(1, 2).reshape(b, t, d)), attn
 
 
@@ -92,8 +100,9 @@ class DecoderBlock(nn.Module):
         self.mlp = SwiGLU(dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, attn = self.attn(self.norm1(x), allowed)
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, attn = self.attn(self.norm1(x), allowed, rope, need_weights)
         x = x + self.drop(a)
         x = x + self.drop(self.mlp(self.norm2(x)))
         return x, attn
@@ -108,17 +117,21 @@ def causal_mask(present: torch.Tensor) -> torch.Tensor:
 
 
 class CausalDecoder(nn.Module):
-    """``layers`` decoder blocks and a final RMSNorm. Returns all final-normed hidden states and last-layer attention."""
+    """``layers`` decoder blocks and a final RMSNorm."""
 
     def __init__(self, dim: int, layers: int = 2, heads: int = 2, dropout: float = 0.0):
         super().__init__()
         self.blocks = nn.ModuleList(DecoderBlock(dim, heads, dropout) for _ in range(layers))
+        self.rope = RotaryEmbedding(dim // heads)
         self.norm = RMSNorm(dim)
 
-    def forward(self, x: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x [B, T, dim], present [B, T] bool -> (hidden [B, T, dim], last attention [B, H, T, T] or None)."""
+    def forward(self, x: torch.Tensor, present: torch.Tensor,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x [B, T, dim], present [B, T] bool -> (hidden [B, T, dim], last layer's attention [B, H, T, T] when
+        ``need_weights`` else None)."""
         allowed = causal_mask(present)
+        rope = self.rope.tables(x.shape[1], x.device, x.dtype)
         attn = None
-        for block in self.blocks:
-            x, attn = block(x, allowed)
+        for i, block in enumerate(self.blocks):
+            x, attn = block(x, allowed, rope, need_weights and i == len(self.blocks) - 1)
         return self.norm(x), attn

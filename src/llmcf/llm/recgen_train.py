@@ -94,12 +94,14 @@ def train_loop(model, tokenizer, encoded: list[dict], rc, total_steps: int, ckpt
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=rc.lr, weight_decay=0.0)
     warmup = max(1, int(round(rc.warmup_ratio * total_steps)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup))
     micro = step_schedule(len(encoded), rc.batch_size, rc.grad_accum, total_steps, rc.seed)
     curve: list[dict] = []
     start = 0
     if ckpt_dir is not None:
-        start, curve = load_checkpoint(ckpt_dir, model, opt, sched, fingerprint)
+        start, curve = load_checkpoint(ckpt_dir, model, opt, fingerprint)
+    for g in opt.param_groups:
+        g.setdefault("initial_lr", rc.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup), last_epoch=start - 1)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     model.train()
@@ -133,6 +135,7 @@ def train_loop(model, tokenizer, encoded: list[dict], rc, total_steps: int, ckpt
 def save_checkpoint(ckpt_dir: Path, model, opt, step: int, curve: list[dict], fingerprint: str) -> None:
     from safetensors.torch import save_file
 
+    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=ckpt_dir.parent))
     try:
         weights = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
@@ -157,7 +160,7 @@ def torch_tensor(x):
     return x if isinstance(x, torch.Tensor) else torch.tensor(x)
 
 
-def load_checkpoint(ckpt_dir: Path, model, opt, sched, fingerprint: str) -> tuple[int, list[dict]]:
+def load_checkpoint(ckpt_dir: Path, model, opt, fingerprint: str) -> tuple[int, list[dict]]:
     from safetensors.torch import load_file
 
     state_path = ckpt_dir / "state.json"
@@ -175,8 +178,6 @@ def load_checkpoint(ckpt_dir: Path, model, opt, sched, fingerprint: str) -> tupl
     for i, p in enumerate(opt.param_groups[0]["params"]):
         if f"{i}.exp_avg" in moments:
             opt.state[p] = {k: moments[f"{i}.{k}"].to(p.device) for k in ("exp_avg", "exp_avg_sq", "step")}
-    for _ in range(state["step"]):
-        sched.step()
     print(f"[recgen] resuming from step {state['step']} ({ckpt_dir})", flush=True)
     return int(state["step"]), list(state["curve"])
 
@@ -233,6 +234,7 @@ def run_recgen_train(run_dir: Path, cfg: Config) -> Path:
     if rc.method == "lora":
         model = model.merge_and_unload()
 
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out_dir.parent))
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)

@@ -289,3 +289,24 @@ def test_shared_mmlu_folder_parses():
     assert len(subjects) == 57
     texts, gold = build_prompts(SHARED_MMLU, "anatomy", 5)
     assert len(texts) == len(gold) > 100 and set(gold) == set("ABCD")
+
+
+def test_self_distilled_general_data_is_generated_once_and_cached(tiny_dir, tmp_path, monkeypatch):
+    import llmcf.llm.hf_backend as hb
+    from llmcf.llm.general_prompts import GENERAL_PROMPTS
+
+    run = write_run(tmp_path / "run")
+    cfg = small_cfg(tiny_dir)
+    cfg.recgen.general_data, cfg.recgen.self_distill_max_new_tokens, cfg.recgen.heldout_general = None, 4, 100
+    train, held, info = general_examples(run, cfg)
+    assert info["source"] == "self-distilled" and len(train) + len(held) == info["kept"] <= len(GENERAL_PROMPTS)
+    assert len(held) == info["kept"] // 5  # at most a fifth is held out
+    assert {e.messages[0]["content"] for e in train + held} <= set(GENERAL_PROMPTS)
+    assert (run / "llm" / "recgen" / "self_distill.jsonl").exists()
+
+    def no_generation(*a, **k):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(hb, "HFBackend", no_generation)
+    train2, held2, _ = general_examples(run, cfg)
+    assert [e.answer for e in train2] == [e.answer for e in train]

@@ -3,6 +3,7 @@
 Hyper-parameters (defaults): hidden=64, blocks=1, heads=2, dropout=0.2, learned positions (hist_len of them),
 pre-LayerNorm blocks (causal multi-head attention + point-wise feed-forward of width hidden), alpha=0.1 (ICT fusion
 u + alpha·w). Padding keys are masked; every position may attend to itself, so left-padded rows stay finite.
+The last block computes only the last position (the one read), which gives the same output as the full block.
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ class _Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, blocked: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x [B, L, d]; blocked [B·heads, L, L]. last_only: compute the last position alone ([B, 1, d])."""
         h = self.norm1(x)
-        a, _ = self.attn(h, h, h, attn_mask=blocked, need_weights=False)
-        x = x + self.drop(a)
+        q = h[:, -1:] if last_only else h
+        a, _ = self.attn(q, h, h, attn_mask=blocked[:, -1:] if last_only else blocked, need_weights=False)
+        x = (x[:, -1:] if last_only else x) + self.drop(a)
         return x + self.drop(self.ffn(self.norm2(x)))
 
 
@@ -50,7 +53,7 @@ class SASRec(SeqBackbone):
         eye = torch.eye(length, dtype=torch.bool, device=hist.device)
         blocked = (self.causal[-length:, -length:] | (hist == 0)[:, None, :]) & ~eye  # [B, L, L], True = not allowed
         blocked = blocked.repeat_interleave(self.heads, 0)
-        for block in self.blocks:
-            x = block(x, blocked)
+        for i, block in enumerate(self.blocks):  # only the last position of the last block is used
+            x = block(x, blocked, last_only=i == len(self.blocks) - 1)
         u = self.norm(x[:, -1])
         return {"user_vec": self.fuse(u, extra), "losses": {}}

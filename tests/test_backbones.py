@@ -51,9 +51,12 @@ def rows(data, idx):
     return {k: v[idx] for k, v in data.items()}
 
 
+SMALL = {"xdeepfm": {"cin_layers": (16, 16)}, "autoint": {"attention_dim": 8}}  # keeps the file fast on a busy CPU
+
+
 def build(name, schema, seed=0, **kw):
     torch.manual_seed(seed)
-    return BACKBONES.get(name)(schema, embed_dim=8, mlp=(32, 16), **kw)
+    return BACKBONES.get(name)(schema, embed_dim=8, mlp=(32, 16), **SMALL.get(name, {}), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +197,32 @@ def test_bad_schema_tables_name_the_field(schema):
 
 
 def test_mlp_shapes():
-    mlp = MLP(10, [8, 6], 1, dropout=0.5, act="dice")
-    assert mlp.out_dim == 1 and mlp(torch.randn(4, 10)).shape == (4, 1)
+    for act in ("relu", "prelu", "dice", "sigmoid", "identity"):  # on [B, L, d] inputs too (DIN's attention unit)
+        mlp = MLP(10, [8, 6], 1, dropout=0.5, act=act)
+        assert mlp.out_dim == 1 and mlp(torch.randn(4, 10)).shape == (4, 1)
+        assert mlp(torch.randn(4, 3, 10)).shape == (4, 3, 1)
     with pytest.raises(ValueError, match="activation"):
         MLP(3, [2], act="swish-ish")
+
+
+def test_din_factorised_attention_equals_mlp_on_concat():
+    from llmcf.models.ranking.din import TargetAttention
+
+    torch.manual_seed(0)
+    att = TargetAttention(6, (5, 4), "prelu")
+    q, keys = torch.randn(3, 6), torch.randn(3, 4, 6)
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]], dtype=torch.bool)
+    qe = q.unsqueeze(1).expand_as(keys)
+    w = att.unit(torch.cat([qe, keys, qe - keys, qe * keys], -1)).squeeze(-1) * mask
+    torch.testing.assert_close(att(q, keys, mask), (w.unsqueeze(-1) * keys).sum(1))
+
+
+@pytest.mark.parametrize("split_half", [True, False])
+def test_cin_layer_sizes(split_half):
+    from llmcf.models.ranking.xdeepfm import CIN
+
+    cin = CIN(5, (6, 4), split_half=split_half)
+    assert cin.out_dim == (3 + 4 if split_half else 6 + 4)
+    assert cin(torch.randn(2, 5, 3)).shape == (2, cin.out_dim)
+    with pytest.raises(ValueError, match="even"):
+        CIN(5, (7, 4), split_half=True)

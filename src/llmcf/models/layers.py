@@ -34,9 +34,20 @@ class Dice(nn.Module):
         return p * x + (1 - p) * self.alpha * x
 
 
+class PReLU(nn.Module):
+    """PReLU with one slope per feature of the last dimension (nn.PReLU uses dimension 1, wrong for [B, L, d])."""
+
+    def __init__(self, dim: int, init: float = 0.25):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.where(x >= 0, x, self.weight * x)
+
+
 def activation(name: str, dim: int) -> nn.Module:
     """``relu`` | ``prelu`` | ``dice`` | ``sigmoid`` | ``identity``."""
-    makers = {"relu": nn.ReLU, "prelu": lambda: nn.PReLU(dim, init=0.25), "dice": lambda: Dice(dim),
+    makers = {"relu": nn.ReLU, "prelu": lambda: PReLU(dim), "dice": lambda: Dice(dim),
               "sigmoid": nn.Sigmoid, "identity": nn.Identity}
     if name not in makers:
         raise ValueError(f"unknown activation '{name}'; expected one of {', '.join(makers)}")

@@ -44,8 +44,8 @@ class InteractingLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, F, _ = x.shape
         q, k, v = self.qkv(x).view(B, F, 3, self.heads, self.att_dim).permute(2, 0, 3, 1, 4)  # each [B, H, F, a]
-        att = torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)
-        out = (att @ v).transpose(1, 2).reshape(B, F, -1)
+        out = nn.functional.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax(s·QKᵀ)V
+        out = out.transpose(1, 2).reshape(B, F, -1)
         if self.res is not None:
             out = out + self.res(x)
         return torch.relu(out)

@@ -29,15 +29,27 @@ from llmcf.models.ranking import BACKBONES
 
 
 class TargetAttention(nn.Module):
-    """Weighted sum of history keys [B, L, d] with weights MLP([q, k, q−k, q⊙k]) (no softmax), masked to 0 at padding."""
+    """Weighted sum of history keys [B, L, d] with weights MLP([q, k, q−k, q⊙k]) (no softmax), masked to 0 at padding.
+
+    The first layer is applied in factorised form, W·[q, k, q−k, q⊙k] = (W_q+W_d)·q + (W_k−W_d)·k + W_p·(q⊙k),
+    so the query part is computed once per row instead of once per history position (same function, half the cost).
+    """
 
     def __init__(self, dim: int, hidden: Sequence[int], act: str):
         super().__init__()
+        if not hidden:
+            raise ValueError("attention_mlp must name at least one hidden layer")
+        self.dim = dim
         self.unit = MLP(4 * dim, hidden, 1, act=act)
 
     def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
-        q = query.unsqueeze(1).expand_as(keys)
-        w = self.unit(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # [B, L]
+        first = self.unit[0]
+        w_q, w_k, w_d, w_p = first.weight.split(self.dim, dim=1)
+        h = (nn.functional.linear(query, w_q + w_d, first.bias).unsqueeze(1)
+             + nn.functional.linear(keys, w_k - w_d) + nn.functional.linear(query.unsqueeze(1) * keys, w_p))
+        for layer in list(self.unit)[1:]:
+            h = layer(h)
+        w = h.squeeze(-1)  # [B, L]
         w = w * mask.to(w.dtype)
         return (w.unsqueeze(-1) * keys).sum(1)
 

@@ -4,7 +4,15 @@
 
 Builds a reduced ml-100k run directory (demo preset data section, 40 users), generates label-conditioned CoTs for
 ``--rows`` train rows with the base model (no RecGen tuning), scores/selects them with MiniLM, embeds items and
-CoTs, and prints rows/s, tokens/s, the selection statistics and two kept CoTs.
+CoTs, and prints rows/s, tokens/s, the selection statistics and a few kept CoTs.
+
+Recorded 2026-11-22, this 2-core CPU machine *shared with 5-6 other busy processes* (load average ~9), defaults:
+generation 16 rows x 2 candidates x 96 tokens in 1401 s (2.1 new tok/s, 0.011 rows/s; the uncontended figure in
+DESIGN.md §5 is ~37 tok/s); scoring 32 candidates 12.9 s (MiniLM load included); embedding 1,682 items + 16 CoTs 64 s
+(26 texts/s). Selection: 16/16 rows kept, 1 candidate zeroed as an echo (it copied the prompt's history list),
+mean kept score 0.59 (coherence 0.73, completeness 0.64, relevance 0.44, consistency 0.57). The untuned 135M model's
+CoTs are generic ("the user's profile suggests that they enjoy a particular type of movies...") and sometimes
+contradict a negative label.
 """
 from __future__ import annotations
 

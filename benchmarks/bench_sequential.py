@@ -66,6 +66,7 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], help="extra config override section.field=value")
     ap.add_argument("--no-ict", action="store_true", help="base models only")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--quiet", action="store_true", help="no per-epoch lines / progress bars")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     specs = args.dataset or ["ml-100k=../shared/data/ml-100k", "amazon-beauty=../shared/data/amazon-beauty"]
@@ -94,7 +95,7 @@ def main(argv=None) -> None:
                   "|---|---|---|---|---|---|---|---|"]
         for model in args.models.split(","):
             for ict in ([False, True] if has_bank else [False]):
-                s = run_seq_train(run_dir, cfg, model, ict, run=run, progress=False)
+                s = run_seq_train(run_dir, cfg, model, ict, run=run, progress=not args.quiet)
                 lines.append(f"| {model} | {'LLM-CF' if ict else 'base'} | {ms(s, 'recall@10')} | {ms(s, 'ndcg@10')} | "
                              f"{ms(s, 'recall@20')} | {ms(s, 'ndcg@20')} | {s['best_epoch']['mean']:.1f} | "
                              f"{s['seconds_per_epoch']['mean']:.1f} |")

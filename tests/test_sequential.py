@@ -88,7 +88,7 @@ def test_sampled_negative_equal_to_target_is_masked():
     negatives = torch.tensor([5, 9, 5, 10])
     logits = sampled_softmax_logits(user, items, target, negatives)
     assert torch.isinf(logits[0, [1, 3]]).all() and torch.isfinite(logits[1:, 1:]).all()
-    assert float(logits[0, 0]) == pytest.approx(float(user[0] @ items[5].detach()))
+    assert float(logits[0, 0].detach()) == pytest.approx(float(user[0] @ items[5].detach()))
     loss = torch.nn.functional.cross_entropy(logits, torch.zeros(3, dtype=torch.long))
     assert math.isfinite(float(loss))
     # row 0 = softmax over the target and the two real negatives only; same value and same gradient
@@ -230,3 +230,50 @@ def test_run_seq_train_writes_summary_with_protocol_and_resumes(tmp_path):
     mtime = (out / "seed_0" / "result.json").stat().st_mtime_ns
     run_seq_train(tmp_path, cfg, "GRU4Rec", run=run, progress=False)
     assert (out / "seed_0" / "result.json").stat().st_mtime_ns == mtime  # cached, not retrained
+
+
+def test_run_seq_train_with_ict_end_to_end(tmp_path):
+    """Real data build + retrieval stages on a fabricated CoT bank; seq in-context ids are leakage-safe."""
+    from llmcf.data.build import build_run_data
+    from llmcf.retrieval.stage import leakage_violations, run_retrieve
+    from llmcf.train.seq_stage import SeqRunData, run_seq_train
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for u in range(16):
+        start = int(rng.integers(0, 20))
+        for t in range(9):
+            rows.append((f"u{u}", f"i{(start + t) % 25}", float(rng.choice([2, 4, 5])), float(t)))
+    ds = raw(rows)
+    cfg = Config()
+    cfg.data.label, cfg.data.split, cfg.data.history_len = "rating", "loo", 5
+    cfg.seq = SeqConfig(history_len=5, hidden=16, max_epochs=2, num_negatives=10)
+    cfg.ict.enabled, cfg.ict.dim, cfg.ict.layers = True, 8, 1
+    cfg.train.seeds, cfg.train.batch_size = 1, 32
+    build_run_data(ds, cfg.data, tmp_path, show_progress=False)
+    train = pd.read_parquet(tmp_path / "data" / "train.parquet")
+    sel = train.sample(frac=0.5, random_state=0).reset_index(drop=True)
+    sel["cot"], sel["score"] = "because", 0.5
+    (tmp_path / "cot").mkdir()
+    sel[["user_id", "pos", "item_id", "label", "cot", "score"]].to_parquet(tmp_path / "cot" / "selected.parquet")
+    (tmp_path / "embed").mkdir()
+    d = 8
+    unit = rng.normal(size=(25 + len(sel), d)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    np.save(tmp_path / "embed" / "items.npy", unit[:25])
+    (tmp_path / "embed" / "item_ids.json").write_text(json.dumps([f"i{j}" for j in range(25)]))
+    np.save(tmp_path / "embed" / "cot.npy", unit[25:])
+    run_retrieve(tmp_path, cfg, progress=False)
+
+    run = SeqRunData(tmp_path, cfg, ds=ds)
+    assert run.stats["vocab"] == "vocab.json"  # the CTR vocabulary is reused
+    bank, idx, _, _, _, _ = run.context(cfg, progress=False)
+    frame = pd.read_parquet(tmp_path / "retrieval" / "bank.parquet")
+    for s in ("train", "valid", "test"):
+        df = run.frames[s]
+        assert idx[s].shape == (len(df), cfg.retrieval.k) and (idx[s] >= 0).mean() > 0.5
+        assert leakage_violations(idx[s], frame, df.user_id.tolist(), df.pos.to_numpy(), "same_or_later") == 0
+    s = run_seq_train(tmp_path, cfg, "SASRec", ict=True, run=run, progress=False)
+    assert s["tag"] == "seq-SASRec+llmcf" and s["protocol"]["retrieval"]["key"] == "history only"
+    result = json.loads((tmp_path / "models" / "seq-SASRec+llmcf" / "seed_0" / "result.json").read_text())
+    assert "train_recon" in result["curve"][0]  # the ICT's reconstruction loss was trained

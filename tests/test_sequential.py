@@ -90,20 +90,24 @@ def test_sampled_negative_equal_to_target_is_masked():
     assert torch.isinf(logits[0, [1, 3]]).all() and torch.isfinite(logits[1:, 1:]).all()
     assert float(logits[0, 0].detach()) == pytest.approx(float(user[0] @ items[5].detach()))
     loss = torch.nn.functional.cross_entropy(logits, torch.zeros(3, dtype=torch.long))
-    assert math.isfinite(float(loss))
+    assert math.isfinite(loss.item())
     # row 0 = softmax over the target and the two real negatives only; same value and same gradient
     manual = torch.logsumexp(torch.stack([user[0] @ items[5], user[0] @ items[9], user[0] @ items[10]]), 0) \
         - user[0] @ items[5]
     row0 = torch.nn.functional.cross_entropy(logits[:1], torch.zeros(1, dtype=torch.long))
-    assert float(row0) == pytest.approx(float(manual), rel=1e-5)
+    assert row0.item() == pytest.approx(manual.item(), rel=1e-5)
     g_row0, = torch.autograd.grad(row0, items)
     g_manual, = torch.autograd.grad(manual, items)
     assert torch.allclose(g_row0, g_manual, atol=1e-6)
-    # the loss never draws pad/OOV as negatives and stays finite when every negative equals some target
+    # pad (0) and OOV (1) never serve as negatives: give them huge scores and the loss does not notice
+    with torch.no_grad():
+        big = items.detach().clone()
+        big[:2] = user.mean(0) * 1e4
     g = torch.Generator().manual_seed(0)
-    full = sampled_softmax_loss(user, items, target, 0)
-    samp = sampled_softmax_loss(user, items, target, 64, g)
-    assert math.isfinite(float(full)) and math.isfinite(float(samp))
+    full = sampled_softmax_loss(user, big, target, 0)
+    ref = torch.nn.functional.cross_entropy(user @ big[2:].T, target - 2)
+    assert full.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert sampled_softmax_loss(user, big, target, 64, g).item() < 100
 
 
 # ---- backbones ----------------------------------------------------------------------------------------------------

@@ -28,9 +28,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results" / "recgen.md"
 
 
-def machine() -> str:
+def machine(threads) -> str:
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name"))
@@ -50,7 +52,9 @@ def main() -> None:
     ap.add_argument("--history-items", type=int, default=10)
     ap.add_argument("--mmlu-subjects", default="high_school_geography,marketing,nutrition,us_foreign_policy")
     ap.add_argument("--mmlu-questions", type=int, default=25)
+    ap.add_argument("--heldout", type=int, default=40, help="held-out general rows for perplexity")
     ap.add_argument("--variants", default="base,rec_only,mixed")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is best on a busy machine)")
     ap.add_argument("--run", type=Path, default=Path("/tmp/bench_recgen"))
     a = ap.parse_args()
 
@@ -66,7 +70,8 @@ def main() -> None:
     sets = [f"recgen.max_steps={a.steps}", f"recgen.batch_size={a.batch_size}", f"recgen.num_rec={a.num_rec}",
             f"recgen.eval_rows={a.eval_rows}", f"recgen.lr={a.lr}", f"recgen.method={a.method}",
             f"recgen.history_items={a.history_items}", f"recgen.mmlu_max_questions={a.mmlu_questions}",
-            f"llm.batch_size={a.batch_size}"]
+            f"recgen.heldout_general={a.heldout}",
+            f"llm.batch_size={a.batch_size}"] + ([f"llm.threads={a.threads}"] if a.threads else [])
     if general.exists():
         sets.append(f"recgen.general_data={general}")
     if mmlu.exists():
@@ -98,9 +103,10 @@ def main() -> None:
 
     lines = [f"\n## RecGen tuning on ml-100k ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
              f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
-             f"- machine: {machine()} (shared with other jobs while this ran: timings are upper bounds)",
+             f"- machine: {machine(a.threads)} (shared with other jobs while this ran: timings are upper bounds)",
              f"- budget: {a.method}, {a.steps} steps x batch {a.batch_size} (lr {a.lr}, cosine, 5% warm-up), "
-             f"{a.num_rec} rec rows, history {a.history_items} items; eval on {a.eval_rows} test rows; "
+             f"{a.num_rec} rec rows, history {a.history_items} items; eval on {a.eval_rows} test rows, "
+             f"perplexity on {a.heldout} held-out general answers; "
              f"MMLU 5-shot, {a.mmlu_questions} questions x [{a.mmlu_subjects}]; general data: "
              f"{general.name if general.exists() else 'self-distilled'}\n",
              "| variant | rec AUC | rec LogLoss | mean p(Yes) | MMLU acc | general ppl | train loss first→last | train s |",

@@ -42,9 +42,13 @@ class HFBackend:
     """transformers backend. ``model``/``tokenizer`` may be passed in directly (tests, training loops)."""
 
     def __init__(self, model_path: str | Path | None = None, batch_size: int = 8, dtype: str = "float32",
-                 device: str = "auto", progress: bool = True, model=None, tokenizer=None):
+                 device: str = "auto", progress: bool = True, model=None, tokenizer=None,
+                 threads: int | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(int(threads))
 
         if model is None or tokenizer is None:
             if model_path is None:
@@ -74,7 +78,8 @@ class HFBackend:
 
     @classmethod
     def from_config(cls, cfg, model_path: Path):
-        return cls(model_path, batch_size=cfg.batch_size, dtype=cfg.dtype, device=getattr(cfg, "device", "auto"))
+        return cls(model_path, batch_size=cfg.batch_size, dtype=cfg.dtype, device=getattr(cfg, "device", "auto"),
+                   threads=getattr(cfg, "threads", None))
 
     # ---------------------------------------------------------------- helpers
     def _encode(self, texts: list[str]):

@@ -128,7 +128,8 @@ def self_distilled(run_dir: Path, cfg: Config) -> tuple[list[SFTExample], dict]:
 
         print(f"[recgen] self-distillation: the base model answers {len(GENERAL_PROMPTS)} general prompts "
               f"x {samples} (cached in {path})", flush=True)
-        backend = HFBackend(base, batch_size=cfg.llm.batch_size, dtype=cfg.llm.dtype, device=cfg.llm.device)
+        backend = HFBackend(base, batch_size=cfg.llm.batch_size, dtype=cfg.llm.dtype, device=cfg.llm.device,
+                          threads=cfg.llm.threads)
         prompts = [[{"role": "user", "content": p}] for p in GENERAL_PROMPTS]
         params = SamplingParams(n=samples, temperature=0.7, top_k=50, top_p=0.9,
                                 max_new_tokens=cfg.recgen.self_distill_max_new_tokens, seed=cfg.recgen.seed)

@@ -44,9 +44,12 @@ def perplexity(backend, examples, cutoff_len: int, batch_size: int = 4) -> dict:
     if not enc:
         return {"perplexity": None, "n": 0, "tokens": 0}
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    from tqdm.auto import tqdm
+
     total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(enc), batch_size):
+        for i in tqdm(range(0, len(enc), batch_size), desc="perplexity", unit="batch", dynamic_ncols=True,
+                      disable=not getattr(backend, "progress", True)):
             b = {k: v.to(backend.device) for k, v in collate(enc[i:i + batch_size], pad).items()}
             nll, _ = token_nll(backend.model, b)
             total += float(nll.sum())
@@ -66,7 +69,8 @@ def run_recgen_eval(run_dir: Path, cfg: Config, model_path: Path | None = None, 
         if not (model_path / "config.json").exists():
             raise RunError(f"{model_path} is missing: run `llmcf recgen train` first (or evaluate the base model)")
     t0 = time.perf_counter()
-    backend = HFBackend(model_path, batch_size=cfg.llm.batch_size, dtype=cfg.llm.dtype, device=cfg.llm.device)
+    backend = HFBackend(model_path, batch_size=cfg.llm.batch_size, dtype=cfg.llm.dtype, device=cfg.llm.device,
+                        threads=cfg.llm.threads)
     result: dict = {"tag": tag, "model": str(model_path)}
 
     test = sample_rows(read_split(run_dir, "test"), rc.eval_rows, rc.seed)

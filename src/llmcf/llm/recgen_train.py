@@ -207,8 +207,8 @@ def run_recgen_train(run_dir: Path, cfg: Config) -> Path:
     if info_path.exists() and json.loads(info_path.read_text()).get("fingerprint") == fingerprint:
         print(f"[recgen] {out_dir} is up to date", flush=True)
         return out_dir
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    if cfg.llm.threads:
+        torch.set_num_threads(cfg.llm.threads)
     torch.manual_seed(rc.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(str(base))

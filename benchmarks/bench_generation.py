@@ -56,13 +56,13 @@ def main() -> None:
     import torch
 
     from llmcf.llm.backend import SamplingParams
-    from llmcf.llm.hf_backend import HFBackend
+    from llmcf.llm.hf_backend import HFBackend, render_chat
     from llmcf.llm.models import resolve_model
 
     torch.set_num_threads(a.threads)
     prompts = cot_prompts(a.prompts)
     backend = HFBackend(resolve_model(a.model), batch_size=a.batch_size, device="cpu")
-    lens = [len(backend.tokenizer.apply_chat_template(p, add_generation_prompt=True)) for p in prompts]
+    lens = [len(backend.tokenizer.encode(render_chat(backend.tokenizer, p), add_special_tokens=False)) for p in prompts]
     # Force exactly max_new_tokens per row so both runs do identical work (no early EOS in either).
     backend.eos_ids = []
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=a.max_new_tokens)

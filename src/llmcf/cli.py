@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train and evaluate a backbone (± ICT) over seeds")
     t.add_argument("--run", required=True, type=Path)
-    t.add_argument("--model", default=None, help="DeepFM | xDeepFM | DCN | DCNv2 | AutoInt | DIN (default: config)")
+    t.add_argument("--task", choices=["ctr", "sequential"], default="ctr",
+                   help="ctr: ranking backbones, AUC/LogLoss (default); sequential: next-item retrieval, full-ranking "
+                        "Recall/NDCG")
+    t.add_argument("--model", default=None, help="ctr: DeepFM | xDeepFM | DCN | DCNv2 | AutoInt | DIN; sequential: "
+                                                 "SASRec | GRU4Rec | YouTubeDNN | SRGNN (default: config)")
     t.add_argument("--seeds", type=int, help="number of seeds (mean ± std reported)")
     t.add_argument("--ict", action="store_true", help="add the LLM-CF in-context CoT module (needs `llmcf retrieve`)")
     t.add_argument("--variant", choices=["full", "no_cot", "mean_pool"], help="ICT variant (with --ict)")
@@ -137,6 +141,19 @@ def _cmd_train(args) -> None:
         cfg.ict.enabled = True
     if args.variant:
         cfg.ict.variant = args.variant
+    if args.task == "sequential":
+        from llmcf.models.sequential import SEQ_BACKBONES
+        from llmcf.train.seq_stage import SeqRunData, run_seq_train
+
+        names = [args.model] if args.model else (cfg.seq_models or ["SASRec"])
+        for name in names:
+            if name not in SEQ_BACKBONES:
+                raise ConfigError(f"--model {name}: not a sequential backbone; "
+                                  f"choose from {', '.join(SEQ_BACKBONES.names())}")
+        run = SeqRunData(args.run, cfg)
+        for name in names:
+            run_seq_train(args.run, cfg, name, ict=args.ict, run=run, progress=not args.quiet)
+        return
     names = [args.model] if args.model else cfg.models
     for name in names:
         summary = run_train(args.run, cfg, name, progress=not args.quiet)
@@ -172,7 +189,7 @@ def _cmd_stage(args) -> None:
     elif args.cmd == "retrieve":
         from llmcf.retrieval.stage import run_retrieve
 
-        print(run_retrieve(args.run, cfg))
+        run_retrieve(args.run, cfg)  # prints its own one-line summary; details in retrieval/meta.json
     elif args.cmd == "report":
         from llmcf.report import write_report
 

@@ -231,6 +231,9 @@ class Config:
     seq: SeqConfig = field(default_factory=SeqConfig)
     models: list[str] = field(default_factory=lambda: ["DIN"])
     """Backbones trained by ``llmcf run``."""
+    seq_models: list[str] = field(default_factory=list)
+    """Sequential backbones trained by ``llmcf run`` (SASRec, GRU4Rec, YouTubeDNN, SRGNN), each as base and, when
+    ``full`` is among the variants, with the ICT."""
     variants: list[str] = field(default_factory=lambda: ["base", "full", "no_cot"])
     """Training variants of ``llmcf run``: base (backbone alone) | full (LLM-CF) | no_cot | mean_pool (ablations)."""
 

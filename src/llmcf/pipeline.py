@@ -67,6 +67,7 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
     from llmcf.train.stage import RunData, format_summary, run_train
 
     force = force or set()
+    check_plan(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -110,11 +111,40 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
             s = run_train(run_dir, vcfg, name, run=run, upstream=h if vcfg.ict.enabled else "")
             print(format_summary(s))
             summaries.append(s)
+    if cfg.seq_models:
+        from llmcf.train.seq_stage import SeqRunData, run_seq_train
+
+        seq_variants = [v for v in cfg.variants if v in ("base", "full")]
+        _banner(f"train sequential {', '.join(cfg.seq_models)} x {', '.join(seq_variants)} "
+                f"({cfg.train.seeds} seed(s))")
+        seq_run = SeqRunData(run_dir, cfg)
+        for name in cfg.seq_models:
+            for variant in seq_variants:
+                summaries.append(run_seq_train(run_dir, cfg_variant(cfg, variant), name, ict=variant == "full",
+                                               run=seq_run))
     _banner("report")
     page = write_report(run_dir)
     print_table(run_dir)
     print(f"\nreport: {page}\nrun directory: {run_dir}  (total {time.perf_counter() - t_start:.0f}s)")
     return {"summaries": summaries, "report": str(page)}
+
+
+def check_plan(cfg: Config) -> None:
+    """Fail before hours of offline work if a model or variant name is wrong."""
+    from llmcf.config import ConfigError
+    from llmcf.models.ranking import BACKBONES
+    from llmcf.models.sequential import SEQ_BACKBONES
+
+    for name in cfg.models:
+        if name not in BACKBONES:
+            raise ConfigError(f"models: unknown ranking backbone '{name}' (choose from {', '.join(BACKBONES.names())})")
+    for name in cfg.seq_models:
+        if name not in SEQ_BACKBONES:
+            raise ConfigError(f"seq_models: unknown sequential backbone '{name}' "
+                              f"(choose from {', '.join(SEQ_BACKBONES.names())})")
+    for v in cfg.variants:
+        if v not in ("base", "full", "no_cot", "mean_pool"):
+            raise ConfigError(f"variants: unknown variant '{v}' (expected base, full, no_cot or mean_pool)")
 
 
 def cfg_variant(cfg: Config, variant: str) -> Config:

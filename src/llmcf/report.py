@@ -19,22 +19,53 @@ def _fmt(ms: dict, digits: int = 4) -> str:
     return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
 
 
+def is_seq(s: dict) -> bool:
+    return s.get("task") == "sequential"
+
+
+def _variant(s: dict) -> str:
+    base = f"seq-{s['model']}" if is_seq(s) else s["model"]
+    return "base" if s["tag"] == base else s["tag"][len(base) + 1:]
+
+
+def _ordered(summaries: list[dict]) -> list[dict]:
+    return sorted(summaries, key=lambda s: (s["model"].lower(), _variant(s) != "base", s["tag"]))
+
+
 def results_table(summaries: list[dict]) -> str:
-    """Markdown table: one row per trained variant, grouped by backbone (base first)."""
+    """Markdown table of the CTR models: one row per trained variant, grouped by backbone (base first)."""
     rows = ["| model | variant | test AUC | test LogLoss | test gAUC | valid AUC | seeds | s/epoch |",
             "|---|---|---|---|---|---|---|---|"]
-    order = sorted(summaries, key=lambda s: (s["model"].lower(), s["tag"] != s["model"], s["tag"]))
-    for s in order:
-        variant = "base" if s["tag"] == s["model"] else s["tag"][len(s["model"]) + 1:]
+    for s in _ordered([s for s in summaries if not is_seq(s)]):
+        variant = _variant(s)
         t = s["test"]
         rows.append(f"| {s['model']} | {variant} | {_fmt(t['auc'])} | {_fmt(t['logloss'])} | {_fmt(t['gauc'])} | "
                     f"{_fmt(s['valid']['auc'])} | {len(s['seeds'])} | {s['seconds_per_epoch']['mean']:.1f} |")
     return "\n".join(rows)
 
 
-def protocol_text(summaries: list[dict]) -> str:
-    if not summaries:
+SEQ_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+
+
+def seq_table(summaries: list[dict]) -> str:
+    """Markdown table of the sequential models (full ranking), or "" when there are none."""
+    seq = _ordered([s for s in summaries if is_seq(s)])
+    if not seq:
         return ""
+    head = " | ".join(f"test {m.replace('recall', 'Recall').replace('ndcg', 'NDCG')}" for m in SEQ_METRICS)
+    rows = [f"| model | variant | {head} | seeds | s/epoch |", "|---|---|" + "---|" * len(SEQ_METRICS) + "---|---|"]
+    for s in seq:
+        vals = " | ".join(_fmt(s["test"][m]) if m in s["test"] else "–" for m in SEQ_METRICS)
+        rows.append(f"| {s['model']} | {_variant(s)} | {vals} | {len(s['seeds'])} | "
+                    f"{s['seconds_per_epoch']['mean']:.1f} |")
+    return "\n".join(rows)
+
+
+def protocol_text(summaries: list[dict]) -> str:
+    seq = [s for s in summaries if is_seq(s)]
+    summaries = [s for s in summaries if not is_seq(s)]
+    if not summaries:
+        return f"- sequential: {seq[0]['protocol'].get('ranking')}" if seq else ""
     p = summaries[0]["protocol"]
     split = p.get("split") or {}
     parts = [f"split: {json.dumps(split, sort_keys=True)}", f"early stopping: {p.get('early_stopping')}",
@@ -44,6 +75,8 @@ def protocol_text(summaries: list[dict]) -> str:
         r = llm["retrieval"]
         parts.append(f"retrieval: K={r['k']}, balanced={r['balanced']}, leakage rule {r['leakage']}, "
                      f"weights history {r['history_weight']} / target {r['target_weight']}")
+    if seq:
+        parts.append(f"sequential: {seq[0]['protocol'].get('ranking')}")
     return "\n".join(f"- {x}" for x in parts)
 
 
@@ -54,6 +87,7 @@ def _plots(run_dir: Path, summaries: list[dict], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
+    summaries = [s for s in summaries if not is_seq(s)]
     if not summaries:
         return files
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(summaries)), 3.5))
@@ -95,6 +129,8 @@ def write_report(run_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     summaries = load_summaries(run_dir)
     table = results_table(summaries)
+    if seq_table(summaries):
+        table += "\n\nSequential (full ranking over all items):\n\n" + seq_table(summaries)
     proto = protocol_text(summaries)
     plots = _plots(run_dir, summaries, out)
     md = [f"# llmcf results: {run_dir.name}", "", table, "", "## Protocol", proto, ""]
@@ -111,4 +147,6 @@ def write_report(run_dir: Path) -> Path:
 def print_table(run_dir: Path) -> None:
     summaries = load_summaries(run_dir)
     print(results_table(summaries))
+    if seq_table(summaries):
+        print("\nsequential (full ranking over all items):\n" + seq_table(summaries))
     print("\nprotocol:\n" + protocol_text(summaries))

@@ -38,7 +38,7 @@ class RunData:
         data = run_dir / "data"
         if not (data / "vocab.json").exists():
             raise RunError(f"{data}: no samples here; run `llmcf data build --out {run_dir}` first")
-        from llmcf.data.features import encode, make_schema
+        from llmcf.data.features import load_encoded, make_schema
         from llmcf.data.vocab import Vocab
 
         self.run_dir = run_dir
@@ -46,9 +46,19 @@ class RunData:
         self.items = pd.read_parquet(data / "items.parquet")
         self.hist_len = cfg.data.history_len
         self.schema = make_schema(self.vocab, self.items, self.hist_len)
-        self.frames = {s: pd.read_parquet(data / f"{s}.parquet") for s in ("train", "valid", "test")}
-        self.arrays = {s: encode(df, self.vocab, self.hist_len) for s, df in self.frames.items()}
+        # Arrow fast path (no Python string objects); the pandas frames are read only if someone asks for them
+        self.arrays = {s: load_encoded(run_dir, s, self.vocab, self.hist_len) for s in ("train", "valid", "test")}
+        self._frames: dict[str, pd.DataFrame] | None = None
         self._ctx = None
+
+    @property
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """The sample rows of each split as DataFrames (read from data/<split>.parquet on first access)."""
+        if self._frames is None:
+            from llmcf.data.features import load_split
+
+            self._frames = {s: load_split(self.run_dir, s) for s in ("train", "valid", "test")}
+        return self._frames
 
     def context(self):
         """(ContextBank, {split: ctx_idx}, item_text matrix, cot_dim) — requires `llmcf retrieve` to have run."""
@@ -62,9 +72,10 @@ class RunData:
             bank = ContextBank.from_run(self.run_dir, self.vocab, self.hist_len)
             idx = {s: np.load(rdir / f"{s}_ctx.npy", allow_pickle=False) for s in ("train", "valid", "test")}
             for s, a in idx.items():
-                if len(a) != len(self.frames[s]):
+                n = len(self.arrays[s]["label"])
+                if len(a) != n:
                     raise RunError(f"{rdir}/{s}_ctx.npy has {len(a)} rows but data/{s}.parquet has "
-                                   f"{len(self.frames[s])}: rerun `llmcf retrieve`")
+                                   f"{n}: rerun `llmcf retrieve`")
             text = torch.from_numpy(item_text_matrix(self.run_dir, self.vocab))
             self._ctx = (bank, idx, text, int(bank.cot_dim))
         return self._ctx

@@ -104,9 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this stage (repeatable)")
     _add_config_args(r)
 
-    s = sub.add_parser("serve", help="serve a trained model over HTTP")
+    s = sub.add_parser("serve", help="serve a trained model over HTTP (scores, explanations; docs at /docs)")
     s.add_argument("--run", required=True, type=Path)
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help="a trained model's tag under <run>/models: DIN, DIN+llmcf, "
+                                                  "DIN+llmcf-no_cot, ... (or a backbone name with --ict)")
+    s.add_argument("--ict", action="store_true", help="serve <model>+llmcf (the LLM-CF variant of the backbone)")
+    s.add_argument("--variant", choices=["full", "no_cot", "mean_pool"], help="ICT variant (with --ict)")
+    s.add_argument("--seed", type=int, help="which trained seed (default: best validation AUC)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     _add_config_args(s)
@@ -210,7 +214,14 @@ def _cmd_serve(args) -> None:
     from llmcf.serve.app import serve
 
     cfg = _config_for_run(args, args.run)
-    serve(args.run, cfg, args.model, host=args.host, port=args.port)
+    tag = args.model
+    if args.ict:
+        from llmcf.train.stage import variant_tag
+
+        cfg.ict.enabled = True
+        cfg.ict.variant = args.variant or "full"
+        tag = variant_tag(args.model, cfg)
+    serve(args.run, cfg, tag, host=args.host, port=args.port, seed=args.seed)
 
 
 def main(argv: list[str] | None = None) -> int:

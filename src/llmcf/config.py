@@ -218,6 +218,21 @@ class SeqConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`llmcf serve` (llmcf.serve): request limits and model refresh. Longer requests get a 413 with a message;
+    a history within max_history but longer than data.history_len is cut to its last history_len items."""
+
+    max_candidates: int = 1000
+    max_history: int = 200
+    max_body_bytes: int = 1_000_000
+    watch_seconds: float = 0.0
+    """Poll the served model's and the bank's files every N seconds and swap in a new version when they change
+    (0 = off; POST /v1/admin/reload swaps on demand)."""
+    threads: int | None = None
+    """torch CPU threads of the server (None = torch default)."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -229,6 +244,7 @@ class Config:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     ict: ICTConfig = field(default_factory=ICTConfig)
     seq: SeqConfig = field(default_factory=SeqConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     models: list[str] = field(default_factory=lambda: ["DIN"])
     """Backbones trained by ``llmcf run``."""
     seq_models: list[str] = field(default_factory=list)

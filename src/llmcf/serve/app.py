@@ -1,0 +1,275 @@
+"""The HTTP API of `llmcf serve` (FastAPI on uvicorn; OpenAPI docs at /docs).
+
+    POST /v1/score          user (optional), history, candidates -> a score per candidate (+ the top k)
+    POST /v1/explain        one (user, candidate) -> retrieved examples, their CoTs and labels, attention shares
+    GET  /healthz           liveness
+    GET  /v1/info           model, dataset, bank size, versions, limits
+    POST /v1/admin/reload   swap in what the offline stage wrote last (header ``Authorization: Bearer <token>``,
+                            token from $LLMCF_ADMIN_TOKEN; disabled (503) when that is unset)
+
+Errors: a malformed body is a 422, an oversized one (``serve.max_body_bytes``, ``serve.max_candidates``,
+``serve.max_history``) a 413, asking for explanations from a backbone without the ICT a 400; each with a message in
+``detail``. Refresh: a new Scorer is built beside the serving one and swapped in under a lock; requests in flight
+finish on the one they started with, so none is dropped. With ``serve.watch_seconds > 0`` a thread polls the
+model's and the bank's files and reloads after they have stopped changing.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from llmcf.config import Config, ServeConfig
+from llmcf.errors import LLMCFError
+from llmcf.serve.schemas import CandidateScore, ExplainRequest, ExplainResponse, HistoryInfo, ScoreRequest, \
+    ScoreResponse
+from llmcf.serve.scorer import Scorer
+
+TOKEN_ENV = "LLMCF_ADMIN_TOKEN"
+ATTENTION_NOTE = ("last decoder layer, mean over heads, attention of the query's features token (the last position) "
+                  "over the input tokens; the example shares and query_attention sum to 1")
+log = logging.getLogger("llmcf.serve")
+
+
+class ScorerSlot:
+    """The serving Scorer, swapped atomically. ``current`` is read once per request; ``reload`` builds the new
+    Scorer outside the lock (slow) and only the reference swap happens under it."""
+
+    def __init__(self, scorer: Scorer):
+        self._scorer = scorer
+        self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self.reloads = 0
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> Scorer:
+        with self._lock:
+            return self._scorer
+
+    def reload(self) -> tuple[Scorer, float]:
+        """(new scorer, seconds); raises what loading raised and keeps serving the old one then."""
+        with self._reload_lock:  # one reload at a time
+            t0 = time.perf_counter()
+            try:
+                new = self.current.reload()
+            except Exception as e:  # keep serving the old model; report why
+                self.last_error = f"{type(e).__name__}: {e}"
+                raise
+            with self._lock:
+                self._scorer = new
+                self.reloads += 1
+                self.last_error = None
+            return new, time.perf_counter() - t0
+
+
+class _Watcher(threading.Thread):
+    """Polls ``Scorer.fingerprint`` every ``interval`` s; reloads once a changed fingerprint is seen twice in a row
+    (files written by a stage in progress are left alone until they settle)."""
+
+    def __init__(self, slot: ScorerSlot, interval: float):
+        super().__init__(daemon=True, name="llmcf-serve-watch")
+        self.slot, self.interval, self.stop = slot, interval, threading.Event()
+
+    def run(self) -> None:
+        seen = self.slot.current.fingerprint()
+        pending = None
+        while not self.stop.wait(self.interval):
+            try:
+                fp = self.slot.current.fingerprint()
+                if fp == seen:
+                    pending = None
+                    continue
+                if fp != pending:
+                    pending = fp
+                    continue
+                new, secs = self.slot.reload()
+                seen, pending = new.fingerprint(), None
+                log.info("file watch: reloaded %s in %.2fs", new.version, secs)
+            except Exception as e:  # noqa: BLE001 - the old model keeps serving
+                log.warning("file watch: reload failed, still serving the previous model: %s", e)
+                seen = pending or seen
+                pending = None
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets a 413 before any parsing."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, int(max_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(scope, send, int(declared))
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return  # client went away
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            more = msg.get("more_body", False)
+            if size > self.max_bytes:
+                return await self._too_large(scope, send, size)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, send, size: int):
+        resp = JSONResponse(status_code=413, content={
+            "detail": f"request body of {size}+ bytes exceeds the limit of {self.max_bytes} bytes "
+                      "(serve.max_body_bytes)"})
+        await resp(scope, None, send)
+
+
+def _check_sizes(req, settings: ServeConfig, n_candidates: int) -> None:
+    if n_candidates > settings.max_candidates:
+        raise HTTPException(413, f"candidates: {n_candidates} items, the limit is {settings.max_candidates} per "
+                                 "request (serve.max_candidates)")
+    if len(req.history) > settings.max_history:
+        raise HTTPException(413, f"history: {len(req.history)} items, the limit is {settings.max_history} "
+                                 "(serve.max_history; the model reads only the last data.history_len)")
+
+
+def _candidates(res, idx) -> list[CandidateScore]:
+    return [CandidateScore(item_id=res.items[i], score=float(res.scores[i]), known=bool(res.known[i]),
+                           text=None if res.text is None else bool(res.text[i])) for i in idx]
+
+
+def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token: str | None = None) -> FastAPI:
+    """The FastAPI app serving ``scorer``. ``admin_token`` defaults to $LLMCF_ADMIN_TOKEN (read now); when neither
+    is set, reload over HTTP is disabled. ``app.state.slot`` holds the swappable scorer."""
+    settings = settings or ServeConfig()
+    token = (admin_token if admin_token is not None else os.environ.get(TOKEN_ENV)) or None  # '' = disabled
+    slot = ScorerSlot(scorer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        watcher = None
+        if settings.watch_seconds and settings.watch_seconds > 0:
+            watcher = _Watcher(slot, float(settings.watch_seconds))
+            watcher.start()
+        yield
+        if watcher is not None:
+            watcher.stop.set()
+            watcher.join(timeout=5)
+
+    import llmcf
+
+    app = FastAPI(title="llmcf scoring service", version=llmcf.__version__, lifespan=lifespan,
+                  description="LLM-CF online scoring: in-context retrieval from the offline CoT bank + the ICT "
+                              "module + a CTR backbone. The LLM is never called online.")
+    app.state.slot, app.state.settings = slot, settings
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errs = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        parts = []
+        for e in errs[:5]:
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{loc}: {e.get('msg')}")
+        more = f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""
+        return JSONResponse(status_code=422, content={"detail": "invalid request: " + "; ".join(parts) + more,
+                                                      "errors": [{k: e.get(k) for k in ("loc", "msg", "type")}
+                                                                 for e in errs]})
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        s = slot.current
+        return {"status": "ok", "model": s.tag, "version": s.version}
+
+    @app.get("/v1/info")
+    def info() -> dict:
+        s = slot.current
+        return {**s.info(), "reloads": slot.reloads, "last_reload_error": slot.last_error,
+                "limits": {"max_candidates": settings.max_candidates, "max_history": settings.max_history,
+                           "max_body_bytes": settings.max_body_bytes},
+                "reload": {"http": token is not None, "watch_seconds": settings.watch_seconds}}
+
+    @app.post("/v1/score", response_model=ScoreResponse)
+    def score(req: ScoreRequest) -> ScoreResponse:
+        _check_sizes(req, settings, len(req.candidates))
+        s = slot.current  # this request finishes on this scorer, whatever a reload does meanwhile
+        res = s.score(req.candidates, req.history, user=req.user_id, pos=req.pos)
+        cands = _candidates(res, range(len(res.items)))
+        top = [cands[i] for i in res.top(req.top_k)] if req.top_k else None
+        return ScoreResponse(model=s.tag, version=s.version, user_known=res.user_known,
+                             history=HistoryInfo(used=res.history_used, unknown=res.history_unknown,
+                                                 truncated=res.history_truncated),
+                             scores=cands, top=top, notes=res.notes)
+
+    @app.post("/v1/explain", response_model=ExplainResponse)
+    def explain(req: ExplainRequest) -> ExplainResponse:
+        _check_sizes(req, settings, 1)
+        s = slot.current
+        if not s.ict:
+            raise HTTPException(400, f"the served model {s.tag} has no in-context module, so there is nothing to "
+                                     f"explain: serve an LLM-CF model (e.g. --model {s.model_name}+llmcf)")
+        out = s.explain(req.candidate, req.history, user=req.user_id, pos=req.pos)
+        out.pop("tokens", None)
+        out.pop("heads", None)
+        return ExplainResponse(model=s.tag, version=s.version, attention=ATTENTION_NOTE, **out)
+
+    @app.post("/v1/admin/reload")
+    def reload(authorization: str | None = Header(None)) -> dict:
+        if token is None:
+            raise HTTPException(503, f"reload over HTTP is disabled: start the server with {TOKEN_ENV} set in its "
+                                     "environment (or use serve.watch_seconds)")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given:
+            raise HTTPException(401, "missing admin token: send the header 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(403, "wrong admin token")
+        old = slot.current.version
+        try:
+            new, secs = slot.reload()
+        except Exception as e:  # noqa: BLE001 - whatever broke, the previous model keeps serving
+            kind = "" if isinstance(e, LLMCFError) else f"{type(e).__name__}: "
+            raise HTTPException(409, f"reload failed, still serving {old}: {kind}{e}") from e
+        info = {"status": "reloaded", "previous": old, "version": new.version, "seconds": round(secs, 3),
+                "changed": new.version != old}
+        if new.ict:
+            info["bank_rows"] = len(new.bank_frame)
+        return info
+
+    return app
+
+
+def serve(run_dir: str | Path, cfg: Config, model: str, host: str = "127.0.0.1", port: int = 8000,
+          seed: int | None = None, log_level: str = "info") -> None:
+    """Load ``model`` (a tag under run_dir/models, e.g. ``DIN`` or ``DIN+llmcf``) and serve it with uvicorn."""
+    import torch
+    import uvicorn
+
+    if cfg.serve.threads:
+        torch.set_num_threads(int(cfg.serve.threads))
+    t0 = time.perf_counter()
+    scorer = Scorer.load(run_dir, model, seed)
+    for w in scorer.warnings:
+        print(f"[serve] warning: {w}")
+    bank = f", bank {len(scorer.bank_frame)} rows, K={scorer.retriever.cfg.k}" if scorer.ict else ""
+    print(f"[serve] {scorer.version} loaded in {time.perf_counter() - t0:.1f}s{bank}; "
+          f"http://{host}:{port}/docs  (reload: {'POST /v1/admin/reload' if os.environ.get(TOKEN_ENV) else 'off'}"
+          f"{f', watching files every {cfg.serve.watch_seconds}s' if cfg.serve.watch_seconds else ''})")
+    uvicorn.run(create_app(scorer, cfg.serve), host=host, port=port, log_level=log_level)

@@ -234,6 +234,8 @@ def test_long_history_keeps_the_last_items(scorers):
     ("/v1/score", {"candidates": ["i1"], "top_k": 0}, 422, "top_k"),
     ("/v1/score", {"candidates": ["i1"], "top_k": "x"}, 422, "top_k"),
     ("/v1/score", {"candidates": ["i1"], "pos": -1}, 422, "pos"),
+    ("/v1/score", {"candidates": ["i1"], "pos": 2 ** 64}, 422, "pos"),
+    ("/v1/score", {"candidates": ["i1"], "top_k": 10 ** 30}, 200, ""),
     ("/v1/score", {"candidates": ["i1"], "history": "i1"}, 422, "history"),
     ("/v1/score", {"candidates": ["i1"], "user_id": {"a": 1}}, 422, "user_id"),
     ("/v1/score", {"candidates": ["i1"], "colour": "red"}, 422, "colour"),
@@ -246,13 +248,16 @@ def test_long_history_keeps_the_last_items(scorers):
 def test_bad_requests_get_a_4xx_with_a_message(client, path, body, status, fragment):
     resp = client.post(path, json=body)
     assert resp.status_code == status, resp.text
-    assert isinstance(resp.json()["detail"], str) and fragment in resp.json()["detail"]
+    if status != 200:
+        assert isinstance(resp.json()["detail"], str) and fragment in resp.json()["detail"]
 
 
 def test_unparseable_and_huge_bodies(client):
     resp = client.post("/v1/score", content=b"{not json", headers={"content-type": "application/json"})
     assert resp.status_code == 422 and "invalid request" in resp.json()["detail"]
     resp = client.post("/v1/score", content=b"[1, 2]", headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+    resp = client.post("/v1/score", content=b"candidates=i1", headers={"content-type": "text/plain"})
     assert resp.status_code == 422
     big = json.dumps({"candidates": ["i1"] * 10_000}).encode()
     resp = client.post("/v1/score", content=big, headers={"content-type": "application/json"})

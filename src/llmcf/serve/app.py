@@ -81,7 +81,7 @@ class _Watcher(threading.Thread):
         self.slot, self.interval, self.stop = slot, interval, threading.Event()
 
     def run(self) -> None:
-        seen = self.slot.current.fingerprint()
+        seen = self.slot.current.loaded_fingerprint
         pending = None
         while not self.stop.wait(self.interval):
             try:
@@ -93,7 +93,7 @@ class _Watcher(threading.Thread):
                     pending = fp
                     continue
                 new, secs = self.slot.reload()
-                seen, pending = new.fingerprint(), None
+                seen, pending = new.loaded_fingerprint, None
                 log.info("file watch: reloaded %s in %.2fs", new.version, secs)
             except Exception as e:  # noqa: BLE001 - the old model keeps serving
                 log.warning("file watch: reload failed, still serving the previous model: %s", e)

@@ -24,7 +24,7 @@ class _Request(BaseModel):
     user_id: Id | None = Field(None, description="the user (optional; an id unseen in training is allowed)")
     history: list[Id] = Field(default_factory=list, description="the user's recent item ids, oldest first; only "
                                                                 "the last data.history_len are used")
-    pos: int | None = Field(None, ge=0, description="position of the request in the user's sequence, for the "
+    pos: int | None = Field(None, ge=0, le=2 ** 63 - 1, description="position of the request in the user's sequence, for the "
                                                     "retrieval leakage rule; default: after all the user's logged "
                                                     "rows (replay a logged row by passing its pos)")
 

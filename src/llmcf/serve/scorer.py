@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmcf.config import Config, load_config
+from llmcf.config import load_config
 from llmcf.data.schema import OOV
 from llmcf.errors import DataError, RunError
 
@@ -111,6 +111,8 @@ class Scorer:
         cfg = load_config(cfg_path)
         self.run_dir, self.tag, self.requested_seed, self.cfg = run_dir, model_tag, seed, cfg
         self.seed, self.result = _pick_seed(tag_dir, seed)
+        self.ict = bool(cfg.ict.enabled)
+        fingerprint = self.fingerprint()  # before reading: a file changing while we load shows up as a new version
         self.model_name = str(self.result.get("model", model_tag.split("+")[0]))
         self.warnings: list[str] = []
         want = str(self.result.get("config_hash", "")).split("-")[0]
@@ -123,7 +125,6 @@ class Scorer:
             raise RunError(f"{vpath}: missing; run `llmcf data build --out {run_dir}` first")
         self.vocab = Vocab.load(vpath)
         self.hist_len = int(cfg.data.history_len)
-        self.ict = bool(cfg.ict.enabled)
         self.items = pd.read_parquet(run_dir / "data" / "items.parquet")
         self.schema = make_schema(self.vocab, self.items, self.hist_len)
         if self.ict:
@@ -147,8 +148,9 @@ class Scorer:
                            f"{unexpected[:3]}): retrain with `llmcf train`")
         self.model = model.eval()
         self.loaded_at = time.time()
-        self.version = f"{self.tag}@seed{self.seed}:{self.fingerprint()}"
-        """Names what is loaded: changes whenever a watched file changed before loading."""
+        self.loaded_fingerprint = fingerprint
+        self.version = f"{self.tag}@seed{self.seed}:{fingerprint}"
+        """Names what is loaded: the tag, the seed and the ``fingerprint`` of the files when loading began."""
 
     @classmethod
     def load(cls, run_dir: str | Path, model_tag: str, seed: int | None = None) -> "Scorer":

@@ -87,6 +87,9 @@ def run_recgen_eval(run_dir: Path, cfg: Config, model_path: Path | None = None, 
     result["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(recgen_dir(run_dir) / f"eval_{tag}.json", result)
     mm = result["mmlu"].get("accuracy")
-    print(f"[recgen eval:{tag}] AUC {result['rec']['auc']}, LogLoss {result['rec']['logloss']:.4f}, "
-          f"MMLU {mm if mm is not None else '-'}, ppl {result['general']['perplexity']}", flush=True)
+    auc, ppl = result["rec"]["auc"], result["general"]["perplexity"]
+    print(f"[recgen eval:{tag}] p(Yes) AUC {auc:.4f} on {result['rec']['n']} test rows, "
+          f"LogLoss {result['rec']['logloss']:.4f}, MMLU {f'{mm:.3f}' if mm is not None else '-'}, "
+          f"general perplexity {ppl:.2f}" if auc is not None and ppl is not None else
+          f"[recgen eval:{tag}] {result['rec']} {result['general']}", flush=True)
     return result

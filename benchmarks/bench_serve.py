@@ -138,10 +138,17 @@ async def drive(url: str, bodies: list[dict], concurrency: int, max_requests: in
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    a = np.asarray(lat) * 1000
+    return {"lat": lat, "errors": errors, "seconds": wall}
+
+
+def summarise(parts: list[dict]) -> dict:
+    """Pool the rounds of one cell: percentiles over every request, requests/s = successes / total wall time."""
+    lat = np.asarray([x for p in parts for x in p["lat"]]) * 1000
+    errors = [e for p in parts for e in p["errors"]]
+    wall = sum(p["seconds"] for p in parts)
     return {"requests": len(lat) + len(errors), "errors": len(errors), "first_error": errors[0] if errors else "",
-            "p50": float(np.percentile(a, 50)) if len(a) else float("nan"),
-            "p99": float(np.percentile(a, 99)) if len(a) else float("nan"),
+            "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
             "rps": len(lat) / wall if wall > 0 else float("nan"), "seconds": wall}
 
 
@@ -175,6 +182,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--requests", type=int, default=400, help="max requests per (model, concurrency) cell")
     ap.add_argument("--duration", type=float, default=30.0, help="max seconds per cell")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the sweep; cells pool their rounds")
     ap.add_argument("--warmup", type=int, default=20, help="requests per server before measuring")
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads of each server")
     ap.add_argument("--in-process", type=int, default=200, help="Scorer.score calls per model (0 = skip)")
@@ -198,13 +206,16 @@ def main() -> None:
         infos = {tag: s.wait() for tag, s in servers.items()}
         for tag, s in servers.items():
             asyncio.run(drive(s.url, bodies, 1, args.warmup, 60))
-        cells = {}
-        for c in levels:
-            for tag in (args.base, args.llmcf):  # alternate: same background load for both
-                r = asyncio.run(drive(servers[tag].url, bodies, c, args.requests, args.duration))
-                cells[tag, c] = r
-                print(f"{tag:<12} c={c:<3} {r['requests']:>5} req  err {r['errors']}  p50 {r['p50']:7.1f} ms  "
-                      f"p99 {r['p99']:7.1f} ms  {r['rps']:7.1f} req/s", flush=True)
+        parts = {}
+        for rnd in range(args.rounds):
+            for c in levels:
+                for tag in (args.base, args.llmcf):  # alternate: same background load for both
+                    r = asyncio.run(drive(servers[tag].url, bodies, c, args.requests, args.duration))
+                    parts.setdefault((tag, c), []).append(r)
+                    x = summarise([r])
+                    print(f"round {rnd + 1} {tag:<12} c={c:<3} {x['requests']:>5} req  err {x['errors']}  "
+                          f"p50 {x['p50']:7.1f} ms  p99 {x['p99']:7.1f} ms  {x['rps']:7.1f} req/s", flush=True)
+        cells = {k: summarise(v) for k, v in parts.items()}
     finally:
         for s in servers.values():
             s.stop()
@@ -232,8 +243,9 @@ def write(args, run, levels, cells, proc, infos, started, load0, load1) -> None:
              f"index {bank.get('index')}; test AUC {b} {infos[b]['metrics']['test']['auc']:.4f}, "
              f"{m} {infos[m]['metrics']['test']['auc']:.4f}",
              f"- servers: `llmcf serve` (uvicorn, 1 process) per model on 127.0.0.1, torch threads {args.threads}; "
-             f"client: httpx.AsyncClient in the same machine; per cell at most {args.requests} requests or "
-             f"{args.duration:.0f} s after {args.warmup} warm-up requests; the models alternate cell by cell",
+             f"client: httpx.AsyncClient in the same machine; per cell and round at most {args.requests} requests or "
+             f"{args.duration:.0f} s, {args.rounds} round(s) pooled, after {args.warmup} warm-up requests; the "
+             "models alternate cell by cell",
              "",
              "| model | clients | requests | errors | p50 ms | p99 ms | requests/s |",
              "|---|---|---|---|---|---|---|"]

@@ -54,3 +54,14 @@ def test_write_report_has_plots_table_and_protocol(tmp_path):
     md = (out / "results.md").read_text()
     assert "| DIN | llmcf-no_cot | 0.7700" in md and "| GRU4Rec | base |" in md
     assert "patience 2" in md and "full ranking over 50 items" in md
+
+
+def test_split_text_is_readable():
+    from llmcf.report import split_text
+
+    ratio = {"split": "ratio", "ratios": [0.8, 0.1, 0.1], "label": "rating", "rating_threshold": 4.0,
+             "history_len": 20, "max_users": 400}
+    assert split_text(ratio) == ("split: per-user chronological ratio split 80/10/10 (train/valid/test); "
+                                 "label = rating >= 4; history = last 20 items before the row; 400 users (reduced)")
+    loo = {"split": "loo", "label": "implicit", "negatives": 1, "negative_sampling": "uniform", "history_len": 20}
+    assert "leave-one-out" in split_text(loo) and "1 sampled negative(s)" in split_text(loo)

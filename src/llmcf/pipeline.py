@@ -125,8 +125,29 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
     _banner("report")
     page = write_report(run_dir)
     print_table(run_dir)
+    print(recgen_line(run_dir))
+    if cfg.data.max_users or cfg.recgen.max_steps or cfg.cot.count:
+        print("\nreduced run: every stage ran for real at the reduced sizes shown above; the numbers are a smoke test "
+              "of the pipeline, not a benchmark (see the README's Results for full-size runs).")
     print(f"\nreport: {page}\nrun directory: {run_dir}  (total {time.perf_counter() - t_start:.0f}s)")
     return {"summaries": summaries, "report": str(page)}
+
+
+def recgen_line(run_dir: Path) -> str:
+    """RecGen's effect in one line: p(Yes) AUC of the base and tuned LLM on test rows (from eval_*.json)."""
+    parts = []
+    for tag in ("base", "tuned"):
+        p = run_dir / "llm" / "recgen" / f"eval_{tag}.json"
+        if p.exists():
+            rec = json.loads(p.read_text()).get("rec", {})
+            if rec.get("auc") is not None:
+                parts.append(f"{tag} p(Yes) AUC {rec['auc']:.4f} (LogLoss {rec['logloss']:.4f})")
+    n = ""
+    if parts:
+        rec = json.loads((run_dir / "llm" / "recgen" / "eval_base.json").read_text()).get("rec", {}) \
+            if (run_dir / "llm" / "recgen" / "eval_base.json").exists() else {}
+        n = f" on {rec.get('n')} test rows" if rec.get("n") else ""
+    return f"\nRecGen (the LLM itself as a recommender{n}): " + ("; ".join(parts) if parts else "not evaluated")
 
 
 def check_plan(cfg: Config) -> None:

@@ -16,6 +16,9 @@ def load_summaries(run_dir: Path) -> list[dict]:
 
 
 def _fmt(ms: dict, digits: int = 4) -> str:
+    """mean ± sample std; a single seed has no spread to show, so none is printed."""
+    if ms.get("n", 2) < 2:
+        return f"{ms['mean']:.{digits}f}"
     return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
 
 
@@ -61,14 +64,35 @@ def seq_table(summaries: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def split_text(split: dict) -> str:
+    """One readable line for the split/label protocol recorded in data/stats.json (full record stays in the JSON)."""
+    kind = split.get("split")
+    if kind == "ratio":
+        r = split.get("ratios") or []
+        how = "per-user chronological ratio split " + "/".join(f"{100 * x:g}" for x in r) + " (train/valid/test)"
+    elif kind == "loo":
+        how = "per-user chronological leave-one-out (last -> test, second-to-last -> valid)"
+    elif kind:
+        how = f"{kind} split"
+    else:
+        return "split: unknown (no data/stats.json)"
+    if split.get("label") == "rating":
+        lab = f"label = rating >= {split.get('rating_threshold'):g}"
+    elif split.get("negatives"):
+        lab = f"implicit positives + {split['negatives']} sampled negative(s) each ({split.get('negative_sampling')})"
+    else:
+        lab = f"label: {split.get('label')}"
+    users = f"; {split['max_users']} users (reduced)" if split.get("max_users") else ""
+    return f"split: {how}; {lab}; history = last {split.get('history_len')} items before the row{users}"
+
+
 def protocol_text(summaries: list[dict]) -> str:
     seq = [s for s in summaries if is_seq(s)]
     summaries = [s for s in summaries if not is_seq(s)]
     if not summaries:
         return f"- sequential: {seq[0]['protocol'].get('ranking')}" if seq else ""
     p = summaries[0]["protocol"]
-    split = p.get("split") or {}
-    parts = [f"split: {json.dumps(split, sort_keys=True)}", f"early stopping: {p.get('early_stopping')}",
+    parts = [split_text(p.get("split") or {}), f"early stopping: {p.get('early_stopping')}",
              f"batch {p.get('batch_size')}, lr {p.get('lr')}, weight decay {p.get('weight_decay')}"]
     llm = next((s["protocol"] for s in summaries if s["protocol"].get("retrieval")), None)
     if llm:

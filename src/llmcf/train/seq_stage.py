@@ -228,7 +228,9 @@ def run_seq_train(run_dir: str | Path, cfg: Config, model_name: str, ict: bool =
 
 def format_seq_summary(s: dict) -> str:
     t = s["test"]
-    shown = "  ".join(f"{m.replace('recall', 'Recall').replace('ndcg', 'NDCG')} {t[m]['mean']:.4f} ± {t[m]['std']:.4f}"
+    from llmcf.report import _fmt
+
+    shown = "  ".join(f"{m.replace('recall', 'Recall').replace('ndcg', 'NDCG')} {_fmt(t[m])}"
                       for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20") if m in t)
     return (f"{s['tag']:<26} test {shown}  ({len(s['seeds'])} seed(s), {s['seconds_per_epoch']['mean']:.1f}s/epoch)\n"
             f"  protocol: {s['protocol']['ranking']}")

@@ -171,6 +171,7 @@ def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | Non
 
 def format_summary(s: dict) -> str:
     t = s["test"]
-    return (f"{s['tag']:<24} test AUC {t['auc']['mean']:.4f} ± {t['auc']['std']:.4f}   "
-            f"LogLoss {t['logloss']['mean']:.4f} ± {t['logloss']['std']:.4f}   "
+    from llmcf.report import _fmt
+
+    return (f"{s['tag']:<24} test AUC {_fmt(t['auc'])}   LogLoss {_fmt(t['logloss'])}   "
             f"gAUC {t['gauc']['mean']:.4f}   ({len(s['seeds'])} seed(s), {s['seconds_per_epoch']['mean']:.1f}s/epoch)")

@@ -21,21 +21,33 @@ def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def gauc(users: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> float:
-    """AUC per user, weighted by the user's row count, over users who have both labels."""
+    """AUC per user, weighted by the user's row count, over users who have both labels.
+
+    Vectorised rank form of the per-user AUC (Mann-Whitney, tied scores count 1/2, as roc_auc_score): one sort for
+    all users, so 20k+ users take milliseconds instead of a Python loop of sklearn calls."""
     users = np.asarray(users)
-    labels = np.asarray(labels)
-    probs = np.asarray(probs)
-    order = np.argsort(users, kind="stable")
-    u, y, p = users[order], labels[order], probs[order]
-    bounds = np.flatnonzero(np.r_[True, u[1:] != u[:-1], True])
-    total, weight = 0.0, 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        yy = y[a:b]
-        if yy.min() == yy.max():
-            continue
-        total += roc_auc_score(yy, p[a:b]) * (b - a)
-        weight += b - a
-    return float(total / weight) if weight else float("nan")
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    if not len(y):
+        return float("nan")
+    order = np.lexsort((p, users))
+    u, y, p = users[order], y[order], p[order]
+    n = len(u)
+    new_user = np.r_[True, u[1:] != u[:-1]]
+    ustart = np.flatnonzero(new_user)
+    ucount = np.diff(np.r_[ustart, n])
+    rank = np.arange(n, dtype=np.float64) - np.repeat(ustart, ucount) + 1.0  # 1-based rank inside the user
+    tstart = np.flatnonzero(new_user | np.r_[True, p[1:] != p[:-1]])  # runs of equal scores inside a user
+    tcount = np.diff(np.r_[tstart, n])
+    rank = np.repeat(np.add.reduceat(rank, tstart) / tcount, tcount)  # tied scores share their mean rank
+    n_pos = np.add.reduceat(y, ustart)
+    n_neg = ucount - n_pos
+    both = (n_pos > 0) & (n_neg > 0)
+    if not both.any():
+        return float("nan")
+    rank_pos = np.add.reduceat(rank * y, ustart)
+    per_user = (rank_pos[both] - n_pos[both] * (n_pos[both] + 1) / 2) / (n_pos[both] * n_neg[both])
+    return float(np.sum(per_user * ucount[both]) / np.sum(ucount[both]))
 
 
 def ctr_metrics(labels, probs, users=None) -> dict[str, float]:

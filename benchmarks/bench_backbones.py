@@ -69,7 +69,8 @@ def machine(threads: int) -> str:
         pass
     mem = ""
     try:
-        kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")).split()[1])
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        kb = int(next(ln for ln in lines if ln.startswith("MemTotal")).split()[1])
         mem = f", {kb / 1024 / 1024:.0f} GB RAM"
     except (OSError, StopIteration, ValueError):
         pass
@@ -143,7 +144,8 @@ def collect(run_dir: Path, model: str, max_epochs: int) -> dict:
     import yaml
 
     patience = yaml.safe_load((run_dir / "models" / model / "config.yaml").read_text())["train"]["patience"]
-    capped = [x["seed"] for x in seeds if x["epochs_run"] >= max_epochs and x["epochs_run"] - x["best_epoch"] < patience]
+    capped = [x["seed"] for x in seeds
+              if x["epochs_run"] >= max_epochs and x["epochs_run"] - x["best_epoch"] < patience]
     return {"test": summary["test"], "valid": summary["valid"], "seconds_per_epoch": summary["seconds_per_epoch"],
             "peak_rss_mb": summary["peak_rss_mb"], "params": seeds[0]["params"],
             "best_epoch_mean": sum(x["best_epoch"] for x in seeds) / len(seeds),
@@ -171,7 +173,8 @@ def render(results: dict) -> str:
                 f"{rec['load_end']:.1f} at end (shared machine: s/epoch is indicative)  ",
                 f"Wall time: {rec['wall_minutes']:.1f} min", "",
                 f"Data: `{rec['path']}` (preset `{rec['preset']}`), {rec['interactions']} interactions; vocabulary "
-                f"{rec['vocab']['user'] - 2} users, {rec['vocab']['item'] - 2} items (train only; ids 0/1 = pad/OOV).  ",
+                f"{rec['vocab']['user'] - 2} users, {rec['vocab']['item'] - 2} items (train only; ids 0/1 = "
+                "pad/OOV).  ",
                 "Rows: " + ", ".join(f"{s} {sp[s]['rows']} ({sp[s]['positive_rate']:.3f} positive)"
                                      for s in ("train", "valid", "test")) + ".  ",
                 f"Split: {p.get('split')} — {p.get('rule')}.  ",
@@ -182,7 +185,7 @@ def render(results: dict) -> str:
                 f"Features: user id, item id, brand, categories, last {p.get('history_len')} history items "
                 f"({p.get('history_rule')}).  ",
                 f"Training: {rec['training']}; {rec['seeds']} seeds (0..{rec['seeds'] - 1}).  ",
-                f"Budget cap: {rec['cap']}", "",
+                f"Budget cap: {rec['cap']}", *([f"Note: {rec['note']}"] if rec.get("note") else []), "",
                 "| model | test AUC | test LogLoss | test gAUC | valid AUC | best epoch | epochs run | s/epoch "
                 "| peak RSS (MB) | params |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
@@ -211,6 +214,8 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], help="extra config override section.field=value "
                                                                 "(recorded; changes the benchmark settings)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "backbones.json")
+    ap.add_argument("--note", default="", help="free text recorded with the results (e.g. how an interrupted run "
+                                               "was resumed)")
     args = ap.parse_args(argv)
 
     from llmcf.io import atomic_write_json, atomic_write_text
@@ -256,7 +261,7 @@ def main(argv=None) -> None:
             "wall_minutes": (time.perf_counter() - t0) / 60, "path": str(path), "preset": preset,
             "run_dir": str(run_dir), "interactions": stats["interactions"], "vocab": stats["vocab"],
             "protocol": stats["protocol"], "splits": stats["splits"], "seeds": args.seeds, "max_epochs": max_epochs,
-            "cap": cap, "overrides": train_sets + data_sets,
+            "cap": cap, "note": args.note, "overrides": train_sets + data_sets,
             "training": "embedding 32, MLP [200, 80], dropout 0.1, Adam lr 0.01, weight decay 1e-4, batch 128, "
                         f"early stopping on valid AUC (patience 2), max {max_epochs} epochs, "
                         f"{args.threads} torch thread(s)",

@@ -26,7 +26,7 @@ from pathlib import Path
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from llmcf.config import Config, ServeConfig
 from llmcf.errors import LLMCFError
@@ -156,6 +156,11 @@ def _candidates(res, idx) -> list[CandidateScore]:
                            text=None if res.text is None else bool(res.text[i])) for i in idx]
 
 
+def _json(body) -> Response:
+    """The response model as JSON, built once here: FastAPI would validate it again in a second thread hop."""
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
 def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token: str | None = None) -> FastAPI:
     """The FastAPI app serving ``scorer``. ``admin_token`` defaults to $LLMCF_ADMIN_TOKEN (read now); when neither
     is set, reload over HTTP is disabled. ``app.state.slot`` holds the swappable scorer."""
@@ -208,19 +213,19 @@ def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token:
                 "reload": {"http": token is not None, "watch_seconds": settings.watch_seconds}}
 
     @app.post("/v1/score", response_model=ScoreResponse)
-    def score(req: ScoreRequest) -> ScoreResponse:
+    def score(req: ScoreRequest) -> Response:
         _check_sizes(req, settings, len(req.candidates))
         s = slot.current  # this request finishes on this scorer, whatever a reload does meanwhile
         res = s.score(req.candidates, req.history, user=req.user_id, pos=req.pos)
         cands = _candidates(res, range(len(res.items)))
         top = [cands[i] for i in res.top(req.top_k)] if req.top_k else None
-        return ScoreResponse(model=s.tag, version=s.version, user_known=res.user_known,
-                             history=HistoryInfo(used=res.history_used, unknown=res.history_unknown,
-                                                 truncated=res.history_truncated),
-                             scores=cands, top=top, notes=res.notes)
+        return _json(ScoreResponse(model=s.tag, version=s.version, user_known=res.user_known,
+                                   history=HistoryInfo(used=res.history_used, unknown=res.history_unknown,
+                                                       truncated=res.history_truncated),
+                                   scores=cands, top=top, notes=res.notes))
 
     @app.post("/v1/explain", response_model=ExplainResponse)
-    def explain(req: ExplainRequest) -> ExplainResponse:
+    def explain(req: ExplainRequest) -> Response:
         _check_sizes(req, settings, 1)
         s = slot.current
         if not s.ict:
@@ -229,7 +234,7 @@ def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token:
         out = s.explain(req.candidate, req.history, user=req.user_id, pos=req.pos)
         out.pop("tokens", None)
         out.pop("heads", None)
-        return ExplainResponse(model=s.tag, version=s.version, attention=ATTENTION_NOTE, **out)
+        return _json(ExplainResponse(model=s.tag, version=s.version, attention=ATTENTION_NOTE, **out))
 
     @app.post("/v1/admin/reload")
     def reload(authorization: str | None = Header(None)) -> dict:

@@ -276,15 +276,16 @@ class Scorer:
         user = None if user is None else str(user)
         p = np.full(len(items), ONLINE_POS if pos is None else int(pos), np.int64)
         ctx = self._retrieve([user] * len(items), [hist], items, p, shared=True) if self.ict else None
-        scores = self._forward(self._batch([user], [hist], items, shared=True), ctx)["scores"]
-        return self._result(items, scores, hist, cut, user, ctx)
+        batch = self._batch([user], [hist], items, shared=True)
+        return self._result(items, self._forward(batch, ctx)["scores"], batch, len(hist), cut, user, ctx)
 
-    def _result(self, items, scores, hist, cut, user, ctx) -> ScoreResult:
-        ids = self.vocab.encode_items(items)
+    def _result(self, items, scores, batch, n_hist, cut, user, ctx) -> ScoreResult:
+        """ScoreResult of one request (one user and history: row 0 of the encoded batch)."""
+        ids = batch["item"].numpy()
         known = ids > OOV
         text = self.text_known[ids] if self.ict else None
-        hist_unknown = int((self.vocab.encode_items(hist) <= OOV).sum()) if hist else 0
-        user_known = user is not None and int(self.vocab.encode_users([user])[0]) > OOV
+        hist_unknown = int((batch["hist"][0] == OOV).sum())
+        user_known = user is not None and int(batch["user"][0]) > OOV
         notes = []
         unknown = [i for i, k in zip(items, known) if not k]
         if unknown:
@@ -302,7 +303,7 @@ class Scorer:
         if cut:
             notes.append(f"history cut to its last {self.hist_len} items (the model's history length)")
         return ScoreResult(items=items, scores=scores, known=known, text=text, user_known=user_known,
-                           history_used=len(hist), history_unknown=hist_unknown, history_truncated=cut, ctx=ctx,
+                           history_used=n_hist, history_unknown=hist_unknown, history_truncated=cut, ctx=ctx,
                            notes=notes)
 
     # ---- explanations -------------------------------------------------------------------------------------------
@@ -318,8 +319,9 @@ class Scorer:
         user = None if user is None else str(user)
         p = np.array([ONLINE_POS if pos is None else int(pos)], np.int64)
         ctx = self._retrieve([user], [hist], [item], p, shared=True)
-        out = self._forward(self._batch([user], [hist], [item], shared=True), ctx, attention=True)
-        res = self._result([item], out["scores"], hist, cut, user, ctx)
+        batch = self._batch([user], [hist], [item], shared=True)
+        out = self._forward(batch, ctx, attention=True)
+        res = self._result([item], out["scores"], batch, len(hist), cut, user, ctx)
         att = out["attention"][0].mean(0)  # [T] over the tokens, mean over heads
         ict = self.model.ict
         names = ict.token_names(ctx.shape[1])

@@ -78,3 +78,33 @@ def test_batches_cover_every_row_once_and_gather_context():
     assert sorted(seen) == list(range(10))
     with pytest.raises(ValueError, match="in-context ids"):
         ArrayBatches(arrays, 3, ctx=(ctx_idx[:5], Source()))
+
+
+def test_ict_parameters_get_their_own_weight_decay():
+    import torch
+
+    from llmcf.train.trainer import param_groups
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Linear(3, 1)
+            self.ict = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+
+    m = Wrapped()
+    groups = param_groups(m, 1e-4, 0.0)
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in m.ict.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in m.backbone.parameters()}
+    assert len(param_groups(m.backbone, 1e-4, 0.0)) == 1  # a backbone alone: one group, unchanged training
+
+
+def test_base_model_hash_ignores_the_ict_only_setting():
+    from llmcf.config import Config
+    from llmcf.train.stage import config_hash
+
+    a, b = Config(), Config()
+    b.train.ict_weight_decay = 1e-4
+    assert config_hash(a) == config_hash(b)  # base models keep their cached results
+    a.ict.enabled = b.ict.enabled = True
+    assert config_hash(a) != config_hash(b)

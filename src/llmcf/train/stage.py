@@ -110,6 +110,17 @@ def protocol(run_dir: Path, cfg: Config) -> dict:
             "ict": asdict(cfg.ict) if cfg.ict.enabled else None}
 
 
+def config_hash(cfg: Config) -> str:
+    """Hash of what a CTR model's training reads; the ICT-only L2 setting does not touch a base model's hash."""
+    import hashlib
+
+    d = cfg.to_dict()
+    payload = {n: d[n] for n in ("data", "model", "train", "ict", "retrieval")}
+    if not cfg.ict.enabled:
+        payload["train"].pop("ict_weight_decay", None)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | None = None,
               progress: bool = True, upstream: str = "") -> dict:
     """Train ``model_name`` for cfg.train.seeds seeds; returns the summary (also written to summary.json)."""
@@ -124,7 +135,7 @@ def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     # upstream: hash of the artifacts this model reads (e.g. the retrieval stamp), so new CoTs retrain LLM-CF
-    chash = cfg.section_hash("data", "model", "train", "ict", "retrieval") + f"-{model_name}-{upstream}"
+    chash = config_hash(cfg) + f"-{model_name}-{upstream}"
     labels = {s: run.arrays[s]["label"] for s in ("valid", "test")}
     users = {s: run.arrays[s]["user"] for s in ("valid", "test")}
     results = []

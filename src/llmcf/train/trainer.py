@@ -47,12 +47,23 @@ def evaluate(model, batches: ArrayBatches, labels: np.ndarray, users: np.ndarray
     return ctr_metrics(labels, predict(model, batches), users)
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float, ict_weight_decay: float) -> list[dict]:
+    """Adam parameter groups: the ICT module's parameters (names under ``ict.``) get ``ict_weight_decay``, the rest
+    ``weight_decay``. Empty groups are left out."""
+    ict, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (ict if name.startswith("ict.") else rest).append(p)
+    groups = [{"params": rest, "weight_decay": weight_decay}, {"params": ict, "weight_decay": ict_weight_decay}]
+    return [g for g in groups if g["params"]]
+
+
 def fit(model: torch.nn.Module, train: ArrayBatches, valid: ArrayBatches, valid_labels: np.ndarray,
         cfg: TrainConfig, *, valid_users: np.ndarray | None = None, test: ArrayBatches | None = None,
         test_labels: np.ndarray | None = None, test_users: np.ndarray | None = None,
         progress: bool = True, desc: str = "train") -> FitResult:
     """Train with Adam until validation AUC stops improving for ``cfg.patience`` epochs; test the best weights once."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(param_groups(model, cfg.weight_decay, cfg.ict_weight_decay), lr=cfg.lr)
     best_auc, best_epoch, best_state, best_valid = -1.0, -1, None, {}
     curve, epoch_secs, bad = [], [], 0
     stopped_early = False

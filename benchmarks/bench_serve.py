@@ -156,20 +156,29 @@ def in_process(run: Path, tag: str, bodies: list[dict], n: int, threads: int) ->
     """Median/p99 ms of Scorer.score (no HTTP, no JSON) over ``n`` requests, one at a time."""
     import torch
 
-    from llmcf.serve import Scorer
+    from llmcf.serve import ONLINE_POS, Scorer
 
     torch.set_num_threads(threads)
     s = Scorer.load(run, tag)
     for b in bodies[:5]:
         s.score(b["candidates"], b["history"], user=b["user_id"])
-    t = []
+    t, r = [], []
     for i in range(n):
         b = bodies[i % len(bodies)]
         t0 = time.perf_counter()
         s.score(b["candidates"], b["history"], user=b["user_id"])
         t.append(time.perf_counter() - t0)
+        if s.ict:  # the retrieval step alone, same request
+            hist = b["history"][-s.hist_len:]
+            pos = np.full(len(b["candidates"]), ONLINE_POS, np.int64)
+            t0 = time.perf_counter()
+            s._retrieve([b["user_id"]] * len(b["candidates"]), [hist], b["candidates"], pos, shared=True)
+            r.append(time.perf_counter() - t0)
     a = np.asarray(t) * 1000
-    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}
+    out = {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}
+    if r:
+        out["retrieval_p50"] = float(np.percentile(np.asarray(r) * 1000, 50))
+    return out
 
 
 def main() -> None:
@@ -223,7 +232,8 @@ def main() -> None:
     if args.in_process:
         for tag in (args.base, args.llmcf):
             proc[tag] = in_process(run, tag, bodies, args.in_process, args.threads)
-            print(f"{tag:<12} in-process Scorer.score p50 {proc[tag]['p50']:.1f} ms  p99 {proc[tag]['p99']:.1f} ms")
+            print(f"{tag:<12} in-process Scorer.score p50 {proc[tag]['p50']:.1f} ms  p99 {proc[tag]['p99']:.1f} ms"
+                  + (f"  retrieval p50 {proc[tag]['retrieval_p50']:.1f} ms" if "retrieval_p50" in proc[tag] else ""))
     load1 = os.getloadavg()
     write(args, run, levels, cells, proc, infos, started, load0, load1)
 
@@ -260,10 +270,13 @@ def write(args, run, levels, cells, proc, infos, started, load0, load1) -> None:
         x, y = cells[b, c], cells[m, c]
         lines.append(f"| {c} | {y['p50'] / x['p50']:.2f}x | {y['p99'] / x['p99']:.2f}x | {y['rps'] / x['rps']:.2f}x |")
     if proc:
-        lines += ["", "In-process `Scorer.score` (Python API, no HTTP/JSON, one request at a time):", "",
-                  "| model | p50 ms | p99 ms |", "|---|---|---|"]
+        lines += ["", "In-process `Scorer.score` (Python API, no HTTP/JSON, one request at a time; retrieval = the "
+                  "in-context selection step alone for the same request):", "",
+                  "| model | p50 ms | p99 ms | of which retrieval, p50 ms |", "|---|---|---|---|"]
         for tag in (b, m):
-            lines.append(f"| {tag} | {proc[tag]['p50']:.1f} | {proc[tag]['p99']:.1f} |")
+            ret = proc[tag].get("retrieval_p50")
+            lines.append(f"| {tag} | {proc[tag]['p50']:.1f} | {proc[tag]['p99']:.1f} | "
+                         f"{'-' if ret is None else f'{ret:.1f}'} |")
         lines.append(f"\nRatio in process: p50 {proc[m]['p50'] / proc[b]['p50']:.2f}x.")
     errs = [f"{t} c={c}: {r['first_error']}" for (t, c), r in cells.items() if r["errors"]]
     lines += ["", f"Errors: {sum(r['errors'] for r in cells.values())} in total" + (f" ({'; '.join(errs)})" if errs else "")]

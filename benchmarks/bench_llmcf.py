@@ -126,7 +126,7 @@ def run_stages(cfg, run_dir: Path) -> tuple[str, dict]:
 
 def pool_info(run_dir: Path) -> dict:
     m = json.loads((run_dir / "cot" / "manifest.json").read_text())
-    info = {"rows": m["rows"], "candidates": m["sampling"].get("n"), "max_new_tokens": m["sampling"].get("max_tokens"),
+    info = {"rows": m["rows"], "candidates": m["sampling"].get("n"), "max_new_tokens": m["sampling"].get("max_new_tokens"),
             "model": m["model"], "new_tokens": (m.get("last_run") or {}).get("new_tokens")}
     rmeta = run_dir / "retrieval" / "meta.json"
     if rmeta.exists():
@@ -141,9 +141,13 @@ def pool_info(run_dir: Path) -> dict:
     return info
 
 
-def summary_row(s: dict, variant: str) -> dict:
+def summary_row(s: dict, variant: str, run_dir: Path) -> dict:
+    walls = [json.loads(p.read_text()).get("wall_seconds", 0.0)
+             for p in (run_dir / "models" / s["tag"]).glob("seed_*/result.json")
+             if int(p.parent.name.split("_")[1]) in s["seeds"]]
     return {"model": s["model"], "variant": variant, "tag": s["tag"], "seeds": s["seeds"], "test": s["test"],
-            "valid": s.get("valid"), "seconds_per_epoch": s["seconds_per_epoch"], "protocol": s["protocol"]}
+            "valid": s.get("valid"), "seconds_per_epoch": s["seconds_per_epoch"], "protocol": s["protocol"],
+            "train_minutes": sum(walls) / 60}
 
 
 def run_ctr(cfg, run_dir: Path, upstream: str, models, variants, progress: bool) -> list[dict]:
@@ -159,7 +163,7 @@ def run_ctr(cfg, run_dir: Path, upstream: str, models, variants, progress: bool)
             s = run_train(run_dir, vcfg, name, run=run, upstream=upstream if vcfg.ict.enabled else "",
                           progress=progress)
             print(format_summary(s), f"[{time.perf_counter() - t0:.0f}s]", flush=True)
-            rows.append(summary_row(s, variant))
+            rows.append(summary_row(s, variant, run_dir))
     return rows
 
 
@@ -180,7 +184,7 @@ def run_seq(cfg, run_dir: Path, models, seeds: int, progress: bool) -> list[dict
             print(f"[seq] {s['tag']}: NDCG@10 {t['ndcg@10']['mean']:.4f} ± {t['ndcg@10']['std']:.4f}  "
                   f"Recall@10 {t['recall@10']['mean']:.4f}  ({s['seconds_per_epoch']['mean']:.1f}s/epoch) "
                   f"[{time.perf_counter() - t0:.0f}s]", flush=True)
-            rows.append(summary_row(s, "full" if ict else "base"))
+            rows.append(summary_row(s, "full" if ict else "base", run_dir))
     return rows
 
 
@@ -253,7 +257,8 @@ def dataset_section(res: dict) -> list[str]:
         rows = block["rows"]
         lines += [f"\n### {'CTR' if part == 'ctr' else 'Sequential'} ({block['date']})\n",
                   f"Command: `{block['command']}`  ", f"Machine: {block['machine']}  ",
-                  f"Wall time: {block['wall_minutes']:.1f} min  ", f"Protocol: {block['protocol']}\n"]
+                  f"Training time (sum over rows and seeds of each seed's wall time, cached seeds included): "
+                  f"{sum(r.get('train_minutes', 0) for r in rows):.0f} min  ", f"Protocol: {block['protocol']}\n"]
         if part == "ctr":
             lines += ctr_table(rows)
             lines.append(f"\nLLM-CF beats base on test AUC for {wins(rows, 'auc', True)} backbones, on LogLoss for "

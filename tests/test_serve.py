@@ -280,7 +280,7 @@ def test_health_info_and_docs(run, client):
     assert info["bank"]["rows"] == len(bank) and info["bank"]["k"] == 4 and info["bank"]["cot_texts"]
     assert info["model"] == "DIN+llmcf" and info["backbone"] == "DIN" and info["seed"] == 0
     assert info["dataset"] == "toy" and info["vocabulary"]["users"] == N_USERS
-    assert {"llmcf", "torch", "faiss", "python"} <= set(info["versions"])
+    assert {"llmcf", "torch", "faiss", "python", "fastapi", "uvicorn"} <= set(info["versions"])
     assert info["limits"]["max_candidates"] == 50 and info["reload"]["http"] is False
     assert "/v1/score" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
@@ -353,6 +353,31 @@ def test_reload_under_requests_swaps_without_dropping_any(run, tmp_path):
     for v, scores in results:  # each by one whole model, never a mix
         np.testing.assert_allclose(scores, expected[v], atol=1e-6)
     assert not np.allclose(*expected.values())
+
+
+def test_reload_swaps_in_a_refreshed_bank(run, tmp_path):
+    """The offline stage writes a new, smaller CoT bank and index; a reload serves examples from it."""
+    from llmcf.retrieval.stage import run_retrieve
+
+    root = tmp_path / "run"
+    shutil.copytree(run, root)
+    app = create_app(Scorer.load(root, "DIN+llmcf"), ServeConfig(), admin_token="tok")
+    body = {"user_id": "u1", "history": ["i1", "i2"], "candidate": "i4"}
+    with TestClient(app) as c:
+        before = c.get("/v1/info").json()["bank"]["rows"]
+        sel = pd.read_parquet(root / "cot" / "selected.parquet")
+        keep = 20
+        sel.iloc[:keep].to_parquet(root / "cot" / "selected.parquet")
+        np.save(root / "embed" / "cot.npy", np.load(root / "embed" / "cot.npy")[:keep])
+        run_retrieve(root, _config(), progress=False)
+        assert c.post("/v1/explain", json=body).status_code == 200  # still the old bank until the swap
+        r = c.post("/v1/admin/reload", headers={"Authorization": "Bearer tok"})
+        assert r.status_code == 200 and r.json()["bank_rows"] == keep < before
+        assert c.get("/v1/info").json()["bank"]["rows"] == keep
+        out = c.post("/v1/explain", json=body).json()
+        rows = [e["bank_row"] for e in out["examples"] if not e["missing"]]
+        assert rows and max(rows) < keep
+        assert all(e["cot"] == sel.cot.iloc[e["bank_row"]] for e in out["examples"] if not e["missing"])
 
 
 def test_failed_reload_keeps_serving(run, tmp_path):

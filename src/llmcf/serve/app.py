@@ -23,6 +23,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import fastapi
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -156,6 +157,15 @@ def _candidates(res, idx) -> list[CandidateScore]:
                            text=None if res.text is None else bool(res.text[i])) for i in idx]
 
 
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def _json(body) -> Response:
     """The response model as JSON, built once here: FastAPI would validate it again in a second thread hop."""
     return Response(body.model_dump_json(), media_type="application/json")
@@ -207,7 +217,9 @@ def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token:
     @app.get("/v1/info")
     def info() -> dict:
         s = slot.current
-        return {**s.info(), "reloads": slot.reloads, "last_reload_error": slot.last_error,
+        d = s.info()
+        d["versions"].update({"fastapi": fastapi.__version__, "uvicorn": _version("uvicorn")})
+        return {**d, "reloads": slot.reloads, "last_reload_error": slot.last_error,
                 "limits": {"max_candidates": settings.max_candidates, "max_history": settings.max_history,
                            "max_body_bytes": settings.max_body_bytes},
                 "reload": {"http": token is not None, "watch_seconds": settings.watch_seconds}}

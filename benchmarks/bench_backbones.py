@@ -195,8 +195,8 @@ def render(results: dict) -> str:
                        f"{r['seconds_per_epoch']['mean']:.1f} | {r['peak_rss_mb']:.0f} | {r['params']:,} |")
         capped = {m: r["seeds_hitting_epoch_cap"] for m, r in rec["models"].items() if r["seeds_hitting_epoch_cap"]}
         if capped:
-            out += ["", "Seeds that reached the epoch cap while still improving (their numbers may be short of "
-                        "convergence): " + "; ".join(f"{m} seeds {v}" for m, v in capped.items()) + "."]
+            out += ["", "Seeds stopped by the epoch cap before the patience rule could stop them (their numbers may "
+                        "be short of convergence): " + "; ".join(f"{m} seeds {v}" for m, v in capped.items()) + "."]
     return "\n".join(out) + "\n"
 
 

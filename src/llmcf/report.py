@@ -98,7 +98,8 @@ def protocol_text(summaries: list[dict]) -> str:
     if llm:
         r = llm["retrieval"]
         parts.append(f"retrieval: K={r['k']}, balanced={r['balanced']}, leakage rule {r['leakage']}, "
-                     f"weights history {r['history_weight']} / target {r['target_weight']}")
+                     f"weights history {r['history_weight']} / target {r['target_weight']}; "
+                     f"ICT weight decay {llm.get('ict_weight_decay', 'not recorded')}")
     if seq:
         parts.append(f"sequential: {seq[0]['protocol'].get('ranking')}")
     return "\n".join(f"- {x}" for x in parts)

@@ -106,6 +106,7 @@ def protocol(run_dir: Path, cfg: Config) -> dict:
     return {"task": "ctr", "split": stats.get("protocol", {}), "metrics": ["auc", "logloss", "gauc"],
             "early_stopping": f"valid AUC, patience {cfg.train.patience}, max {cfg.train.max_epochs} epochs",
             "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay,
+            "ict_weight_decay": cfg.train.ict_weight_decay if cfg.ict.enabled else None,
             "retrieval": asdict(cfg.retrieval) if cfg.ict.enabled else None,
             "ict": asdict(cfg.ict) if cfg.ict.enabled else None}
 

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from _machine import cpu_model, ram_suffix  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -59,21 +60,7 @@ def parse_dataset(spec: str) -> tuple[str, Path, str]:
 def machine(threads: int) -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
-        kb = int(next(ln for ln in lines if ln.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GB RAM"
-    except (OSError, StopIteration, ValueError):
-        pass
+    cpu, mem = cpu_model(), ram_suffix()
     return (f"{cpu}, {os.cpu_count()} CPUs{mem}, torch {torch.__version__} ({threads} training thread(s)), "
             f"Python {platform.python_version()}")
 

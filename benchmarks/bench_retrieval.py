@@ -26,6 +26,7 @@ from llmcf.retrieval.bank import compose_keys, normalise
 from llmcf.retrieval.index import build_index
 from llmcf.retrieval.select import Selector
 from llmcf.retrieval.stage import leakage_violations
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def clustered(rng, n, d, centers):
@@ -34,14 +35,7 @@ def clustered(rng, n, d, centers):
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} logical CPUs, faiss {faiss.__version__}, numpy {np.__version__}, " \
            f"Python {platform.python_version()}"
 

@@ -24,6 +24,7 @@ import torch
 from llmcf.config import load_config
 from llmcf.io import atomic_write_text
 from llmcf.train.seq_stage import SeqRunData, run_seq_train
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 MODELS = ("SASRec", "GRU4Rec", "YouTubeDNN", "SRGNN")
 RESULTS = Path(__file__).parent / "results" / "sequential.md"
@@ -38,14 +39,7 @@ def parse_dataset(spec: str, run_root: Path) -> tuple[str, str, Path]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"Python {platform.python_version()}, load average at start {load:.1f}")

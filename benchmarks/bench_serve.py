@@ -28,23 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _machine import cpu_model, ram_suffix  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 1024 ** 2:.0f} GB RAM"
-    except (OSError, StopIteration, ValueError):
-        pass
+    cpu, mem = cpu_model(), ram_suffix()
     return f"{cpu}, {os.cpu_count()} logical CPUs{mem}, Linux {platform.release()}, Python {platform.python_version()}"
 
 

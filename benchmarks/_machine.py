@@ -1,0 +1,26 @@
+"""What the benchmark scripts record about the machine they ran on (CPU model, RAM), read from /proc when present."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ram_suffix() -> str:
+    """", 24 GB RAM" (total memory) or "" when unknown."""
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        kb = int(next(ln for ln in lines if ln.startswith("MemTotal")).split()[1])
+        return f", {kb / 1024 ** 2:.0f} GB RAM"
+    except (OSError, StopIteration, ValueError):
+        return ""

@@ -250,6 +250,8 @@ def dataset_section(res: dict) -> list[str]:
              f"filled per row {p.get('mean_filled')}. "
              f"Retrieval K={res['k']} (balanced), leakage rule `same_or_later`.  ",
              f"Stage seconds: {res['stage_seconds']}."]
+    if res.get("note"):
+        lines.append(f"\n**Note:** {res['note']}")
     for part in ("ctr", "seq"):
         block = res.get(part)
         if not block:
@@ -317,6 +319,7 @@ def main(argv=None) -> None:
                          "writes no results")
     ap.add_argument("--set", action="append", default=[], help="extra config override section.field=value")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--note", default=None, help="a sentence printed under the dataset heading (e.g. an ablation)")
     a = ap.parse_args(argv)
 
     name = a.name or Path(a.dataset).name
@@ -338,6 +341,8 @@ def main(argv=None) -> None:
     res_path = RESULTS_DIR / f"llmcf-{name}.json"
     res = json.loads(res_path.read_text()) if res_path.exists() else {}
     stats = json.loads((run_dir / "data" / "stats.json").read_text())
+    if a.note:
+        res["note"] = a.note
     res.update(name=name, dataset=a.dataset, preset=a.preset, run_dir=str(run_dir), k=a.k, pool=pool_info(run_dir),
                stage_seconds=stage_seconds,
                data_stats=", ".join(f"{s} {stats.get('splits', {}).get(s, {}).get('rows', '?')} rows"

@@ -278,8 +278,9 @@ def write_markdown() -> Path:
              "Written by `benchmarks/bench_llmcf.py` from `benchmarks/results/llmcf-*.json` (regenerated on every run). "
              "Mean ± sample std over seeds; s/epoch is the mean training time of one epoch on a shared 2-core CPU "
              "(other jobs were running: compare base vs LLM-CF within a table, not across tables)."]
-    for p in sorted(RESULTS_DIR.glob("llmcf-*.json")):
-        parts += dataset_section(json.loads(p.read_text()))
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS_DIR.glob("llmcf-*.json"))]
+    for res in sorted(results, key=lambda r: (bool(r.get("note")), r["name"])):  # ablations after the main runs
+        parts += dataset_section(res)
     out = RESULTS_DIR / "llmcf.md"
     atomic_write_text(out, "\n".join(parts) + "\n")
     return out
@@ -365,7 +366,8 @@ def main(argv=None) -> None:
         rows = run_ctr(cfg, run_dir, upstream, a.models.split(","), a.variants.split(","), not a.quiet)
         pr = rows[-1]["protocol"]
         proto = (f"{stats.get('protocol', {}).get('split', '')}; early stopping on {pr['early_stopping']}; "
-                 f"batch {pr['batch_size']}, Adam lr {pr['lr']}, weight decay {pr['weight_decay']}, same for every "
+                 f"batch {pr['batch_size']}, Adam lr {pr['lr']}, weight decay {pr['weight_decay']} on the backbone and "
+                 f"{getattr(cfg.train, 'ict_weight_decay', pr['weight_decay'])} on the ICT module, same for every "
                  f"variant" + (f"; at most {a.max_steps_per_epoch} batches per epoch" if a.max_steps_per_epoch
                                else "") + f"; {a.seeds} seeds (0..{a.seeds - 1}); test metrics at the best valid epoch.")
         res["ctr"] = block("ctr", rows, proto, t0)

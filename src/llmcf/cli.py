@@ -147,13 +147,11 @@ def _cmd_train(args) -> None:
         cfg.ict.variant = args.variant
     if args.task == "sequential":
         from llmcf.models.sequential import SEQ_BACKBONES
+        from llmcf.pipeline import check_names
         from llmcf.train.seq_stage import SeqRunData, run_seq_train
 
         names = [args.model] if args.model else (cfg.seq_models or ["SASRec"])
-        for name in names:
-            if name not in SEQ_BACKBONES:
-                raise ConfigError(f"--model {name}: not a sequential backbone; "
-                                  f"choose from {', '.join(SEQ_BACKBONES.names())}")
+        check_names(names, SEQ_BACKBONES, "--model")
         run = SeqRunData(args.run, cfg)
         for name in names:
             run_seq_train(args.run, cfg, name, ict=args.ict, run=run, progress=not args.quiet)

@@ -135,19 +135,24 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
 
 def recgen_line(run_dir: Path) -> str:
     """RecGen's effect in one line: p(Yes) AUC of the base and tuned LLM on test rows (from eval_*.json)."""
-    parts = []
+    parts, n = [], None
     for tag in ("base", "tuned"):
         p = run_dir / "llm" / "recgen" / f"eval_{tag}.json"
-        if p.exists():
-            rec = json.loads(p.read_text()).get("rec", {})
-            if rec.get("auc") is not None:
-                parts.append(f"{tag} p(Yes) AUC {rec['auc']:.4f} (LogLoss {rec['logloss']:.4f})")
-    n = ""
-    if parts:
-        rec = json.loads((run_dir / "llm" / "recgen" / "eval_base.json").read_text()).get("rec", {}) \
-            if (run_dir / "llm" / "recgen" / "eval_base.json").exists() else {}
-        n = f" on {rec.get('n')} test rows" if rec.get("n") else ""
-    return f"\nRecGen (the LLM itself as a recommender{n}): " + ("; ".join(parts) if parts else "not evaluated")
+        rec = json.loads(p.read_text()).get("rec", {}) if p.exists() else {}
+        if rec.get("auc") is not None:
+            parts.append(f"{tag} p(Yes) AUC {rec['auc']:.4f} (LogLoss {rec['logloss']:.4f})")
+            n = n or rec.get("n")
+    rows = f" on {n} test rows" if n else ""
+    return f"\nRecGen (the LLM itself as a recommender{rows}): " + ("; ".join(parts) if parts else "not evaluated")
+
+
+def check_names(names, registry, where: str) -> None:
+    """ConfigError naming ``where`` if a model name is not in ``registry`` (a Registry of backbones)."""
+    from llmcf.config import ConfigError
+
+    for name in names:
+        if name not in registry:
+            raise ConfigError(f"{where}: '{name}' is not a {registry.kind}; choose from {', '.join(registry.names())}")
 
 
 def check_plan(cfg: Config) -> None:
@@ -156,13 +161,8 @@ def check_plan(cfg: Config) -> None:
     from llmcf.models.ranking import BACKBONES
     from llmcf.models.sequential import SEQ_BACKBONES
 
-    for name in cfg.models:
-        if name not in BACKBONES:
-            raise ConfigError(f"models: unknown ranking backbone '{name}' (choose from {', '.join(BACKBONES.names())})")
-    for name in cfg.seq_models:
-        if name not in SEQ_BACKBONES:
-            raise ConfigError(f"seq_models: unknown sequential backbone '{name}' "
-                              f"(choose from {', '.join(SEQ_BACKBONES.names())})")
+    check_names(cfg.models, BACKBONES, "models")
+    check_names(cfg.seq_models, SEQ_BACKBONES, "seq_models")
     for v in cfg.variants:
         if v not in ("base", "full", "no_cot", "mean_pool"):
             raise ConfigError(f"variants: unknown variant '{v}' (expected base, full, no_cot or mean_pool)")

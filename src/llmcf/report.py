@@ -15,7 +15,7 @@ def load_summaries(run_dir: Path) -> list[dict]:
     return out
 
 
-def _fmt(ms: dict, digits: int = 4) -> str:
+def fmt_mean_std(ms: dict, digits: int = 4) -> str:
     """mean ± sample std; a single seed has no spread to show, so none is printed."""
     if ms.get("n", 2) < 2:
         return f"{ms['mean']:.{digits}f}"
@@ -42,8 +42,8 @@ def results_table(summaries: list[dict]) -> str:
     for s in _ordered([s for s in summaries if not is_seq(s)]):
         variant = _variant(s)
         t = s["test"]
-        rows.append(f"| {s['model']} | {variant} | {_fmt(t['auc'])} | {_fmt(t['logloss'])} | {_fmt(t['gauc'])} | "
-                    f"{_fmt(s['valid']['auc'])} | {len(s['seeds'])} | {s['seconds_per_epoch']['mean']:.1f} |")
+        rows.append(f"| {s['model']} | {variant} | {fmt_mean_std(t['auc'])} | {fmt_mean_std(t['logloss'])} | {fmt_mean_std(t['gauc'])} | "
+                    f"{fmt_mean_std(s['valid']['auc'])} | {len(s['seeds'])} | {s['seconds_per_epoch']['mean']:.1f} |")
     return "\n".join(rows)
 
 
@@ -58,7 +58,7 @@ def seq_table(summaries: list[dict]) -> str:
     head = " | ".join(f"test {m.replace('recall', 'Recall').replace('ndcg', 'NDCG')}" for m in SEQ_METRICS)
     rows = [f"| model | variant | {head} | seeds | s/epoch |", "|---|---|" + "---|" * len(SEQ_METRICS) + "---|---|"]
     for s in seq:
-        vals = " | ".join(_fmt(s["test"][m]) if m in s["test"] else "–" for m in SEQ_METRICS)
+        vals = " | ".join(fmt_mean_std(s["test"][m]) if m in s["test"] else "–" for m in SEQ_METRICS)
         rows.append(f"| {s['model']} | {_variant(s)} | {vals} | {len(s['seeds'])} | "
                     f"{s['seconds_per_epoch']['mean']:.1f} |")
     return "\n".join(rows)

@@ -228,9 +228,9 @@ def run_seq_train(run_dir: str | Path, cfg: Config, model_name: str, ict: bool =
 
 def format_seq_summary(s: dict) -> str:
     t = s["test"]
-    from llmcf.report import _fmt
+    from llmcf.report import fmt_mean_std
 
-    shown = "  ".join(f"{m.replace('recall', 'Recall').replace('ndcg', 'NDCG')} {_fmt(t[m])}"
+    shown = "  ".join(f"{m.replace('recall', 'Recall').replace('ndcg', 'NDCG')} {fmt_mean_std(t[m])}"
                       for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20") if m in t)
     return (f"{s['tag']:<26} test {shown}  ({len(s['seeds'])} seed(s), {s['seconds_per_epoch']['mean']:.1f}s/epoch)\n"
             f"  protocol: {s['protocol']['ranking']}")

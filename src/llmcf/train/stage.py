@@ -183,7 +183,7 @@ def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | Non
 
 def format_summary(s: dict) -> str:
     t = s["test"]
-    from llmcf.report import _fmt
+    from llmcf.report import fmt_mean_std
 
-    return (f"{s['tag']:<24} test AUC {_fmt(t['auc'])}   LogLoss {_fmt(t['logloss'])}   "
+    return (f"{s['tag']:<24} test AUC {fmt_mean_std(t['auc'])}   LogLoss {fmt_mean_std(t['logloss'])}   "
             f"gAUC {t['gauc']['mean']:.4f}   ({len(s['seeds'])} seed(s), {s['seconds_per_epoch']['mean']:.1f}s/epoch)")

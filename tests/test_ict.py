@@ -147,6 +147,30 @@ def test_missing_examples_do_not_affect_w(variant):
     assert not torch.allclose(w[1:], w3[1:], atol=1e-4) and torch.allclose(w[0], w3[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["full", "no_cot", "mean_pool"])
+def test_shared_bank_rows_computed_once_give_same_output_and_grads(variant):
+    """When scoring, the features of a bank row repeated across a batch are computed once; nothing else changes."""
+    rng = np.random.default_rng(3)
+    n_bank, b, k = 5, 6, 4
+    bank = ContextBank(user=rng.integers(2, N_USERS, n_bank), item=rng.integers(2, N_ITEMS, n_bank),
+                       hist=rng.integers(0, N_ITEMS, (n_bank, L)), label=rng.integers(0, 2, n_bank),
+                       cot=rng.normal(size=(n_bank, D)).astype(np.float32), cot_row=np.arange(n_bank))
+    idx = rng.integers(-1, n_bank, (b, k))  # 24 slots over 5 rows: many repeats, some missing
+    batch = {**make_batch(b=b, k=k), **bank.gather(idx)}
+    assert set(batch["ctx_row"].unique().tolist()) <= set(range(n_bank + 1))
+    plain = {key: v for key, v in batch.items() if key != "ctx_row"}
+    outs = []
+    for inputs in (batch, plain):
+        ict = make_ict(variant)  # eval mode: the deduplicated path (gradients still flow, e.g. for explanations)
+        w, losses = ict(inputs)
+        (w.square().sum() + sum(losses.values(), torch.tensor(0.0))).backward()
+        outs.append((w.detach(), {n: p.grad.clone() for n, p in ict.named_parameters() if p.grad is not None}))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
+    assert outs[0][1].keys() == outs[1][1].keys()
+    for name, g in outs[0][1].items():
+        assert torch.allclose(g, outs[1][1][name], atol=1e-5), name
+
+
 def test_reconstruction_loss_matches_hand_computation():
     ict, batch = make_ict("full", recon_weight=2.5), make_batch(b=5, mask_p=0.4)
     assert batch["ctx_mask"].any() and not batch["ctx_mask"].all()

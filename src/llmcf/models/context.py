@@ -78,7 +78,9 @@ class ContextBank:
 
     def gather(self, ctx_idx: np.ndarray) -> dict[str, torch.Tensor]:
         """ctx_idx [B, K] bank rows (-1 = missing) -> ctx_user/ctx_item [B,K], ctx_hist [B,K,L], ctx_label [B,K]
-        int64, ctx_cot [B,K,D] float32, ctx_mask [B,K] bool; missing slots are zeros with mask False."""
+        int64, ctx_cot [B,K,D] float32, ctx_mask [B,K] bool, ctx_row [B,K] int64 (bank row; ``n`` for a missing
+        slot — lets the ICT compute each distinct example's features once per batch); missing slots are zeros with
+        mask False."""
         idx = np.asarray(ctx_idx)
         if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
             raise DataError(f"expected integer bank row ids [B, K], got {idx.dtype} {idx.shape}", field="ctx_idx")
@@ -94,6 +96,7 @@ class ContextBank:
             "ctx_label": torch.from_numpy(self._label[rows]),
             "ctx_cot": torch.from_numpy(self._cot[self._cot_row[rows]]),
             "ctx_mask": torch.from_numpy(mask),
+            "ctx_row": torch.from_numpy(rows.astype(np.int64, copy=False)),
         }
 
     @classmethod

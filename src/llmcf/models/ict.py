@@ -19,7 +19,9 @@ Variants:
 
 Hyper-parameters (defaults): dim=32, layers=2, heads=2, variant="full", dropout=0.1, field_dim=16, recon_weight=1.0.
 Batch inputs: the encoded batch (user, item, hist) plus ctx_user [B,K], ctx_item [B,K], ctx_hist [B,K,L],
-ctx_label [B,K] int64, ctx_cot [B,K,D] float32 (unused by no_cot), ctx_mask [B,K] bool.
+ctx_label [B,K] int64, ctx_cot [B,K,D] float32 (unused by no_cot), ctx_mask [B,K] bool, and optionally ctx_row [B,K]
+int64 (bank row ids: equal ids must carry equal inputs; when scoring, their features token is computed once per
+batch).
 The item text matrix and item side tables are non-persistent buffers: rebuild them from the run directory when loading
 a checkpoint (``item_text_matrix`` in llmcf.models.context).
 """
@@ -119,12 +121,22 @@ class ICT(nn.Module):
                             field=missing[0])
         b, k = batch["ctx_item"].shape
         hist_len = batch["hist"].shape[1]
-        feats = self.features(
-            torch.cat([batch["ctx_user"].reshape(-1), batch["user"]]),
-            torch.cat([batch["ctx_item"].reshape(-1), batch["item"]]),
-            torch.cat([batch["ctx_hist"].reshape(-1, hist_len), batch["hist"]]),
-        )
-        f_ex, f_q = feats[: b * k].view(b, k, -1), feats[b * k:]
+        c_user, c_item = batch["ctx_user"].reshape(-1), batch["ctx_item"].reshape(-1)
+        c_hist = batch["ctx_hist"].reshape(-1, hist_len)
+        inv = None
+        if "ctx_row" in batch and not self.training:
+            # scoring (evaluation, serving): a bank row recurs across a batch (a user's candidates share most of
+            # their examples), so compute its features once. Not in training, where each slot keeps its own
+            # dropout mask.
+            uniq, inv = torch.unique(batch["ctx_row"].reshape(-1), return_inverse=True)
+            first = torch.empty(len(uniq), dtype=torch.long, device=inv.device)
+            first.scatter_(0, inv, torch.arange(len(inv), device=inv.device))  # one slot holding each bank row
+            c_user, c_item, c_hist = c_user[first], c_item[first], c_hist[first]
+        feats = self.features(torch.cat([c_user, batch["user"]]), torch.cat([c_item, batch["item"]]),
+                              torch.cat([c_hist, batch["hist"]]))
+        n_ctx = len(c_user)
+        f_ex, f_q = feats[:n_ctx], feats[n_ctx:]
+        f_ex = (f_ex[inv] if inv is not None else f_ex).view(b, k, -1)
         parts = [f_ex]
         if self.uses_cot:
             parts.append(self.text_mlp(batch["ctx_cot"].to(self.item_text.dtype)))

@@ -310,3 +310,29 @@ def test_self_distilled_general_data_is_generated_once_and_cached(tiny_dir, tmp_
     monkeypatch.setattr(hb, "HFBackend", no_generation)
     train2, held2, _ = general_examples(run, cfg)
     assert [e.answer for e in train2] == [e.answer for e in train]
+
+
+def test_micro_batches_give_the_same_update_and_leave_hashes_alone(tiny_dir, tok):
+    """Splitting a batch into forward/backward passes of fewer rows changes memory only: same loss curve and weights,
+    and neither the model fingerprint nor the `llmcf run` stage hash moves."""
+    from llmcf.llm.recgen_train import prepare_model, train_loop
+    from llmcf.pipeline import stage_hash
+
+    exs = [SFTExample([{"role": "user", "content": f"Item {k} {'long ' * (k % 4)}: like it?"}],
+                      "Yes" if k % 2 else "No", "rec") for k in range(8)]
+    enc = [tokenize_example(tok, e, 256) for e in exs]
+    runs = []
+    for micro in (None, 3, 1):
+        cfg = small_cfg(tiny_dir, "lora", steps=3, lr=3e-2)
+        cfg.recgen.micro_batch = micro
+        model = prepare_model(load_tiny(tiny_dir), "lora", 8, 16, 0.0)
+        curve = train_loop(model, tok, enc, cfg.recgen, 3, progress=False)
+        runs.append(([c["loss"] for c in curve], {n: p.detach().clone() for n, p in model.named_parameters()
+                                                  if p.requires_grad}))
+        assert stage_hash(cfg, "recgen", "") == stage_hash(small_cfg(tiny_dir, "lora", steps=3, lr=3e-2), "recgen", "")
+    (ref_loss, ref_w), others = runs[0], runs[1:]
+    assert ref_w and len({len(x["input_ids"]) for x in enc}) > 1  # rows of different lengths: padding differs per pass
+    for loss, w in others:
+        assert loss == pytest.approx(ref_loss, abs=1e-5)
+        for n, p in w.items():
+            assert (p - ref_w[n]).abs().max() < 1e-3, (n, float((p - ref_w[n]).abs().max()))

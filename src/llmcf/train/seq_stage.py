@@ -28,10 +28,11 @@ import torch
 from llmcf.config import Config, save_config
 from llmcf.data.schema import OOV, SPLITS
 from llmcf.errors import RunError
-from llmcf.io import atomic_path, atomic_write_json, load_npy, save_npy
+from llmcf.io import atomic_write_json, load_npy, save_npy
 from llmcf.train.batches import ArrayBatches
 from llmcf.train.metrics import mean_std
 from llmcf.train.seq_metrics import protocol_line
+from llmcf.train.seeds import train_seeds
 from llmcf.train.seq_trainer import fit_seq
 
 REPORTED = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
@@ -163,8 +164,6 @@ def seq_protocol(run: SeqRunData, cfg: Config, ict: bool) -> dict:
 def run_seq_train(run_dir: str | Path, cfg: Config, model_name: str, ict: bool = False, *,
                   run: SeqRunData | None = None, progress: bool = True) -> dict:
     """Train ``model_name`` (a SEQ_BACKBONES name) for cfg.train.seeds seeds; returns the summary (summary.json)."""
-    from safetensors.torch import save_file
-
     run_dir = Path(run_dir)
     run = run or SeqRunData(run_dir, cfg)
     if cfg.train.threads:
@@ -178,42 +177,22 @@ def run_seq_train(run_dir: str | Path, cfg: Config, model_name: str, ict: bool =
              + f"-{model_name}-{run.stats.get('stamp')}-{run.stats.get('vocab_sha')}-{upstream}")
     protocol = seq_protocol(run, cfg, ict)
     print(f"[train] {tag}: {protocol['ranking']}")
-    results = []
-    for k in range(cfg.train.seeds):
-        seed = cfg.train.seed + k
-        sdir = out_dir / f"seed_{seed}"
-        rpath = sdir / "result.json"
-        if rpath.exists():
-            prev = json.loads(rpath.read_text())
-            if prev.get("config_hash") == chash:
-                results.append(prev)
-                print(f"[train] {tag} seed {seed}: cached (test ndcg@10 {prev['test']['ndcg@10']:.4f})")
-                continue
-        torch.manual_seed(seed)
-        np.random.seed(seed)
+    s = cfg.seq
+
+    def train_one(seed: int):
         model = make_seq_model(run, model_name, cfg, ict)
-        t0 = time.perf_counter()
-        s = cfg.seq
         res = fit_seq(model, run.batches("train", cfg, seed, True, ict), run.batches("valid", cfg, seed, False, ict),
                       lr=s.lr, weight_decay=s.weight_decay, max_epochs=s.max_epochs, patience=cfg.train.patience,
                       num_negatives=s.num_negatives, remove_history=s.remove_history, ks=tuple(s.ks),
                       test=run.batches("test", cfg, seed, False, ict), seed=seed, progress=progress,
                       desc=f"{tag} s{seed}")
-        sdir.mkdir(parents=True, exist_ok=True)
-        state = {k2: v.detach().contiguous() for k2, v in model.state_dict().items()}
-        with atomic_path(sdir / "model.safetensors") as tmp:
-            save_file(state, str(tmp))
-        record = {"model": model_name, "tag": tag, "seed": seed, "config_hash": chash, "best_epoch": res.best_epoch,
-                  "valid": res.valid, "test": res.test, "curve": res.curve,
-                  "seconds_per_epoch": res.seconds_per_epoch, "peak_rss_mb": res.peak_rss_mb,
-                  "wall_seconds": time.perf_counter() - t0, "stopped_early": res.stopped_early,
-                  "params": int(sum(p.numel() for p in model.parameters()))}
-        atomic_write_json(rpath, record)
-        results.append(record)
-        t = res.test
-        print(f"[train] {tag} seed {seed}: best epoch {res.best_epoch}  test recall@10 {t['recall@10']:.4f}  "
-              f"ndcg@10 {t['ndcg@10']:.4f}  recall@20 {t['recall@20']:.4f}  ndcg@20 {t['ndcg@20']:.4f}  "
-              f"({res.seconds_per_epoch:.1f}s/epoch)")
+        return model, res
+
+    results = train_seeds(
+        out_dir, tag, model_name, chash, range(cfg.train.seed, cfg.train.seed + cfg.train.seeds), train_one,
+        cached_line=lambda r: f"test ndcg@10 {r['test']['ndcg@10']:.4f}",
+        done_line=lambda res: "  ".join(f"test {m} {res.test[m]:.4f}"
+                                        for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20")))
     summary = {"model": model_name, "tag": tag, "task": "sequential", "seeds": [r["seed"] for r in results],
                "protocol": protocol,
                "test": {m: mean_std([r["test"][m] for r in results]) for m in REPORTED if m in results[0]["test"]},

@@ -8,31 +8,18 @@ the full softmax over every item (pad/OOV excluded). Auxiliary losses (e.g. the 
 """
 from __future__ import annotations
 
-import copy
-import time
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from llmcf.data.schema import OOV
+from llmcf.train.loop import FitResult, early_stopping_fit
 from llmcf.train.seq_metrics import ranking_metrics, target_ranks
-from llmcf.train.trainer import peak_rss_mb
 
 STOP_METRIC = "ndcg@10"
 
 
-@dataclass
-class SeqFitResult:
-    best_epoch: int
-    valid: dict[str, float]
-    test: dict[str, float]
-    curve: list[dict] = field(default_factory=list)
-    seconds_per_epoch: float = 0.0
-    peak_rss_mb: float = 0.0
-    stopped_early: bool = False
+SeqFitResult = FitResult  # one result type for both tasks
 
 
 def sampled_softmax_logits(user_vec: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
@@ -76,46 +63,13 @@ def fit_seq(model: torch.nn.Module, train, valid, *, lr: float = 1e-3, weight_de
     ks = tuple(sorted(set(ks) | {10}))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    best, best_epoch, best_state, best_valid = -1.0, -1, None, {}
-    curve, epoch_secs, bad, stopped_early = [], [], 0, False
-    for epoch in range(max_epochs):
-        model.train()
-        t0 = time.perf_counter()
-        losses, aux_sums = [], {}
-        bar = tqdm(train, desc=f"{desc} epoch {epoch + 1}", disable=not progress, leave=False, mininterval=1.0)
-        for batch in bar:
-            out = model(batch)
-            loss = sampled_softmax_loss(out["user_vec"], model.item_vectors(), batch["item"], num_negatives, gen)
-            total = loss
-            for name, aux in out.get("losses", {}).items():
-                total = total + aux
-                aux_sums[name] = aux_sums.get(name, 0.0) + float(aux.detach())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if len(losses) % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        epoch_secs.append(time.perf_counter() - t0)
-        metrics = evaluate_seq(model, valid, remove_history, ks)
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               **{f"train_{k}": v / max(len(losses), 1) for k, v in aux_sums.items()},
-               **{f"valid_{k}": v for k, v in metrics.items()}, "seconds": epoch_secs[-1]}
-        curve.append(row)
-        if progress:
-            tqdm.write(f"  {desc} epoch {epoch + 1}: loss {row['train_loss']:.4f}  valid recall@10 "
-                       f"{metrics['recall@10']:.4f}  ndcg@10 {metrics['ndcg@10']:.4f}  ({epoch_secs[-1]:.1f}s)")
-        if metrics[STOP_METRIC] > best:
-            best, best_epoch, best_valid, bad = metrics[STOP_METRIC], epoch + 1, metrics, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-            if bad >= patience:
-                stopped_early = True
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    test_metrics = evaluate_seq(model, test, remove_history, ks) if test is not None else {}
-    return SeqFitResult(best_epoch=best_epoch, valid=best_valid, test=test_metrics, curve=curve,
-                        seconds_per_epoch=float(np.mean(epoch_secs)) if epoch_secs else 0.0,
-                        peak_rss_mb=peak_rss_mb(), stopped_early=stopped_early)
+    return early_stopping_fit(
+        model, opt, train,
+        batch_loss=lambda m, batch, out: sampled_softmax_loss(out["user_vec"], m.item_vectors(), batch["item"],
+                                                              num_negatives, gen),
+        validate=lambda m: evaluate_seq(m, valid, remove_history, ks),
+        test=(lambda m: evaluate_seq(m, test, remove_history, ks)) if test is not None else None,
+        stop_metric=STOP_METRIC, max_epochs=max_epochs, patience=patience, loss_name="loss",
+        epoch_line=lambda row, m: f"loss {row['train_loss']:.4f}  valid recall@10 {m['recall@10']:.4f}  "
+                                  f"ndcg@10 {m['ndcg@10']:.4f}",
+        progress=progress, desc=desc)

@@ -9,7 +9,6 @@ A seed whose result.json exists with the same config hash is not trained again (
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,9 +18,10 @@ import torch
 
 from llmcf.config import Config, save_config
 from llmcf.errors import RunError
-from llmcf.io import atomic_path, atomic_write_json
+from llmcf.io import atomic_write_json
 from llmcf.train.batches import ArrayBatches
 from llmcf.train.metrics import mean_std
+from llmcf.train.seeds import train_seeds
 from llmcf.train.trainer import fit
 
 
@@ -125,8 +125,6 @@ def config_hash(cfg: Config) -> str:
 def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | None = None,
               progress: bool = True, upstream: str = "") -> dict:
     """Train ``model_name`` for cfg.train.seeds seeds; returns the summary (also written to summary.json)."""
-    from safetensors.torch import save_file
-
     run_dir = Path(run_dir)
     run = run or RunData(run_dir, cfg)
     if cfg.train.threads:
@@ -139,38 +137,19 @@ def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | Non
     chash = config_hash(cfg) + f"-{model_name}-{upstream}"
     labels = {s: run.arrays[s]["label"] for s in ("valid", "test")}
     users = {s: run.arrays[s]["user"] for s in ("valid", "test")}
-    results = []
-    for k in range(cfg.train.seeds):
-        seed = cfg.train.seed + k
-        sdir = out_dir / f"seed_{seed}"
-        rpath = sdir / "result.json"
-        if rpath.exists():
-            prev = json.loads(rpath.read_text())
-            if prev.get("config_hash") == chash:
-                results.append(prev)
-                print(f"[train] {tag} seed {seed}: cached (test auc {prev['test']['auc']:.4f})")
-                continue
-        torch.manual_seed(seed)
-        np.random.seed(seed)
+
+    def train_one(seed: int):
         model = make_model(run, model_name, cfg)
-        t0 = time.perf_counter()
         res = fit(model, run.batches("train", cfg, seed, True), run.batches("valid", cfg, seed, False),
                   labels["valid"], cfg.train, valid_users=users["valid"], test=run.batches("test", cfg, seed, False),
                   test_labels=labels["test"], test_users=users["test"], progress=progress, desc=f"{tag} s{seed}")
-        sdir.mkdir(parents=True, exist_ok=True)
-        state = {k2: v.detach().contiguous() for k2, v in model.state_dict().items()}
-        with atomic_path(sdir / "model.safetensors") as tmp:
-            save_file(state, str(tmp))
-        record = {"model": model_name, "tag": tag, "seed": seed, "config_hash": chash,
-                  "best_epoch": res.best_epoch, "valid": res.valid, "test": res.test, "curve": res.curve,
-                  "seconds_per_epoch": res.seconds_per_epoch, "peak_rss_mb": res.peak_rss_mb,
-                  "wall_seconds": time.perf_counter() - t0,
-                  "params": int(sum(p.numel() for p in model.parameters()))}
-        atomic_write_json(rpath, record)
-        results.append(record)
-        print(f"[train] {tag} seed {seed}: best epoch {res.best_epoch}  valid auc {res.valid['auc']:.4f}  "
-              f"test auc {res.test['auc']:.4f}  logloss {res.test['logloss']:.4f}  "
-              f"({res.seconds_per_epoch:.1f}s/epoch)")
+        return model, res
+
+    results = train_seeds(
+        out_dir, tag, model_name, chash, range(cfg.train.seed, cfg.train.seed + cfg.train.seeds), train_one,
+        cached_line=lambda r: f"test auc {r['test']['auc']:.4f}",
+        done_line=lambda res: f"valid auc {res.valid['auc']:.4f}  test auc {res.test['auc']:.4f}  "
+                              f"logloss {res.test['logloss']:.4f}")
     summary = {"model": model_name, "tag": tag, "seeds": [r["seed"] for r in results],
                "protocol": protocol(run_dir, cfg),
                "test": {m: mean_std([r["test"][m] for r in results]) for m in ("auc", "logloss", "gauc")},

@@ -1,0 +1,84 @@
+"""The epoch loop both trainers share: optimise, validate after every epoch, stop after ``patience`` epochs without a
+better validation score, reload the best weights and test them once.
+
+The task-specific parts come in as functions: ``batch_loss(model, batch, out)`` (the main loss of one batch, given
+the model's output dict) and ``validate(model, batches)`` / ``test`` (metrics dicts). Every auxiliary loss a model
+returns under ``out["losses"]`` is added to the main loss and averaged per epoch in the curve as ``train_<name>``.
+"""
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    curve: list[dict] = field(default_factory=list)
+    seconds_per_epoch: float = 0.0
+    peak_rss_mb: float = 0.0
+    stopped_early: bool = False
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train: Iterable[dict], *,
+                       batch_loss: Callable, validate: Callable[[torch.nn.Module], dict[str, float]],
+                       stop_metric: str, max_epochs: int, patience: int, loss_name: str,
+                       epoch_line: Callable[[dict, dict], str], test: Callable[[torch.nn.Module], dict] | None = None,
+                       progress: bool = True, desc: str = "train") -> FitResult:
+    """Train until ``validate(model)[stop_metric]`` has not improved for ``patience`` epochs (at most
+    ``max_epochs``); the curve rows hold ``train_<loss_name>``, the auxiliary losses, ``valid_*`` and ``seconds``.
+    ``epoch_line(row, metrics)`` is the progress line printed after an epoch."""
+    best, best_epoch, best_state, best_valid = -float("inf"), -1, None, {}
+    curve, epoch_secs, bad, stopped_early = [], [], 0, False
+    for epoch in range(max_epochs):
+        model.train()
+        t0 = time.perf_counter()
+        losses, aux_sums = [], {}
+        bar = tqdm(train, desc=f"{desc} epoch {epoch + 1}", disable=not progress, leave=False, mininterval=1.0)
+        for batch in bar:
+            out = model(batch)
+            loss = batch_loss(model, batch, out)
+            total = loss
+            for name, aux in out.get("losses", {}).items():
+                total = total + aux
+                aux_sums[name] = aux_sums.get(name, 0.0) + float(aux.detach())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if len(losses) % 50 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        epoch_secs.append(time.perf_counter() - t0)
+        metrics = validate(model)
+        row = {"epoch": epoch + 1, f"train_{loss_name}": float(np.mean(losses)) if losses else float("nan"),
+               **{f"train_{k}": v / max(len(losses), 1) for k, v in aux_sums.items()},
+               **{f"valid_{k}": v for k, v in metrics.items()}, "seconds": epoch_secs[-1]}
+        curve.append(row)
+        if progress:
+            tqdm.write(f"  {desc} epoch {epoch + 1}: {epoch_line(row, metrics)}  ({epoch_secs[-1]:.1f}s)")
+        if metrics[stop_metric] > best:
+            best, best_epoch, best_valid, bad = metrics[stop_metric], epoch + 1, metrics, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= patience:
+                stopped_early = True
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(best_epoch=best_epoch, valid=best_valid, test=test(model) if test is not None else {},
+                     curve=curve, seconds_per_epoch=float(np.mean(epoch_secs)) if epoch_secs else 0.0,
+                     peak_rss_mb=peak_rss_mb(), stopped_early=stopped_early)

@@ -182,6 +182,23 @@ def test_online_position_allows_the_users_own_past_rows(run, scorers):
     assert ONLINE_POS > bank.pos.max()
 
 
+def test_config_rewritten_after_training_is_flagged(run, scorers, tmp_path):
+    import shutil
+
+    from llmcf.config import load_config, save_config
+
+    assert all(not s.warnings for s in scorers.values())  # base and LLM-CF: config matches the trained seed
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = load_config(copy / "models" / "DIN" / "config.yaml")
+    cfg.train.seeds = 7  # which seeds run: not a change to the model
+    save_config(cfg, copy / "models" / "DIN" / "config.yaml")
+    assert not Scorer.load(copy, "DIN").warnings
+    cfg.train.lr = 0.123
+    save_config(cfg, copy / "models" / "DIN" / "config.yaml")
+    assert any("rewritten" in w for w in Scorer.load(copy, "DIN").warnings)
+
+
 def test_explain_needs_an_llmcf_model(scorers):
     with TestClient(create_app(scorers["DIN"], ServeConfig())) as c:
         resp = c.post("/v1/explain", json={"candidate": "i1"})

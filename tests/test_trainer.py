@@ -108,3 +108,15 @@ def test_base_model_hash_ignores_the_ict_only_setting():
     assert config_hash(a) == config_hash(b)  # base models keep their cached results
     a.ict.enabled = b.ict.enabled = True
     assert config_hash(a) != config_hash(b)
+
+
+def test_result_hash_leaves_out_which_seeds_run():
+    from llmcf.config import Config
+    from llmcf.train.stage import config_hash
+
+    a, b = Config(), Config()
+    b.train.seeds, b.train.seed = 5, 2
+    assert config_hash(a) == config_hash(b)  # more seeds keep the trained ones
+    assert config_hash(a, legacy=True) != config_hash(b, legacy=True)
+    b.train.lr = 0.5
+    assert config_hash(a) != config_hash(b)

@@ -99,6 +99,7 @@ class Scorer:
         from llmcf.data.features import make_schema
         from llmcf.data.vocab import Vocab
         from llmcf.models.llmcf_model import build_model
+        from llmcf.train.stage import config_hash
 
         run_dir = Path(run_dir)
         tag_dir = run_dir / "models" / model_tag
@@ -116,8 +117,8 @@ class Scorer:
         self.model_name = str(self.result.get("model", model_tag.split("+")[0]))
         self.warnings: list[str] = []
         want = str(self.result.get("config_hash", "")).split("-")[0]
-        have = cfg.section_hash("data", "model", "train", "ict", "retrieval")
-        if want and want != have:
+        have = config_hash(cfg)
+        if want and want not in (have, config_hash(cfg, legacy=True)):
             self.warnings.append(f"{cfg_path} was rewritten after seed {self.seed} was trained (config hash {have} "
                                  f"!= {want} in result.json): the weights loaded, but retrain if scores look off")
         vpath = run_dir / "data" / "vocab.json"

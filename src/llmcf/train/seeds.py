@@ -6,6 +6,7 @@ back instead of trained again, which makes an interrupted run resumable seed by 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -19,11 +20,31 @@ from llmcf.io import atomic_path, atomic_write_json
 from llmcf.train.loop import FitResult
 
 
+SEED_FIELDS = ("seed", "seeds")
+"""train.* fields that say which seeds to run; one seed's result does not depend on them."""
+
+
+def short_hash(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def result_hashes(payload: dict) -> tuple[str, str]:
+    """(hash, legacy hash) of the config sections one seed's training reads (``payload``: section -> dict).
+
+    The hash leaves out ``train.seed``/``train.seeds``, so asking for more seeds keeps the ones already trained. The
+    legacy hash (everything, as results written before that change carry) is still accepted when reading."""
+    free = {k: ({f: v for f, v in sec.items() if f not in SEED_FIELDS} if k == "train" else sec)
+            for k, sec in payload.items()}
+    return short_hash(free), short_hash(payload)
+
+
 def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: range,
                 train_one: Callable[[int], tuple[torch.nn.Module, FitResult]],
-                cached_line: Callable[[dict], str], done_line: Callable[[FitResult], str]) -> list[dict]:
+                cached_line: Callable[[dict], str], done_line: Callable[[FitResult], str],
+                also_accept: tuple[str, ...] = ()) -> list[dict]:
     """Records of every seed in ``seeds``, training the missing ones with ``train_one(seed) -> (model, result)``
-    after seeding torch and numpy. ``cached_line(record)`` / ``done_line(result)`` finish the printed status lines."""
+    after seeding torch and numpy. A seed is cached when its ``result.json`` has ``config_hash`` equal to ``chash``
+    (or one of ``also_accept``). ``cached_line(record)`` / ``done_line(result)`` finish the printed status lines."""
     from safetensors.torch import save_file
 
     results = []
@@ -32,7 +53,7 @@ def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: ran
         rpath = sdir / "result.json"
         if rpath.exists():
             prev = json.loads(rpath.read_text())
-            if prev.get("config_hash") == chash:
+            if prev.get("config_hash") in (chash, *also_accept):
                 results.append(prev)
                 print(f"[train] {tag} seed {seed}: cached ({cached_line(prev)})")
                 continue

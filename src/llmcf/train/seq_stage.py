@@ -32,7 +32,7 @@ from llmcf.io import atomic_write_json, load_npy, save_npy
 from llmcf.train.batches import ArrayBatches
 from llmcf.train.metrics import mean_std
 from llmcf.train.seq_metrics import protocol_line
-from llmcf.train.seeds import train_seeds
+from llmcf.train.seeds import result_hashes, train_seeds
 from llmcf.train.seq_trainer import fit_seq
 
 REPORTED = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
@@ -173,8 +173,10 @@ def run_seq_train(run_dir: str | Path, cfg: Config, model_name: str, ict: bool =
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     upstream = run.context(cfg, progress)[5] if ict else ""
-    chash = (cfg.section_hash("seq", "train", *(("ict", "retrieval") if ict else ()))
-             + f"-{model_name}-{run.stats.get('stamp')}-{run.stats.get('vocab_sha')}-{upstream}")
+    d = cfg.to_dict()
+    hashes = result_hashes({n: d[n] for n in ("seq", "train", *(("ict", "retrieval") if ict else ()))})
+    suffix = f"-{model_name}-{run.stats.get('stamp')}-{run.stats.get('vocab_sha')}-{upstream}"
+    chash, legacy = hashes[0] + suffix, hashes[1] + suffix
     protocol = seq_protocol(run, cfg, ict)
     print(f"[train] {tag}: {protocol['ranking']}")
     s = cfg.seq
@@ -192,7 +194,8 @@ def run_seq_train(run_dir: str | Path, cfg: Config, model_name: str, ict: bool =
         out_dir, tag, model_name, chash, range(cfg.train.seed, cfg.train.seed + cfg.train.seeds), train_one,
         cached_line=lambda r: f"test ndcg@10 {r['test']['ndcg@10']:.4f}",
         done_line=lambda res: "  ".join(f"test {m} {res.test[m]:.4f}"
-                                        for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20")))
+                                        for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20")),
+        also_accept=(legacy,))
     summary = {"model": model_name, "tag": tag, "task": "sequential", "seeds": [r["seed"] for r in results],
                "protocol": protocol,
                "test": {m: mean_std([r["test"][m] for r in results]) for m in REPORTED if m in results[0]["test"]},

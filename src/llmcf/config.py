@@ -269,7 +269,12 @@ class Config:
         d = self.to_dict()
         payload = {n: {k: v for k, v in d[n].items() if k not in NOT_HASHED.get(n, ())} if isinstance(d[n], dict)
                    else d[n] for n in names}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return payload_hash(payload)
+
+
+def payload_hash(payload: dict) -> str:
+    """Short stable hash of a JSON-able mapping (the one hash behind stage stamps and trained-seed caches)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 NOT_HASHED: dict[str, tuple[str, ...]] = {"recgen": ("micro_batch",)}

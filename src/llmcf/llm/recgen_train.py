@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmcf.config import Config
+from llmcf.config import NOT_HASHED, Config
 from llmcf.errors import LLMCFError
 from llmcf.io import atomic_write_json
 from llmcf.llm.models import install_dir, resolve_model
@@ -108,8 +108,8 @@ def train_loop(model, tokenizer, encoded: list[dict], rc, total_steps: int, ckpt
     bar = tqdm(total=total_steps, initial=start, desc="recgen train", unit="step", disable=not progress,
                dynamic_ncols=True)
     for step in range(start, total_steps):
-        rows = [mb for mb in micro[step * rc.grad_accum:(step + 1) * rc.grad_accum]]
-        chunk = max(1, int(rc.micro_batch or len(rows[0])))  # forward/backward passes of ≤ chunk rows (memory)
+        rows = micro[step * rc.grad_accum:(step + 1) * rc.grad_accum]
+        chunk = max(1, int(rc.micro_batch or rc.batch_size))  # forward/backward passes of ≤ chunk rows (memory)
         batches = [collate([encoded[i] for i in mb[j:j + chunk]], pad) for mb in rows for j in range(0, len(mb), chunk)]
         n_tok = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
         total = 0.0
@@ -202,7 +202,8 @@ def run_recgen_train(run_dir: Path, cfg: Config) -> Path:
     base = resolve_model(cfg.llm.model)
     examples, info = build_sft_mix(run_dir, cfg)
     fp_payload = {"recgen": {k: v for k, v in vars(rc).items() 
-                             if not k.startswith("mmlu") and k not in ("eval_rows", "save_every", "skip", "micro_batch")},
+                             if not k.startswith("mmlu")
+                             and k not in ("eval_rows", "save_every", "skip", *NOT_HASHED["recgen"])},
                   "base": str(base), "data": examples_digest(examples), "dtype": cfg.llm.dtype}
     fingerprint = json.dumps(fp_payload, sort_keys=True, default=str)
     info_path = out_dir / INFO_FILE

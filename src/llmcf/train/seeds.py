@@ -6,7 +6,6 @@ back instead of trained again, which makes an interrupted run resumable seed by 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -16,16 +15,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from llmcf.config import payload_hash
 from llmcf.io import atomic_path, atomic_write_json
 from llmcf.train.loop import FitResult
 
 
 SEED_FIELDS = ("seed", "seeds")
 """train.* fields that say which seeds to run; one seed's result does not depend on them."""
-
-
-def short_hash(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def result_hashes(payload: dict) -> tuple[str, str]:
@@ -35,7 +31,7 @@ def result_hashes(payload: dict) -> tuple[str, str]:
     legacy hash (everything, as results written before that change carry) is still accepted when reading."""
     free = {k: ({f: v for f, v in sec.items() if f not in SEED_FIELDS} if k == "train" else sec)
             for k, sec in payload.items()}
-    return short_hash(free), short_hash(payload)
+    return payload_hash(free), payload_hash(payload)
 
 
 def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: range,

@@ -8,8 +8,6 @@ Override syntax on the CLI: ``--set train.lr=0.001 --set model.params.num_heads=
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,19 @@ import yaml
 
 class ConfigError(ValueError):
     """A config file or override names an unknown field or holds a value of the wrong type."""
+
+
+def backbone_params(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """The constructor arguments of backbone ``name`` from a ``params`` mapping: entries whose key is a backbone
+    name (a key starting with an upper-case letter, mapping to a mapping; matched case-insensitively) hold that
+    backbone's own arguments and override the shared (lower-case) entries, which every backbone gets."""
+    shared = {k: v for k, v in params.items() if not _is_backbone_key(k, v)}
+    own = [v for k, v in params.items() if _is_backbone_key(k, v) and k.lower() == name.lower()]
+    return {**shared, **(own[0] if own else {})}
+
+
+def _is_backbone_key(key: str, value: Any) -> bool:
+    return isinstance(value, dict) and key[:1].isupper()
 
 
 @dataclass
@@ -52,7 +63,12 @@ class ModelConfig:
     mlp: list[int] = field(default_factory=lambda: [200, 80])
     dropout: float = 0.1
     params: dict[str, Any] = field(default_factory=dict)
-    """Backbone-specific constructor arguments (see each backbone's docstring)."""
+    """Backbone-specific constructor arguments (see each backbone's docstring), keyed by backbone name for a
+    multi-model run (``{xDeepFM: {cin_layers: [100, 100]}, AutoInt: {num_heads: 4}}``); entries not keyed by a
+    name apply to every backbone. See ``params_for``."""
+
+    def params_for(self, name: str) -> dict[str, Any]:
+        return backbone_params(self.params, name)
 
 
 @dataclass
@@ -222,7 +238,11 @@ class SeqConfig:
     """Exclude the history items from the ranking (the paper keeps them: false)."""
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     params: dict[str, Any] = field(default_factory=dict)
-    """Backbone-specific constructor arguments (see each sequential backbone's docstring)."""
+    """Backbone-specific constructor arguments (see each sequential backbone's docstring), keyed by backbone name
+    or shared, as ``model.params``."""
+
+    def params_for(self, name: str) -> dict[str, Any]:
+        return backbone_params(self.params, name)
 
 
 @dataclass
@@ -265,20 +285,10 @@ class Config:
         return dataclasses.asdict(self)
 
     def section_hash(self, *names: str) -> str:
-        """Stable hash of some sections: used by ``llmcf run`` to skip stages whose config is unchanged."""
-        d = self.to_dict()
-        payload = {n: {k: v for k, v in d[n].items() if k not in NOT_HASHED.get(n, ())} if isinstance(d[n], dict)
-                   else d[n] for n in names}
-        return payload_hash(payload)
+        """Stable hash of some sections (``llmcf.fingerprint.section_hash``)."""
+        from llmcf.fingerprint import section_hash
 
-
-def payload_hash(payload: dict) -> str:
-    """Short stable hash of a JSON-able mapping (the one hash behind stage stamps and trained-seed caches)."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-NOT_HASHED: dict[str, tuple[str, ...]] = {"recgen": ("micro_batch",)}
-"""Settings that change how a stage runs (memory), not what it writes: left out of the stage hashes."""
+        return section_hash(self, *names)
 
 
 def _build(cls, values: dict[str, Any], where: str):

@@ -15,7 +15,6 @@ embedding run resumes where it stopped) and merged when they grow numerous. No p
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from llmcf.config import Config
 from llmcf.errors import DataError, LLMCFError, RunError
+from llmcf.fingerprint import embedding_key, encoder_slug, strings_digest
 from llmcf.io import atomic_path, atomic_write_json, load_npy, save_npy
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -197,7 +197,7 @@ class Encoder:
         self.name = name
         self.model_id, self.path = resolve_encoder(name)
         self.batch_size, self.device, self.chunk = batch_size, device, chunk
-        slug = hashlib.sha256(self.model_id.encode()).hexdigest()[:12]
+        slug = encoder_slug(self.model_id)
         self.cache = EmbeddingCache(Path(cache_dir) / f"{Path(self.model_id).name}-{slug}") if cache_dir else None
         self._model = None
         self.model_calls = 0
@@ -217,7 +217,7 @@ class Encoder:
         return int(self._load().get_sentence_embedding_dimension())
 
     def key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.model_id}\n{text}".encode()).hexdigest()
+        return embedding_key(self.model_id, text)
 
     def _encode_model(self, texts: list[str]) -> np.ndarray:
         self.model_calls += len(texts)
@@ -260,13 +260,6 @@ class Encoder:
         return out
 
 
-def _hash_strings(values) -> str:
-    h = hashlib.sha256()
-    for v in values:
-        h.update(str(v).encode() + b"\x1f")
-    return h.hexdigest()[:16]
-
-
 def make_encoder(run_dir: Path, cfg: Config) -> Encoder:
     cache = Path(cfg.embed.cache_dir) if cfg.embed.cache_dir else Path(run_dir) / "embed" / "cache"
     return Encoder(cfg.embed.encoder, cache_dir=cache, batch_size=cfg.embed.batch_size)
@@ -294,7 +287,7 @@ def run_embed(run_dir: Path, cfg: Config, encoder: Encoder | None = None) -> Pat
     atomic_write_json(out / "item_ids.json", ids)
     meta = {"encoder": cfg.embed.encoder, "model_id": enc.model_id, "dim": int(item_vecs.shape[1]),
             "n_items": len(ids), "n_items_empty_text": int(sum(not t.strip() for t in texts)),
-            "empty_text_rule": "zero vector", "items_hash": _hash_strings(i + "\x1e" + t for i, t in zip(ids, texts))}
+            "empty_text_rule": "zero vector", "items_hash": strings_digest(i + "\x1e" + t for i, t in zip(ids, texts))}
     sel_path = run_dir / "cot" / "selected.parquet"
     if sel_path.exists():
         sel = pd.read_parquet(sel_path)
@@ -303,7 +296,7 @@ def run_embed(run_dir: Path, cfg: Config, encoder: Encoder | None = None) -> Pat
         cots = sel["cot"].fillna("").astype(str).tolist()
         cot_vecs = enc.encode(cots, desc="embed CoTs")
         save_npy(out / "cot.npy", cot_vecs)
-        meta.update(n_cots=len(cots), cot_rows_hash=_hash_strings(
+        meta.update(n_cots=len(cots), cot_rows_hash=strings_digest(
             f"{u}|{p}|{i}\x1e{c}" for u, p, i, c in zip(sel["user_id"], sel["pos"], sel["item_id"], cots)))
     else:
         (out / "cot.npy").unlink(missing_ok=True)  # never leave vectors of an older selection behind

@@ -6,33 +6,21 @@ or RecGen. Interrupted stages resume through their own mechanisms (CoT shards, p
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Callable
 
 from llmcf.config import Config, save_config
+from llmcf.fingerprint import stage_hash
 from llmcf.io import atomic_write_json
 
-# stage -> config sections it reads (besides its upstream stamp)
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "data": ("data",),
-    "recgen": ("llm", "recgen"),
-    "cot_generate": ("llm", "cot"),
-    "cot_score": ("embed", "cot"),
-    "embed": ("embed",),
-    "retrieve": ("retrieval",),
-}
 ORDER = ["data", "recgen", "cot_generate", "cot_score", "embed", "retrieve"]
+"""The offline stages in run order (their config sections: ``llmcf.fingerprint.STAGE_SECTIONS``)."""
 
 
 def _stamp_path(run_dir: Path, stage: str) -> Path:
     return run_dir / "stages" / f"{stage}.json"
-
-
-def stage_hash(cfg: Config, stage: str, upstream: str) -> str:
-    return hashlib.sha256((cfg.section_hash(*STAGE_SECTIONS[stage]) + upstream).encode()).hexdigest()[:16]
 
 
 def _banner(msg: str) -> None:

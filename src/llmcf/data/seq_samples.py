@@ -15,7 +15,6 @@ Files (``run_dir/data/``):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from llmcf.data.samples import ordered_interactions, resolve_label_rule
 from llmcf.data.schema import OOV, SPLITS, RawDataset
 from llmcf.data.vocab import Vocab
 from llmcf.errors import DataError, RunError
+from llmcf.fingerprint import file_sha, seq_data_stamp
 from llmcf.io import atomic_write_json, write_parquet
 
 SEQ_COLUMNS = ("user_id", "pos", "item_id", "timestamp", "history")
@@ -98,7 +98,7 @@ def build_seq_data(ds: RawDataset, run_dir: str | Path, data_cfg: DataConfig, hi
         write_parquet(df, data / f"seq_{s}.parquet")
     stats = {
         "users": int(positives["user_id"].nunique()), "items_in_vocab": len(vocab.item),
-        "positives": int(len(positives)), "vocab": vocab_file, "vocab_sha": _sha(data / vocab_file),
+        "positives": int(len(positives)), "vocab": vocab_file, "vocab_sha": file_sha(data / vocab_file),
         "rows": {s: int(len(df)) for s, df in splits.items()},
         "oov_targets": {s: int((vocab.encode_items(df["item_id"].to_numpy(dtype=object)) <= OOV).sum())
                         for s, df in splits.items()},
@@ -118,24 +118,19 @@ def _rule_text(rule: str, data_cfg: DataConfig) -> str:
             "implicit": "every interaction"}[rule]
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def ensure_seq_data(run_dir: str | Path, cfg, ds: RawDataset | None = None) -> dict:
     """Build the seq samples unless seq_stats.json matches this config and vocabulary; returns the stats."""
     run_dir = Path(run_dir)
     data = run_dir / "data"
     d = cfg.data
-    stamp = hashlib.sha256(json.dumps([d.dataset, d.format, d.label, d.rating_threshold, d.max_users, d.seed,
-                                       cfg.seq.history_len]).encode()).hexdigest()[:16]
+    stamp = seq_data_stamp(cfg)
     stats_path = data / "seq_stats.json"
     if stats_path.exists() and all((data / f"seq_{s}.parquet").exists() for s in SPLITS):
         stats = json.loads(stats_path.read_text())
         vpath = data / stats.get("vocab", "-")
         vocab_now = "vocab.json" if (data / "vocab.json").exists() else "seq_vocab.json"
         if (stats.get("stamp") == stamp and stats.get("vocab") == vocab_now and vpath.is_file()
-                and _sha(vpath) == stats.get("vocab_sha")):
+                and file_sha(vpath) == stats.get("vocab_sha")):
             return stats
     if ds is None:
         from llmcf.data.loaders import load_dataset

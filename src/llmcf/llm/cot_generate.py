@@ -22,7 +22,6 @@ replacement, seeded by ``cot.seed``, then kept in train-file order.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from llmcf import fingerprint
 from llmcf.config import Config
 from llmcf.errors import DataError, LLMCFError, RunError
 from llmcf.io import atomic_path, atomic_write_json, write_parquet
@@ -115,18 +115,7 @@ def build_pool(train: pd.DataFrame, items: pd.DataFrame, cfg: Config, train_path
 
 
 def pool_hash(pool: pd.DataFrame) -> str:
-    h = hashlib.sha256(SYSTEM.encode())
-    for k, p in zip(pool["key"], pool["prompt"]):
-        h.update(b"\x1e" + k.encode() + b"\x1f" + p.encode())
-    return h.hexdigest()[:16]
-
-
-def _dir_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        st = f.stat()
-        h.update(f"{f.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+    return fingerprint.pool_hash(SYSTEM, pool["key"], pool["prompt"])
 
 
 def resolve_cot_model(run_dir: Path, cfg: Config) -> tuple[Path | None, dict[str, Any]]:
@@ -134,7 +123,7 @@ def resolve_cot_model(run_dir: Path, cfg: Config) -> tuple[Path | None, dict[str
     ident: dict[str, Any] = {"backend": cfg.llm.backend, "endpoint": cfg.llm.endpoint}
     tuned = Path(run_dir) / "llm" / "recgen" / "model"
     if not cfg.recgen.skip and tuned.is_dir():
-        ident.update(kind="recgen", path=str(tuned), fingerprint=_dir_fingerprint(tuned))
+        ident.update(kind="recgen", path=str(tuned), fingerprint=fingerprint.dir_fingerprint(tuned))
         return tuned, ident
     ident.update(kind="base", name=cfg.llm.model)
     return None, ident
@@ -221,7 +210,7 @@ def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
     phash = pool_hash(pool)
     parts = {"pool_hash": phash, "sampling": {k: v for k, v in vars(params).items() if k != "seed"},
              "seed": cfg.cot.seed, "shard_size": cfg.cot.shard_size, "model": model_ident}
-    gen_id = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    gen_id = fingerprint.generation_id(parts)
     cot_dir.mkdir(parents=True, exist_ok=True)
     note = _prepare_folder(cot_dir, gen_id)
     print(f"[cot] generation {gen_id} ({model_ident['kind']} model): {note}")

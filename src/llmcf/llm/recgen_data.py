@@ -11,7 +11,6 @@ perplexity check of ``recgen eval``. The number of general training rows is ``nu
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 
 from llmcf.config import Config
 from llmcf.errors import DataError, RunError
+from llmcf.fingerprint import records_digest, self_distill_key
 from llmcf.io import atomic_write_json, atomic_write_text
 from llmcf.llm.rec_prompts import item_texts, rec_answer, rec_prompt
 
@@ -117,8 +117,8 @@ def self_distilled(run_dir: Path, cfg: Config) -> tuple[list[SFTExample], dict]:
 
     base = resolve_model(cfg.llm.model)
     samples = max(1, cfg.recgen.self_distill_samples)
-    key = hashlib.sha256(json.dumps([str(base), samples, cfg.recgen.self_distill_max_new_tokens, cfg.recgen.seed,
-                                     GENERAL_PROMPTS]).encode()).hexdigest()[:16]
+    key = self_distill_key(str(base), samples, cfg.recgen.self_distill_max_new_tokens, cfg.recgen.seed,
+                           GENERAL_PROMPTS)
     path = recgen_dir(run_dir) / "self_distill.jsonl"
     meta_path = path.with_suffix(".meta.json")
     if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key:
@@ -182,10 +182,7 @@ def build_sft_mix(run_dir: Path, cfg: Config) -> tuple[list[SFTExample], dict]:
 
 
 def examples_digest(examples: list[SFTExample]) -> str:
-    h = hashlib.sha256()
-    for e in examples:
-        h.update(json.dumps(asdict(e), sort_keys=True).encode())
-    return h.hexdigest()[:16]
+    return records_digest(asdict(e) for e in examples)
 
 
 # ---------------------------------------------------------------------------- tokenisation

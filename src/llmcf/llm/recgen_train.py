@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmcf.config import NOT_HASHED, Config
+from llmcf.config import Config
+from llmcf.fingerprint import recgen_fingerprint
 from llmcf.errors import LLMCFError
 from llmcf.io import atomic_write_json
 from llmcf.llm.models import install_dir, resolve_model
@@ -201,11 +202,7 @@ def run_recgen_train(run_dir: Path, cfg: Config) -> Path:
     out_dir = recgen_dir(run_dir) / "model"
     base = resolve_model(cfg.llm.model)
     examples, info = build_sft_mix(run_dir, cfg)
-    fp_payload = {"recgen": {k: v for k, v in vars(rc).items() 
-                             if not k.startswith("mmlu")
-                             and k not in ("eval_rows", "save_every", "skip", *NOT_HASHED["recgen"])},
-                  "base": str(base), "data": examples_digest(examples), "dtype": cfg.llm.dtype}
-    fingerprint = json.dumps(fp_payload, sort_keys=True, default=str)
+    fingerprint = recgen_fingerprint(dict(vars(rc)), str(base), examples_digest(examples), cfg.llm.dtype)
     info_path = out_dir / INFO_FILE
     if info_path.exists() and json.loads(info_path.read_text()).get("fingerprint") == fingerprint:
         print(f"[recgen] {out_dir} is up to date", flush=True)

@@ -11,7 +11,6 @@ A split whose ctx file was written under the same inputs and config is not recom
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -24,6 +23,7 @@ import pandas as pd
 from llmcf.config import Config, RetrievalConfig
 from llmcf.data.schema import SPLITS
 from llmcf.errors import DataError, RunError
+from llmcf.fingerprint import retrieval_fingerprint
 from llmcf.io import atomic_write_json, load_npy, save_npy
 from llmcf.retrieval.bank import CoTBank, ItemVectors, build_bank, compose_keys
 from llmcf.retrieval.index import build_index, kind, load_index, save_index
@@ -42,15 +42,6 @@ def leakage_violations(ctx: np.ndarray, bank: pd.DataFrame, users: Sequence[str]
     same = valid & (bu == np.asarray(users, dtype=object)[:, None])
     q = np.asarray(pos, np.int64)[:, None]
     return int((same & ((bp >= q) if rule == "same_or_later" else (bp > q))).sum())
-
-
-def _fingerprint(run_dir: Path, cfg: RetrievalConfig) -> str:
-    parts = [json.dumps(asdict(cfg), sort_keys=True)]
-    for rel in ["cot/selected.parquet", "embed/cot.npy", "embed/items.npy", "embed/item_ids.json"] + \
-               [f"data/{s}.parquet" for s in SPLITS]:
-        st = (run_dir / rel).stat()
-        parts.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _read_split(path: Path) -> pd.DataFrame:
@@ -83,7 +74,7 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
     t_build = time.perf_counter() - t0
     selector = Selector(bank.frame["user_id"].tolist(), bank.frame["pos"].to_numpy(), labels, indexes, rc)
 
-    fp = _fingerprint(run_dir, rc)
+    fp = retrieval_fingerprint(run_dir, asdict(rc))
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     done = state.get("done", {}) if state.get("fingerprint") == fp else {}

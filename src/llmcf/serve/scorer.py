@@ -19,7 +19,6 @@ models the bank, indexes, CoT embeddings and item text matrix (the ICT's text bu
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch
 from llmcf.config import load_config
 from llmcf.data.schema import OOV
 from llmcf.errors import DataError, RunError
+from llmcf.fingerprint import ctr_config_hash, files_fingerprint, key_config_hash
 
 ONLINE_POS = int(np.iinfo(np.int64).max)
 """Default query position of an online request: after every logged row of its user (no bank row is excluded)."""
@@ -80,14 +80,6 @@ def _pick_seed(tag_dir: Path, seed: int | None) -> tuple[int, dict]:
     return seed, found[seed]
 
 
-def _stat(path: Path) -> str:
-    try:
-        st = path.stat()
-        return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
-    except FileNotFoundError:
-        return f"{path.name}:missing"
-
-
 class Scorer:
     """One loaded model; immutable once built (a refresh builds a new Scorer: see ``reload``)."""
 
@@ -99,7 +91,6 @@ class Scorer:
         from llmcf.data.features import make_schema
         from llmcf.data.vocab import Vocab
         from llmcf.models.llmcf_model import build_model
-        from llmcf.train.stage import config_hash
 
         run_dir = Path(run_dir)
         tag_dir = run_dir / "models" / model_tag
@@ -116,9 +107,9 @@ class Scorer:
         fingerprint = self.fingerprint()  # before reading: a file changing while we load shows up as a new version
         self.model_name = str(self.result.get("model", model_tag.split("+")[0]))
         self.warnings: list[str] = []
-        want = str(self.result.get("config_hash", "")).split("-")[0]
-        have = config_hash(cfg)
-        if want and want not in (have, config_hash(cfg, legacy=True)):
+        want = key_config_hash(self.result.get("config_hash", ""))
+        have = ctr_config_hash(cfg, self.model_name)
+        if want and want != have:
             self.warnings.append(f"{cfg_path} was rewritten after seed {self.seed} was trained (config hash {have} "
                                  f"!= {want} in result.json): the weights loaded, but retrain if scores look off")
         vpath = run_dir / "data" / "vocab.json"
@@ -206,7 +197,7 @@ class Scorer:
 
     def fingerprint(self) -> str:
         """Hash of the sizes and modification times of ``watched_files`` (changes when the offline stage writes)."""
-        return hashlib.sha256("|".join(_stat(p) for p in dict.fromkeys(self.watched_files())).encode()).hexdigest()[:12]
+        return files_fingerprint(self.watched_files())
 
     # ---- scoring ------------------------------------------------------------------------------------------------
     def _clean_history(self, history: Sequence[str] | None) -> tuple[list[str], int]:

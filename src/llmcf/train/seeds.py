@@ -15,32 +15,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from llmcf.config import payload_hash
 from llmcf.io import atomic_path, atomic_write_json
 from llmcf.train.loop import FitResult
 
 
-SEED_FIELDS = ("seed", "seeds")
-"""train.* fields that say which seeds to run; one seed's result does not depend on them."""
-
-
-def result_hashes(payload: dict) -> tuple[str, str]:
-    """(hash, legacy hash) of the config sections one seed's training reads (``payload``: section -> dict).
-
-    The hash leaves out ``train.seed``/``train.seeds``, so asking for more seeds keeps the ones already trained. The
-    legacy hash (everything, as results written before that change carry) is still accepted when reading."""
-    free = {k: ({f: v for f, v in sec.items() if f not in SEED_FIELDS} if k == "train" else sec)
-            for k, sec in payload.items()}
-    return payload_hash(free), payload_hash(payload)
-
-
 def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: range,
                 train_one: Callable[[int], tuple[torch.nn.Module, FitResult]],
-                cached_line: Callable[[dict], str], done_line: Callable[[FitResult], str],
-                also_accept: tuple[str, ...] = ()) -> list[dict]:
+                cached_line: Callable[[dict], str], done_line: Callable[[FitResult], str]) -> list[dict]:
     """Records of every seed in ``seeds``, training the missing ones with ``train_one(seed) -> (model, result)``
     after seeding torch and numpy. A seed is cached when its ``result.json`` has ``config_hash`` equal to ``chash``
-    (or one of ``also_accept``). ``cached_line(record)`` / ``done_line(result)`` finish the printed status lines."""
+    (``llmcf.fingerprint.model_cache_key``). ``cached_line(record)`` / ``done_line(result)`` finish the printed status lines."""
     from safetensors.torch import save_file
 
     results = []
@@ -49,7 +33,7 @@ def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: ran
         rpath = sdir / "result.json"
         if rpath.exists():
             prev = json.loads(rpath.read_text())
-            if prev.get("config_hash") in (chash, *also_accept):
+            if prev.get("config_hash") == chash:
                 results.append(prev)
                 print(f"[train] {tag} seed {seed}: cached ({cached_line(prev)})")
                 continue

@@ -15,7 +15,6 @@ same leakage rule as the CTR rows (no bank row of the same user at the same or a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -32,7 +31,8 @@ from llmcf.io import atomic_write_json, load_npy, save_npy
 from llmcf.train.batches import ArrayBatches
 from llmcf.train.metrics import mean_std
 from llmcf.train.seq_metrics import protocol_line
-from llmcf.train.seeds import result_hashes, train_seeds
+from llmcf.fingerprint import model_cache_key, seq_config_hash, seq_context_stamp
+from llmcf.train.seeds import train_seeds
 from llmcf.train.seq_trainer import fit_seq
 
 REPORTED = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
@@ -100,8 +100,8 @@ def seq_context_ids(run: SeqRunData, progress: bool = True) -> tuple[dict[str, n
     if not meta_path.exists():
         raise RunError(f"{meta_path}: missing; the ICT needs `llmcf retrieve --run {run.run_dir}` first")
     meta = json.loads(meta_path.read_text())
-    stamp = hashlib.sha256(json.dumps([meta.get("fingerprint"), run.stats.get("stamp"), run.stats.get("vocab_sha"),
-                                       len(run.train_rows)]).encode()).hexdigest()[:16]
+    stamp = seq_context_stamp(meta.get("fingerprint"), run.stats.get("stamp"), run.stats.get("vocab_sha"),
+                              len(run.train_rows))
     out = rdir / "seq"
     own_meta = out / "meta.json"
     if own_meta.exists() and json.loads(own_meta.read_text()).get("stamp") == stamp and \
@@ -173,10 +173,8 @@ def run_seq_train(run_dir: str | Path, cfg: Config, model_name: str, ict: bool =
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     upstream = run.context(cfg, progress)[5] if ict else ""
-    d = cfg.to_dict()
-    hashes = result_hashes({n: d[n] for n in ("seq", "train", *(("ict", "retrieval") if ict else ()))})
-    suffix = f"-{model_name}-{run.stats.get('stamp')}-{run.stats.get('vocab_sha')}-{upstream}"
-    chash, legacy = hashes[0] + suffix, hashes[1] + suffix
+    chash = model_cache_key(seq_config_hash(cfg, model_name, ict), model_name, run.stats.get("stamp"),
+                            run.stats.get("vocab_sha"), upstream)
     protocol = seq_protocol(run, cfg, ict)
     print(f"[train] {tag}: {protocol['ranking']}")
     s = cfg.seq
@@ -195,7 +193,7 @@ def run_seq_train(run_dir: str | Path, cfg: Config, model_name: str, ict: bool =
         cached_line=lambda r: f"test ndcg@10 {r['test']['ndcg@10']:.4f}",
         done_line=lambda res: "  ".join(f"test {m} {res.test[m]:.4f}"
                                         for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20")),
-        also_accept=(legacy,))
+)
     summary = {"model": model_name, "tag": tag, "task": "sequential", "seeds": [r["seed"] for r in results],
                "protocol": protocol,
                "test": {m: mean_std([r["test"][m] for r in results]) for m in REPORTED if m in results[0]["test"]},

@@ -21,7 +21,8 @@ from llmcf.errors import RunError
 from llmcf.io import atomic_write_json
 from llmcf.train.batches import ArrayBatches
 from llmcf.train.metrics import mean_std
-from llmcf.train.seeds import result_hashes, train_seeds
+from llmcf.fingerprint import ctr_config_hash, model_cache_key
+from llmcf.train.seeds import train_seeds
 from llmcf.train.trainer import fit
 
 
@@ -111,14 +112,9 @@ def protocol(run_dir: Path, cfg: Config) -> dict:
             "ict": asdict(cfg.ict) if cfg.ict.enabled else None}
 
 
-def config_hash(cfg: Config, legacy: bool = False) -> str:
-    """Hash of what one seed of a CTR model reads (not which seeds run); the ICT-only L2 setting does not touch a base
-    model's hash. ``legacy``: the hash of results written before seed fields were left out."""
-    d = cfg.to_dict()
-    payload = {n: d[n] for n in ("data", "model", "train", "ict", "retrieval")}
-    if not cfg.ict.enabled:
-        payload["train"].pop("ict_weight_decay", None)
-    return result_hashes(payload)[1 if legacy else 0]
+def config_hash(cfg: Config, model_name: str | None = None) -> str:
+    """Hash of what one seed of a CTR model reads (``llmcf.fingerprint.ctr_config_hash``)."""
+    return ctr_config_hash(cfg, model_name)
 
 
 def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | None = None,
@@ -133,8 +129,7 @@ def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     # upstream: hash of the artifacts this model reads (e.g. the retrieval stamp), so new CoTs retrain LLM-CF
-    chash = config_hash(cfg) + f"-{model_name}-{upstream}"
-    legacy = config_hash(cfg, legacy=True) + f"-{model_name}-{upstream}"
+    chash = model_cache_key(ctr_config_hash(cfg, model_name), model_name, upstream)
     labels = {s: run.arrays[s]["label"] for s in ("valid", "test")}
     users = {s: run.arrays[s]["user"] for s in ("valid", "test")}
 
@@ -149,7 +144,7 @@ def run_train(run_dir: Path, cfg: Config, model_name: str, *, run: RunData | Non
         out_dir, tag, model_name, chash, range(cfg.train.seed, cfg.train.seed + cfg.train.seeds), train_one,
         cached_line=lambda r: f"test auc {r['test']['auc']:.4f}",
         done_line=lambda res: f"valid auc {res.valid['auc']:.4f}  test auc {res.test['auc']:.4f}  "
-                              f"logloss {res.test['logloss']:.4f}", also_accept=(legacy,))
+                              f"logloss {res.test['logloss']:.4f}")
     summary = {"model": model_name, "tag": tag, "seeds": [r["seed"] for r in results],
                "protocol": protocol(run_dir, cfg),
                "test": {m: mean_std([r["test"][m] for r in results]) for m in ("auc", "logloss", "gauc")},

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llmcf.data.schema import OOV
+from llmcf.models.llmcf_model import LLMCFModel
 
 
 class SeqBackbone(nn.Module):
@@ -42,38 +42,22 @@ class SeqBackbone(nn.Module):
         return self.extra_mlp(torch.cat([u, extra], -1))
 
 
-class SeqLLMCF(nn.Module):
-    """backbone(batch, extra=ICT(query with the target hidden)); losses = backbone's ∪ ICT's.
-
-    The ICT's current-sample features token is built from the user and the history only: its ``item`` input is the
-    OOV id for every row, so nothing about the target reaches the user vector.
-    """
+class SeqLLMCF(LLMCFModel):
+    """The LLM-CF wrapper of a sequential backbone: ``LLMCFModel`` with the target hidden from the ICT (its
+    current-sample features token is built from the user and the history only)."""
 
     def __init__(self, backbone: SeqBackbone, ict: nn.Module):
-        super().__init__()
-        self.backbone, self.ict = backbone, ict
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.backbone.item_vectors()
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict:
-        query = {k: v for k, v in batch.items() if k != "item"}
-        query["item"] = torch.full_like(batch["user"], OOV)
-        w, ict_losses = self.ict(query)
-        out = self.backbone(batch, extra=w)
-        clash = set(out["losses"]) & set(ict_losses)
-        if clash:
-            raise ValueError(f"backbone and ICT both report losses named {sorted(clash)}")
-        return {"user_vec": out["user_vec"], "losses": {**out["losses"], **ict_losses}}
+        super().__init__(backbone, ict, hide_target=True)
 
 
 def build_seq_model(name: str, n_items: int, n_users: int, hist_len: int, seq_cfg,
                     ict: nn.Module | None = None) -> nn.Module:
-    """The registered backbone ``name`` (from SeqConfig: hidden, fusion_alpha, params), wrapped with ``ict`` if given."""
+    """The registered backbone ``name`` (from SeqConfig: hidden, fusion_alpha, ``params_for(name)``), wrapped with
+    ``ict`` if given."""
     from llmcf.models.sequential import SEQ_BACKBONES
 
     cls = SEQ_BACKBONES.get(name)
-    kwargs = dict(hidden=seq_cfg.hidden, alpha=seq_cfg.fusion_alpha, **seq_cfg.params)
+    kwargs = dict(hidden=seq_cfg.hidden, alpha=seq_cfg.fusion_alpha, **seq_cfg.params_for(name))
     if ict is None:
         return cls(n_items, n_users, hist_len, **kwargs)
     return SeqLLMCF(cls(n_items, n_users, hist_len, extra_dim=ict.dim, **kwargs), ict)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from llmcf import __version__
-from llmcf.config import Config, ConfigError, load_config, save_config
+from llmcf.config import VARIANTS, Config, ConfigError, load_config, save_config
 from llmcf.errors import LLMCFError
 
 STAGES_HELP = """\
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "SASRec | GRU4Rec | YouTubeDNN | SRGNN (default: config)")
     t.add_argument("--seeds", type=int, help="number of seeds (mean ± std reported)")
     t.add_argument("--ict", action="store_true", help="add the LLM-CF in-context CoT module (needs `llmcf retrieve`)")
-    t.add_argument("--variant", choices=["full", "no_cot", "mean_pool"], help="ICT variant (with --ict)")
+    t.add_argument("--variant", choices=list(VARIANTS[1:]), help="ICT variant (with --ict)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_args(t)
 
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="a trained model's tag under <run>/models: DIN, DIN+llmcf, "
                                                   "DIN+llmcf-no_cot, ... (or a backbone name with --ict)")
     s.add_argument("--ict", action="store_true", help="serve <model>+llmcf (the LLM-CF variant of the backbone)")
-    s.add_argument("--variant", choices=["full", "no_cot", "mean_pool"], help="ICT variant (with --ict)")
+    s.add_argument("--variant", choices=list(VARIANTS[1:]), help="ICT variant (with --ict)")
     s.add_argument("--seed", type=int, help="which trained seed (default: best validation AUC)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
@@ -214,11 +214,11 @@ def _cmd_serve(args) -> None:
     cfg = _config_for_run(args, args.run)
     tag = args.model
     if args.ict:
-        from llmcf.train.stage import variant_tag
+        from llmcf.config import model_tag
 
         cfg.ict.enabled = True
         cfg.ict.variant = args.variant or "full"
-        tag = variant_tag(args.model, cfg)
+        tag = model_tag(args.model, True, cfg.ict.variant)
     serve(args.run, cfg, tag, host=args.host, port=args.port, seed=args.seed)
 
 

@@ -19,17 +19,30 @@ class ConfigError(ValueError):
     """A config file or override names an unknown field or holds a value of the wrong type."""
 
 
+VARIANTS = ("base", "full", "no_cot", "mean_pool")
+"""Training variants: the backbone alone, LLM-CF, and the ICT ablations (``ict.variant`` takes the last three)."""
+TASKS = ("ctr", "sequential")
+
+
+def model_tag(name: str, ict: bool = False, variant: str = "full", task: str = "ctr") -> str:
+    """The folder name of a trained model under ``models/``: ``[seq-]<name>[+llmcf[-<variant>]]``."""
+    base = f"seq-{name}" if task == "sequential" else name
+    if not ict:
+        return base
+    return f"{base}+llmcf" if variant == "full" else f"{base}+llmcf-{variant}"
+
+
 def backbone_params(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """The constructor arguments of backbone ``name`` from a ``params`` mapping: entries whose key is a backbone
-    name (a key starting with an upper-case letter, mapping to a mapping; matched case-insensitively) hold that
-    backbone's own arguments and override the shared (lower-case) entries, which every backbone gets."""
+    """The constructor arguments of backbone ``name`` from a ``params`` mapping: an entry whose value is a mapping is
+    keyed by a backbone name (matched case-insensitively) and holds that backbone's own arguments, which override the
+    shared entries (plain values) every backbone gets. No backbone takes a mapping as an argument."""
     shared = {k: v for k, v in params.items() if not _is_backbone_key(k, v)}
     own = [v for k, v in params.items() if _is_backbone_key(k, v) and k.lower() == name.lower()]
     return {**shared, **(own[0] if own else {})}
 
 
 def _is_backbone_key(key: str, value: Any) -> bool:
-    return isinstance(value, dict) and key[:1].isupper()
+    return isinstance(value, dict)
 
 
 @dataclass

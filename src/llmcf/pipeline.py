@@ -143,6 +143,21 @@ def check_names(names, registry, where: str) -> None:
             raise ConfigError(f"{where}: '{name}' is not a {registry.kind}; choose from {', '.join(registry.names())}")
 
 
+def check_params(names, registry, params_for, where: str) -> None:
+    """ConfigError if a backbone of the plan would get a constructor argument it does not take (a shared entry of
+    ``where`` meant for another backbone): say how to key it by backbone name."""
+    import inspect
+
+    from llmcf.config import ConfigError
+
+    for name in names:
+        accepted = inspect.signature(registry.get(name).__init__).parameters
+        for key in params_for(name):
+            if key not in accepted:
+                raise ConfigError(f"{where}.{key}: not an argument of {name}; give it to its backbone only, e.g. "
+                                  f"{where}: {{<backbone>: {{{key}: ...}}}}")
+
+
 def check_plan(cfg: Config) -> None:
     """Fail before hours of offline work if a model or variant name is wrong."""
     from llmcf.config import ConfigError
@@ -151,9 +166,14 @@ def check_plan(cfg: Config) -> None:
 
     check_names(cfg.models, BACKBONES, "models")
     check_names(cfg.seq_models, SEQ_BACKBONES, "seq_models")
+    check_params(cfg.models, BACKBONES, cfg.model.params_for, "model.params")
+    check_params(cfg.seq_models, SEQ_BACKBONES, cfg.seq.params_for, "seq.params")
+    from llmcf.config import VARIANTS
+
     for v in cfg.variants:
-        if v not in ("base", "full", "no_cot", "mean_pool"):
-            raise ConfigError(f"variants: unknown variant '{v}' (expected base, full, no_cot or mean_pool)")
+        if v not in VARIANTS:
+            raise ConfigError(f"variants: unknown variant '{v}' (expected {', '.join(VARIANTS[:-1])} or "
+                              f"{VARIANTS[-1]})")
 
 
 def cfg_variant(cfg: Config, variant: str) -> Config:

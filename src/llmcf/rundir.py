@@ -194,13 +194,20 @@ class RunDir:
         except json.JSONDecodeError as e:
             raise DataError(f"not valid JSON: {e}", file=str(path)) from e
 
+    def read_npy(self, path: Path) -> np.ndarray:
+        """A plain .npy array of the run (no pickle; a DataError when it is not one)."""
+        try:
+            return load_npy(self.need(path))
+        except ValueError as e:
+            raise DataError(f"not a plain .npy array: {e}", file=str(path)) from e
+
     def read_stats(self) -> dict:
         """data/stats.json ({} when absent: a run built by an older version or a partial test fixture)."""
         return self.read_json(self.stats, {})
 
     def read_item_vectors(self) -> tuple[list[str], np.ndarray]:
         """(item ids, [n, D] text embeddings) of embed/items.npy + embed/item_ids.json, checked to be aligned."""
-        emb = load_npy(self.need(self.item_emb))
+        emb = self.read_npy(self.item_emb)
         ids = self.read_json(self.need(self.item_ids))
         if not isinstance(ids, list) or emb.ndim != 2 or len(ids) != len(emb):
             raise DataError(f"expected a JSON list of {len(emb)} item ids matching {self.item_emb.name} "
@@ -208,7 +215,7 @@ class RunDir:
         return [str(i) for i in ids], emb
 
     def read_cot_embeddings(self) -> np.ndarray:
-        cot = load_npy(self.need(self.cot_emb))
+        cot = self.read_npy(self.cot_emb)
         if cot.ndim != 2 or not np.issubdtype(cot.dtype, np.floating):
             raise DataError(f"expected a float matrix [n, D], got {cot.dtype} {cot.shape}", file=str(self.cot_emb))
         return cot
@@ -228,7 +235,7 @@ class RunDir:
         """In-context bank rows [rows, k] of one split (``retrieval/{split}_ctx.npy``, or ``retrieval/seq/`` for the
         sequential rows), checked against the split's row count."""
         path = self.seq_ctx(split) if seq else self.ctx(split)
-        a = load_npy(self.need(path, "retrieve"))
+        a = self.read_npy(self.need(path, "retrieve"))
         if len(a) != rows:
             what = f"data/seq_{split}.parquet" if seq else f"data/{split}.parquet"
             raise RunError(f"{path} has {len(a)} rows but {what} has {rows}: rerun `llmcf retrieve --run {self.root}`")

@@ -1,6 +1,6 @@
 """In-context example tensors for the ICT: the CoT bank as encoded arrays, gathered by retrieved bank row ids.
 
-Files read (written by the retrieval and embedding stages):
+Files (read through ``llmcf.rundir``; written by the retrieval and embedding stages):
     run_dir/retrieval/bank.parquet   user_id, pos, item_id, label, history list<str>, cot_row (row of embed/cot.npy)
     run_dir/embed/cot.npy            [n_cot, D] float CoT embeddings
     run_dir/embed/items.npy          [n_text, D] item text embeddings, rows named by embed/item_ids.json
@@ -8,7 +8,6 @@ Files read (written by the retrieval and embedding stages):
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,10 +17,11 @@ import torch
 from llmcf.data.features import encode_history
 from llmcf.data.schema import OOV
 from llmcf.data.vocab import FIELDS, Vocab
-from llmcf.errors import DataError, RunError
-from llmcf.io import load_npy
+from llmcf.errors import DataError
+from llmcf.rundir import RunDir
 
-BANK_COLUMNS = ("user_id", "item_id", "label", "history", "cot_row")
+CONTEXT_COLUMNS = ("user_id", "item_id", "label", "history", "cot_row")
+"""The bank.parquet columns the ICT reads (the retrieval stage writes ``llmcf.rundir.BANK_FILE_COLUMNS``)."""
 
 
 def as_vocab(vocab, run_dir: str | Path | None = None) -> Vocab:
@@ -34,10 +34,8 @@ def as_vocab(vocab, run_dir: str | Path | None = None) -> Vocab:
         raise TypeError(f"vocab: expected a Vocab, a mapping or None, got {type(vocab).__name__}")
     if run_dir is None:
         raise DataError("no vocabulary given and no run directory to read data/vocab.json from", field="vocab")
-    path = Path(run_dir) / "data" / "vocab.json"
-    if not path.exists():
-        raise RunError(f"{path}: missing; run `llmcf data build --out {run_dir}` first")
-    return Vocab.load(path)
+    run = RunDir(run_dir)
+    return Vocab.load(run.need(run.vocab))
 
 
 class ContextBank:
@@ -101,23 +99,12 @@ class ContextBank:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, vocab=None, hist_len: int = 20) -> "ContextBank":
-        """Read retrieval/bank.parquet and embed/cot.npy of a run, encoding ids with ``vocab``."""
-        import pyarrow.parquet as pq
-
-        run_dir = Path(run_dir)
-        path, cot_path = run_dir / "retrieval" / "bank.parquet", run_dir / "embed" / "cot.npy"
-        for p, stage in ((path, "retrieve"), (cot_path, "embed")):
-            if not p.exists():
-                raise RunError(f"{p}: missing; run `llmcf {stage} --run {run_dir}`")
-        names = pq.read_schema(path).names
-        for col in BANK_COLUMNS:
-            if col not in names:
-                raise DataError(f"missing column (has {names})", file=str(path), field=col)
-        table = pq.read_table(path, columns=list(BANK_COLUMNS))
+        """The bank of a run (retrieval/bank.parquet and embed/cot.npy, read by ``llmcf.rundir``), with ids encoded
+        by ``vocab`` (default: the run's vocabulary)."""
+        run = RunDir(run_dir)
+        table = run.read_bank_table(CONTEXT_COLUMNS)
+        cot = run.read_cot_embeddings()
         vocab = as_vocab(vocab, run_dir)
-        cot = load_npy(cot_path)
-        if cot.ndim != 2 or not np.issubdtype(cot.dtype, np.floating):
-            raise DataError(f"expected a float matrix [n, D], got {cot.dtype} {cot.shape}", file=str(cot_path))
         label = table.column("label").to_numpy(zero_copy_only=False)
         try:
             return cls(
@@ -129,28 +116,20 @@ class ContextBank:
                 cot_row=table.column("cot_row").to_numpy(zero_copy_only=False),
             )
         except DataError as e:
-            raise DataError(str(e), file=str(path)) from e
+            raise DataError(str(e), file=str(run.bank)) from e
 
 
 def item_text_matrix(run_dir: str | Path, vocab=None) -> np.ndarray:
     """Text embedding per vocabulary item id, float32 [n_items, D]: rows of embed/items.npy placed at the ids of
-    embed/item_ids.json; pad, OOV and items without a text embedding stay zero."""
-    run_dir = Path(run_dir)
-    emb_path, ids_path = run_dir / "embed" / "items.npy", run_dir / "embed" / "item_ids.json"
-    for p in (emb_path, ids_path):
-        if not p.exists():
-            raise RunError(f"{p}: missing; run `llmcf embed --run {run_dir}`")
-    emb = load_npy(emb_path)
-    try:
-        ids = json.loads(ids_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"not valid JSON: {e}", file=str(ids_path)) from e
-    if not isinstance(ids, list) or emb.ndim != 2 or len(ids) != len(emb):
-        raise DataError(f"expected a JSON list of {len(emb)} item ids matching {emb_path.name} {emb.shape}",
-                        file=str(ids_path))
-    vocab = as_vocab(vocab, run_dir)
+    embed/item_ids.json (read by ``llmcf.rundir``); pad, OOV and items without a text embedding stay zero."""
+    ids, emb = RunDir(run_dir).read_item_vectors()
+    return place_item_vectors(ids, emb, as_vocab(vocab, run_dir))
+
+
+def place_item_vectors(ids: list[str], emb: np.ndarray, vocab: Vocab) -> np.ndarray:
+    """[n_items, D]: row ``emb[j]`` at the vocabulary id of ``ids[j]`` (unknown ids dropped, other rows zero)."""
     out = np.zeros((vocab.n_items, emb.shape[1]), dtype=np.float32)
-    enc = vocab.encode_items([str(x) for x in ids])
+    enc = vocab.encode_items(ids)
     known = enc > OOV
     out[enc[known]] = emb[known]
     return out

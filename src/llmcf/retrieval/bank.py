@@ -12,7 +12,6 @@ Files (``run_dir/retrieval/``): ``bank.parquet`` (user_id, pos, item_id, label, 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,8 +22,8 @@ import pandas as pd
 from llmcf.config import ConfigError, RetrievalConfig
 from llmcf.errors import DataError, RunError
 from llmcf.io import load_npy, save_npy, write_parquet
+from llmcf.rundir import BANK_FILE_COLUMNS, RunDir
 
-BANK_COLUMNS = ("user_id", "pos", "item_id", "label", "history", "cot_row")
 
 
 class ItemVectors:
@@ -49,24 +48,12 @@ class ItemVectors:
 
     @classmethod
     def load(cls, run_dir: Path) -> "ItemVectors":
-        emb = Path(run_dir) / "embed"
-        npy, ids = emb / "items.npy", emb / "item_ids.json"
-        for p in (npy, ids):
-            if not p.exists():
-                raise RunError(f"{p}: missing; run `llmcf embed --run {run_dir}` first")
-        try:
-            item_ids = json.loads(ids.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON: {e}", file=str(ids)) from e
-        if not isinstance(item_ids, list):
-            raise DataError("expected a JSON list of item ids", file=str(ids))
-        try:
-            vecs = load_npy(npy)
-        except ValueError as e:
-            raise DataError(f"not a plain .npy array: {e}", file=str(npy)) from e
-        if vecs.dtype.kind != "f":
-            raise DataError(f"expected float32 values, got {vecs.dtype}", file=str(npy))
-        return cls(item_ids, vecs, source=str(npy))
+        """embed/items.npy + embed/item_ids.json of a run (read by ``llmcf.rundir``)."""
+        run = RunDir(run_dir)
+        item_ids, vecs = run.read_item_vectors()
+        if not np.issubdtype(vecs.dtype, np.floating):
+            raise DataError(f"expected float32 values, got {vecs.dtype}", file=str(run.item_emb))
+        return cls(item_ids, vecs, source=str(run.item_emb))
 
     def rows(self, item_ids: Sequence[str | None]) -> np.ndarray:
         """Row of each id in ``table`` (the zero row for None / unknown ids)."""
@@ -123,7 +110,7 @@ def compose_keys(hist: np.ndarray, target: np.ndarray | None, cfg: RetrievalConf
 
 @dataclass
 class CoTBank:
-    """Bank rows (``BANK_COLUMNS``) and their unit keys; bank row i = row i of every array here."""
+    """Bank rows (``BANK_FILE_COLUMNS``) and their unit keys; bank row i = row i of every array here."""
 
     frame: pd.DataFrame
     hist: np.ndarray  # [n, D] float32
@@ -205,4 +192,4 @@ def build_bank(run_dir: Path, items: ItemVectors) -> CoTBank:
     frame["cot_row"] = np.arange(len(frame), dtype=np.int64)
     hist = items.history_means(frame["history"].tolist())
     target = items.targets(frame["item_id"].tolist())
-    return CoTBank(frame[list(BANK_COLUMNS)], hist, target)
+    return CoTBank(frame[list(BANK_FILE_COLUMNS)], hist, target)

@@ -47,3 +47,12 @@ class ArrayBatches:
                 ctx_idx, source = self.ctx
                 batch.update(source.gather(ctx_idx[idx]))
             yield batch
+
+
+def make_batches(arrays: dict[str, np.ndarray], train_cfg, seed: int, train: bool,
+                 ctx: tuple[np.ndarray, ContextSource] | None = None) -> ArrayBatches:
+    """The batches of one split for either task: shuffled ``train_cfg.batch_size`` rows (at most
+    ``max_steps_per_epoch`` batches) when training, ``eval_batch_size`` rows in order otherwise."""
+    bs = train_cfg.batch_size if train else train_cfg.eval_batch_size
+    return ArrayBatches(arrays, bs, shuffle=train, seed=seed, ctx=ctx,
+                        max_batches=train_cfg.max_steps_per_epoch if train else None)

@@ -57,11 +57,15 @@ def evaluate_seq(model, batches, remove_history: bool = False, ks=(5, 10, 20)) -
 
 
 def fit_seq(model: torch.nn.Module, train, valid, *, lr: float = 1e-3, weight_decay: float = 1e-5,
-            max_epochs: int = 50, patience: int = 2, num_negatives: int = 256, remove_history: bool = False,
+            ict_weight_decay: float | None = None, max_epochs: int = 50, patience: int = 2, num_negatives: int = 256, remove_history: bool = False,
             ks=(5, 10, 20), test=None, seed: int = 0, progress: bool = True, desc: str = "train") -> SeqFitResult:
-    """Adam until valid NDCG@10 stops improving for ``patience`` epochs; the best weights are reloaded and tested."""
+    """Adam until valid NDCG@10 stops improving for ``patience`` epochs; the best weights are reloaded and tested.
+    The ICT's parameters get ``ict_weight_decay`` (None: ``weight_decay``, like the backbone's)."""
+    from llmcf.train.trainer import param_groups
+
     ks = tuple(sorted(set(ks) | {10}))
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    wd_ict = weight_decay if ict_weight_decay is None else ict_weight_decay
+    opt = torch.optim.Adam(param_groups(model, weight_decay, wd_ict), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     return early_stopping_fit(
         model, opt, train,

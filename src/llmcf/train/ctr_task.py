@@ -1,0 +1,134 @@
+"""The CTR (ranking) task of the training stage: samples, model builder, fit, protocol and summary of a backbone ± ICT.
+
+Inputs (``llmcf.rundir``): data/{train,valid,test}.parquet, vocab.json, items.parquet, stats.json; with the ICT also
+``llmcf retrieve``'s retrieval/{split}_ctx.npy and bank, and embed/. Metrics: AUC, LogLoss, user-grouped AUC; early
+stopping on valid AUC (``train.patience``, ``train.max_epochs``); Adam with ``train.lr``, ``train.weight_decay`` and
+``train.ict_weight_decay`` on the ICT's parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from llmcf.config import Config, model_tag
+from llmcf.data.schema import SPLITS
+from llmcf.fingerprint import ctr_config_hash, model_cache_key
+from llmcf.rundir import RunDir
+from llmcf.train.batches import make_batches
+from llmcf.train.inputs import ContextInputs, load_context, load_model_inputs
+from llmcf.train.loop import FitResult
+
+
+class RunData:
+    """Everything the CTR trainer needs from a run directory, loaded once and shared by seeds and variants."""
+
+    def __init__(self, run_dir: Path, cfg: Config):
+        from llmcf.data.features import load_encoded
+
+        self.rd = RunDir(run_dir)
+        self.run_dir = self.rd.root
+        self.hist_len = cfg.data.history_len
+        inputs = load_model_inputs(self.rd, self.hist_len)
+        self.vocab, self.items, self.schema = inputs.vocab, inputs.items, inputs.schema
+        # Arrow fast path (no Python string objects); the pandas frames are read only if someone asks for them
+        self.arrays = {s: load_encoded(self.run_dir, s, self.vocab, self.hist_len) for s in SPLITS}
+        self._frames: dict[str, pd.DataFrame] | None = None
+        self._ctx: tuple[ContextInputs, dict] | None = None
+
+    @property
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """The sample rows of each split as DataFrames (read from data/<split>.parquet on first access)."""
+        if self._frames is None:
+            from llmcf.data.features import load_split
+
+            self._frames = {s: load_split(self.run_dir, s) for s in SPLITS}
+        return self._frames
+
+    def context(self):
+        """(ContextBank, {split: ctx_idx}, item_text matrix, cot_dim) — requires `llmcf retrieve` to have run."""
+        if self._ctx is None:
+            idx = {s: self.rd.read_ctx(s, len(self.arrays[s]["label"])) for s in SPLITS}
+            self._ctx = (load_context(self.rd, self.vocab, self.hist_len), idx)
+        inputs, idx = self._ctx
+        return inputs.bank, idx, inputs.item_text_tensor, inputs.cot_dim
+
+    def batches(self, split: str, cfg: Config, seed: int, train: bool):
+        ctx = None
+        if cfg.ict.enabled:
+            bank, idx, _, _ = self.context()
+            ctx = (idx[split], bank)
+        return make_batches(self.arrays[split], cfg.train, seed, train, ctx)
+
+
+def variant_tag(model_name: str, cfg: Config) -> str:
+    return model_tag(model_name, cfg.ict.enabled, cfg.ict.variant)
+
+
+class CTRTask:
+    """The ranking task over a ``RunData`` (see the module docstring). ``upstream``: stamp of the artifacts an
+    LLM-CF model reads (e.g. the retrieval stage's), so new CoTs retrain it."""
+
+    name = "ctr"
+    test_metrics = ("auc", "logloss", "gauc")
+    valid_metrics = ("auc", "logloss")
+
+    def __init__(self, run: RunData, upstream: str = ""):
+        self.run, self.upstream = run, upstream
+
+    def tag(self, model_name: str, cfg: Config) -> str:
+        return variant_tag(model_name, cfg)
+
+    def cache_key(self, model_name: str, cfg: Config) -> str:
+        return model_cache_key(ctr_config_hash(cfg, model_name), model_name, self.upstream)
+
+    def build(self, model_name: str, cfg: Config) -> torch.nn.Module:
+        from llmcf.models.llmcf_model import build_model
+
+        if cfg.ict.enabled:
+            _, _, text, cot_dim = self.run.context()
+            return build_model(model_name, self.run.schema, cfg.model, cfg.ict, item_text=text, cot_dim=cot_dim)
+        return build_model(model_name, self.run.schema, cfg.model, None)
+
+    def fit(self, model: torch.nn.Module, cfg: Config, seed: int, progress: bool, desc: str) -> FitResult:
+        from llmcf.train.trainer import fit
+
+        run, a = self.run, self.run.arrays
+        return fit(model, run.batches("train", cfg, seed, True), run.batches("valid", cfg, seed, False),
+                   a["valid"]["label"], cfg.train, valid_users=a["valid"]["user"],
+                   test=run.batches("test", cfg, seed, False), test_labels=a["test"]["label"],
+                   test_users=a["test"]["user"], progress=progress, desc=desc)
+
+    def protocol(self, cfg: Config) -> dict:
+        stats = self.run.rd.read_stats()
+        ict = cfg.ict.enabled
+        return {"task": "ctr", "split": stats.get("protocol", {}), "metrics": ["auc", "logloss", "gauc"],
+                "early_stopping": f"valid AUC, patience {cfg.train.patience}, max {cfg.train.max_epochs} epochs",
+                "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay,
+                "ict_weight_decay": cfg.train.ict_weight_decay if ict else None,
+                "retrieval": asdict(cfg.retrieval) if ict else None, "ict": asdict(cfg.ict) if ict else None}
+
+    def summary_head(self) -> dict:
+        return {}
+
+    def summary_tail(self, results: list[dict]) -> dict:
+        return {}
+
+    @staticmethod
+    def cached_line(r: dict) -> str:
+        return f"test auc {r['test']['auc']:.4f}"
+
+    @staticmethod
+    def done_line(res: FitResult) -> str:
+        return f"valid auc {res.valid['auc']:.4f}  test auc {res.test['auc']:.4f}  logloss {res.test['logloss']:.4f}"
+
+    @staticmethod
+    def format_summary(s: dict) -> str:
+        from llmcf.report import fmt_mean_std
+
+        t = s["test"]
+        return (f"{s['tag']:<24} test AUC {fmt_mean_std(t['auc'])}   LogLoss {fmt_mean_std(t['logloss'])}   "
+                f"gAUC {t['gauc']['mean']:.4f}   ({len(s['seeds'])} seed(s), "
+                f"{s['seconds_per_epoch']['mean']:.1f}s/epoch)")

@@ -1,0 +1,157 @@
+"""The sequential (next-item retrieval) task of the training stage: a backbone ± ICT, sampled softmax, full ranking.
+
+Inputs: the run's sequential samples (data/seq_*.parquet, built on first use by ``llmcf.data.seq_samples``); with
+the ICT also the bank, embed/ and data/items.parquet, and the seq rows' in-context ids (``llmcf.retrieval
+.seq_context``). Config read: the ``seq`` section (hidden, lr, weight_decay, max_epochs, num_negatives, ks, ...) and,
+of ``train``, only ``fingerprint.SEQ_TRAIN_FIELDS`` (batch sizes, patience, steps per epoch) plus
+``ict_weight_decay`` on the ICT's parameters; the cache key hashes exactly these. Early stopping on valid NDCG@10.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmcf.config import Config, model_tag
+from llmcf.data.schema import OOV, SPLITS
+from llmcf.fingerprint import model_cache_key, seq_config_hash
+from llmcf.train.batches import make_batches
+from llmcf.train.loop import FitResult
+
+REPORTED = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
+
+
+def seq_tag(model_name: str, cfg: Config, ict: bool) -> str:
+    return model_tag(model_name, ict, cfg.ict.variant, task="sequential")
+
+
+class SeqRunData:
+    """The seq samples of a run, encoded once and shared by seeds, backbones and variants."""
+
+    def __init__(self, run_dir: str | Path, cfg: Config, ds=None):
+        from llmcf.data.seq_samples import encode_seq, ensure_seq_data, load_seq_split, seq_vocab
+
+        self.run_dir = Path(run_dir)
+        self.stats = ensure_seq_data(self.run_dir, cfg, ds)
+        self.vocab = seq_vocab(self.run_dir)
+        self.hist_len = cfg.seq.history_len
+        self.frames = {s: load_seq_split(self.run_dir, s) for s in SPLITS}
+        train = encode_seq(self.frames["train"], self.vocab, self.hist_len)
+        self.train_rows = np.flatnonzero(train["item"] > OOV)  # rows with a rankable target
+        self.frames["train"] = self.frames["train"].iloc[self.train_rows].reset_index(drop=True)
+        self.arrays = {"train": {k: v[self.train_rows] for k, v in train.items()},
+                       **{s: encode_seq(self.frames[s], self.vocab, self.hist_len) for s in ("valid", "test")}}
+        self._ctx = None
+
+    @property
+    def n_items(self) -> int:
+        return self.vocab.n_items
+
+    def context(self, cfg: Config, progress: bool = True):
+        """(ContextBank, {split: ctx_idx}, item text matrix, cot_dim, FeatureSchema, stamp) for the ICT."""
+        if self._ctx is None:
+            from llmcf.retrieval.seq_context import seq_context_ids
+            from llmcf.train.inputs import load_model_inputs
+
+            idx, stamp = seq_context_ids(self.run_dir, self.frames, self.stats, progress=progress)
+            inputs = load_model_inputs(self.run_dir, self.hist_len, ict=True, vocab=self.vocab,
+                                       items_required=False)
+            c = inputs.context
+            self._ctx = (c.bank, idx, c.item_text_tensor, c.cot_dim, inputs.schema, stamp)
+        return self._ctx
+
+    def batches(self, split: str, cfg: Config, seed: int, train: bool, ict: bool):
+        ctx = None
+        if ict:
+            bank, idx, *_ = self.context(cfg)
+            ctx = (idx[split], bank)
+        return make_batches(self.arrays[split], cfg.train, seed, train, ctx)
+
+
+class SeqTask:
+    """The sequential task over a ``SeqRunData`` (see the module docstring); ``ict``: train with the ICT."""
+
+    name = "sequential"
+    test_metrics = valid_metrics = REPORTED
+
+    def __init__(self, run: SeqRunData, ict: bool, progress: bool = True):
+        self.run, self.ict, self.progress = run, ict, progress
+
+    def tag(self, model_name: str, cfg: Config) -> str:
+        return seq_tag(model_name, cfg, self.ict)
+
+    def cache_key(self, model_name: str, cfg: Config) -> str:
+        upstream = self.run.context(cfg, self.progress)[5] if self.ict else ""
+        return model_cache_key(seq_config_hash(cfg, model_name, self.ict), model_name, self.run.stats.get("stamp"),
+                               self.run.stats.get("vocab_sha"), upstream)
+
+    def build(self, model_name: str, cfg: Config) -> torch.nn.Module:
+        from llmcf.models.llmcf_model import build_ict
+        from llmcf.models.sequential import build_seq_model
+
+        run = self.run
+        if not self.ict:
+            return build_seq_model(model_name, run.n_items, run.vocab.n_users, run.hist_len, cfg.seq)
+        _, _, text, cot_dim, schema, _ = run.context(cfg)
+        return build_seq_model(model_name, run.n_items, run.vocab.n_users, run.hist_len, cfg.seq,
+                               ict=build_ict(schema, text, cot_dim, cfg.ict))
+
+    def fit(self, model: torch.nn.Module, cfg: Config, seed: int, progress: bool, desc: str) -> FitResult:
+        from llmcf.train.seq_trainer import fit_seq
+
+        s, run, ict = cfg.seq, self.run, self.ict
+        return fit_seq(model, run.batches("train", cfg, seed, True, ict), run.batches("valid", cfg, seed, False, ict),
+                       lr=s.lr, weight_decay=s.weight_decay, ict_weight_decay=cfg.train.ict_weight_decay,
+                       max_epochs=s.max_epochs, patience=cfg.train.patience, num_negatives=s.num_negatives,
+                       remove_history=s.remove_history, ks=tuple(s.ks),
+                       test=run.batches("test", cfg, seed, False, ict), seed=seed, progress=progress, desc=desc)
+
+    def protocol(self, cfg: Config) -> dict:
+        from llmcf.train.seq_metrics import protocol_line
+
+        s, run, ict = cfg.seq, self.run, self.ict
+        return {"task": "sequential", "split": run.stats.get("protocol", {}),
+                "ranking": protocol_line(s.remove_history, run.n_items - 2, s.ks),
+                "remove_history": s.remove_history, "metrics": list(REPORTED),
+                "loss": (f"sampled softmax, {s.num_negatives} uniform negatives shared per batch, target masked"
+                         if s.num_negatives > 0 else "full softmax"),
+                "early_stopping": f"valid NDCG@10, patience {cfg.train.patience}, max {s.max_epochs} epochs",
+                "batch_size": cfg.train.batch_size, "lr": s.lr, "weight_decay": s.weight_decay,
+                "ict_weight_decay": cfg.train.ict_weight_decay if ict else None,
+                "rows": {"train": len(run.train_rows), "valid": len(run.frames["valid"]),
+                         "test": len(run.frames["test"])},
+                "retrieval": ({**asdict(cfg.retrieval), "key": "history only"} if ict else None),
+                "ict": ({**asdict(cfg.ict), "fusion_alpha": s.fusion_alpha, "query_target": "hidden (OOV)"}
+                        if ict else None)}
+
+    def summary_head(self) -> dict:
+        return {"task": "sequential"}
+
+    def summary_tail(self, results: list[dict]) -> dict:
+        return {"best_epoch": _mean_std([r["best_epoch"] for r in results])}
+
+    @staticmethod
+    def cached_line(r: dict) -> str:
+        return f"test ndcg@10 {r['test']['ndcg@10']:.4f}"
+
+    @staticmethod
+    def done_line(res: FitResult) -> str:
+        return "  ".join(f"test {m} {res.test[m]:.4f}" for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20"))
+
+    @staticmethod
+    def format_summary(s: dict) -> str:
+        from llmcf.report import fmt_mean_std
+
+        t = s["test"]
+        shown = "  ".join(f"{m.replace('recall', 'Recall').replace('ndcg', 'NDCG')} {fmt_mean_std(t[m])}"
+                          for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20") if m in t)
+        return (f"{s['tag']:<26} test {shown}  ({len(s['seeds'])} seed(s), "
+                f"{s['seconds_per_epoch']['mean']:.1f}s/epoch)\n  protocol: {s['protocol']['ranking']}")
+
+
+def _mean_std(values):
+    from llmcf.train.metrics import mean_std
+
+    return mean_std(values)

@@ -442,3 +442,34 @@ def test_missing_model_is_a_clear_error(run):
         Scorer.load(run, "DCN")
     with pytest.raises(RunError, match="no trained seed 5"):
         Scorer.load(run, "DIN", seed=5)
+
+
+def test_explain_with_a_zero_history_weight(run, tmp_path):
+    """retrieval.history_weight: 0 (target-only keys): explain's similarity comes from the same key composer as the
+    index (it used to build a longer bank key than the query key and crash)."""
+    from llmcf.retrieval.stage import run_retrieve
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = _config()
+    cfg.retrieval.history_weight, cfg.retrieval.target_weight = 0.0, 1.0
+    run_retrieve(copy, cfg, progress=False)
+    s = Scorer.load(copy, "DIN+llmcf")
+    assert s.retriever.cfg.history_weight == 0.0
+    ids = json.loads((copy / "embed" / "item_ids.json").read_text())
+    vec = dict(zip(ids, np.load(copy / "embed" / "items.npy")))
+    r = _test_rows(run).iloc[0]
+    out = s.explain(r.item_id, list(r.history), user=r.user_id)
+    present = [e for e in out["examples"] if not e["missing"]]
+    assert present
+    for e in present:  # target-only score: cos(query target, example target)
+        want = float(vec[r.item_id] @ vec[e["item_id"]]) if r.item_id in vec and e["item_id"] in vec else 0.0
+        assert e["similarity"] == pytest.approx(want, abs=1e-5)
+
+
+def test_serve_rejects_settings_it_would_ignore(run, capsys):
+    from llmcf.cli import main
+
+    assert main(["serve", "--run", str(run), "--model", "DIN", "--set", "retrieval.k=8"]) != 0
+    err = capsys.readouterr().err
+    assert "llmcf: error:" in err and "retrieval.k" in err and "serve.*" in err

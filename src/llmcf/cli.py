@@ -208,9 +208,26 @@ def _cmd_run(args) -> None:
     run_pipeline(cfg, out, force=set(args.force))
 
 
+SERVE_READS = ("serve.",)
+"""The only config a server takes from the command line: the model's own settings come from the config.yaml it was
+trained with and the retrieval settings from retrieval/meta.json (those of the saved index)."""
+
+
+def check_serve_overrides(overrides: list[str]) -> None:
+    """ConfigError for a ``--set`` that serving would silently ignore (anything outside ``serve.*``)."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if not key.startswith(SERVE_READS):
+            raise ConfigError(f"llmcf serve --set {item}: serving reads only serve.* settings from the command line; "
+                              f"'{key}' comes from models/<tag>/config.yaml (the config the model was trained with) "
+                              "or retrieval/meta.json (the saved index): change it there by retraining or rerunning "
+                              "`llmcf retrieve`")
+
+
 def _cmd_serve(args) -> None:
     from llmcf.serve.app import serve
 
+    check_serve_overrides(args.set)
     cfg = _config_for_run(args, args.run)
     tag = args.model
     if args.ict:

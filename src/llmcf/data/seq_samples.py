@@ -163,3 +163,14 @@ def load_seq_split(run_dir: str | Path, split: str) -> pd.DataFrame:
     if not p.exists():
         raise RunError(f"{p}: missing; the sequential samples are built by `llmcf train --task sequential`")
     return pd.read_parquet(p)
+
+
+def load_seq_frames(run_dir: str | Path) -> tuple[dict[str, pd.DataFrame], np.ndarray, Vocab]:
+    """(frames per split, train_rows, vocab): the seq samples as the sequential task uses them — the train split
+    keeps only its rows with a rankable target (an item in the vocabulary); ``train_rows`` are their row numbers in
+    data/seq_train.parquet."""
+    vocab = seq_vocab(run_dir)
+    frames = {s: load_seq_split(run_dir, s) for s in SPLITS}
+    train_rows = np.flatnonzero(vocab.encode_items(frames["train"]["item_id"].to_numpy(dtype=object)) > OOV)
+    frames["train"] = frames["train"].iloc[train_rows].reset_index(drop=True)
+    return frames, train_rows, vocab

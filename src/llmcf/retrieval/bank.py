@@ -108,6 +108,21 @@ def compose_keys(hist: np.ndarray, target: np.ndarray | None, cfg: RetrievalConf
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
 
+def query_keys(items: "ItemVectors", histories: Sequence[Sequence[str]], targets: Sequence[str | None] | None,
+               cfg: RetrievalConfig, repeat: int | None = None) -> np.ndarray:
+    """Query keys of (history, target) pairs, composed like the bank's: the one place queries become index vectors.
+
+    ``targets`` None (or a target weight of 0) leaves the target part out or zero, as ``compose_keys`` does;
+    ``repeat``: ``histories`` holds ONE history shared by ``repeat`` targets (its mean is computed once)."""
+    hm = items.history_means(list(histories))
+    if repeat is not None:
+        hm = np.repeat(hm, repeat, 0)
+    t = None
+    if cfg.target_weight > 0:
+        t = items.targets(list(targets) if targets is not None else [None] * len(hm))
+    return compose_keys(hm, t, cfg)
+
+
 @dataclass
 class CoTBank:
     """Bank rows (``BANK_FILE_COLUMNS``) and their unit keys; bank row i = row i of every array here."""
@@ -123,8 +138,12 @@ class CoTBank:
     def labels(self) -> np.ndarray:
         return self.frame["label"].to_numpy(np.int8)
 
-    def keys(self, cfg: RetrievalConfig) -> np.ndarray:
-        return compose_keys(self.hist, self.target, cfg)
+    def keys(self, cfg: RetrievalConfig, rows: np.ndarray | None = None) -> np.ndarray:
+        """Index vectors of every bank row (or of ``rows``), composed as the query keys are."""
+        if rows is None:
+            return compose_keys(self.hist, self.target, cfg)
+        rows = np.asarray(rows, np.int64)
+        return compose_keys(self.hist[rows], self.target[rows], cfg)
 
     def save(self, out_dir: Path) -> None:
         out_dir = Path(out_dir)

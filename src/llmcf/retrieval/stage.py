@@ -20,16 +20,17 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from llmcf.config import Config, RetrievalConfig
+from llmcf.config import Config
 from llmcf.data.schema import SPLITS
 from llmcf.errors import DataError, RunError
 from llmcf.fingerprint import retrieval_fingerprint
 from llmcf.io import atomic_write_json, load_npy, save_npy
-from llmcf.retrieval.bank import CoTBank, ItemVectors, build_bank, compose_keys
-from llmcf.retrieval.index import build_index, kind, load_index, save_index
+from llmcf.retrieval.bank import ItemVectors, build_bank, query_keys
+from llmcf.retrieval.index import build_index, kind, save_index
+from llmcf.retrieval.retriever import Retriever  # noqa: F401  (public API: online retrieval)
 from llmcf.retrieval.select import Selector, check_config
 
-INDEX_FILES = {1: "index_pos.faiss", 0: "index_neg.faiss"}
+from llmcf.rundir import INDEX_FILES
 
 
 def leakage_violations(ctx: np.ndarray, bank: pd.DataFrame, users: Sequence[str], pos: np.ndarray,
@@ -91,8 +92,7 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
                 continue
         t1 = time.perf_counter()
         stats0 = dict(selector.stats)
-        qkeys = compose_keys(items.history_means(df["history"].tolist()),
-                             items.targets(df["item_id"].tolist()) if rc.target_weight > 0 else None, rc)
+        qkeys = query_keys(items, df["history"].tolist(), df["item_id"].tolist(), rc)
         ctx = selector.select(qkeys, users, pos, df["item_id"].astype(str).tolist(), progress=progress,
                               desc=f"retrieve {split}")
         secs = time.perf_counter() - t1
@@ -120,11 +120,27 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
             "leakage_violations": int(sum(s["leakage_violations"] for s in splits.values())),
             "splits": splits, "fingerprint": fp, "config": asdict(rc)}
     atomic_write_json(out / "meta.json", meta)
+    seq = _retrieve_seq(run_dir, progress)
     qps = ", ".join(f"{s} {v['rows']} rows" + ("" if v.get("cached") else f" {v['queries_per_s']} q/s")
                     for s, v in splits.items())
     print(f"[retrieve] bank {meta['bank_rows']} rows ({meta['positives']} pos / {meta['negatives']} neg), "
-          f"{meta['index']['positive']}, K={rc.k}; {qps}; leakage violations 0 -> {out}")
+          f"{meta['index']['positive']}, K={rc.k}; {qps}; leakage violations 0 -> {out}" +
+          (f" (+ {seq} sequential rows)" if seq else ""))
     return meta
+
+
+def _retrieve_seq(run_dir: Path, progress: bool) -> int:
+    """In-context ids of the sequential rows too, when the run has sequential samples; returns their row count."""
+    from llmcf.data.seq_samples import load_seq_frames
+    from llmcf.retrieval.seq_context import seq_context_ids
+    from llmcf.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.seq_stats.exists():
+        return 0
+    frames, _, _ = load_seq_frames(run_dir)
+    seq_context_ids(run_dir, frames, run.read_json(run.seq_stats), progress=progress)
+    return sum(len(f) for f in frames.values())
 
 
 def _same_target_share(ctx: np.ndarray, bank: pd.DataFrame, df: pd.DataFrame) -> float:
@@ -135,43 +151,3 @@ def _same_target_share(ctx: np.ndarray, bank: pd.DataFrame, df: pd.DataFrame) ->
     bi = bank["item_id"].to_numpy(dtype=object)[np.maximum(ctx, 0)]
     same = valid & (bi == df["item_id"].astype(str).to_numpy(dtype=object)[:, None])
     return float(same.sum() / valid.sum())
-
-
-class Retriever:
-    """Online retrieval over a run directory's bank and indexes (what ``llmcf serve`` uses per request).
-
-    Item ids absent from ``embed/item_ids.json`` (new items at serving time) are embedded as zero vectors: they add
-    nothing to a history mean and give a 0 target similarity. A user of None (unknown user) has no same-user rule.
-    """
-
-    def __init__(self, bank: CoTBank, items: ItemVectors, indexes: dict[int, object], cfg: RetrievalConfig):
-        self.bank, self.items, self.cfg = bank, items, cfg
-        self.selector = Selector(bank.frame["user_id"].tolist(), bank.frame["pos"].to_numpy(), bank.labels,
-                                 indexes, cfg)
-
-    @classmethod
-    def load(cls, run_dir: Path, cfg: RetrievalConfig | None = None) -> "Retriever":
-        """Load what ``llmcf retrieve`` wrote; the retrieval config defaults to the one recorded in meta.json
-        (index-building fields must match the saved indexes; search fields such as k, nprobe may differ)."""
-        run_dir = Path(run_dir)
-        out = run_dir / "retrieval"
-        meta_path = out / "meta.json"
-        if not meta_path.exists():
-            raise RunError(f"{meta_path}: missing; run `llmcf retrieve --run {run_dir}` first")
-        if cfg is None:
-            saved = json.loads(meta_path.read_text())["config"]
-            cfg = RetrievalConfig(**{k: v for k, v in saved.items() if k in RetrievalConfig.__dataclass_fields__})
-        indexes = {lab: load_index(out / name) for lab, name in INDEX_FILES.items()}
-        return cls(CoTBank.load(out), ItemVectors.load(run_dir), indexes, cfg)
-
-    def keys(self, histories: Sequence[Sequence[str]], targets: Sequence[str | None]) -> np.ndarray:
-        t = self.items.targets(targets) if self.cfg.target_weight > 0 else None
-        return compose_keys(self.items.history_means(histories), t, self.cfg)
-
-    def query(self, user_ids: Sequence[str | None], pos: np.ndarray, histories: Sequence[Sequence[str]],
-              targets: Sequence[str | None]) -> np.ndarray:
-        """[B, k] int64 bank rows (-1 = missing) for B requests; bank row i is ``self.bank.frame.iloc[i]``, its CoT
-        embedding row is ``cot_row``. Same selection (and order) as the offline precomputation for the same input."""
-        pos = np.asarray(pos, dtype=np.int64).reshape(-1)
-        return self.selector.select(self.keys(histories, targets), list(user_ids), pos,
-                                    ["None" if t is None else str(t) for t in targets])

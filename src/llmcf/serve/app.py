@@ -243,9 +243,7 @@ def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token:
         if not s.ict:
             raise HTTPException(400, f"the served model {s.tag} has no in-context module, so there is nothing to "
                                      f"explain: serve an LLM-CF model (e.g. --model {s.model_name}+llmcf)")
-        out = s.explain(req.candidate, req.history, user=req.user_id, pos=req.pos)
-        out.pop("tokens", None)
-        out.pop("heads", None)
+        out = s.explain(req.candidate, req.history, user=req.user_id, pos=req.pos).to_dict(internals=False)
         return _json(ExplainResponse(model=s.tag, version=s.version, attention=ATTENTION_NOTE, **out))
 
     @app.post("/v1/admin/reload")

@@ -13,26 +13,23 @@ position is ``ONLINE_POS`` (the largest int64), which forbids none of the user's
 ``pos`` explicitly to score a logged row exactly as the batch evaluation did (the test split's rows also follow every
 train row of their user, so both give the same examples for them; they differ only in the seeded example order).
 
-Loading: ``Scorer.load(run_dir, "DIN+llmcf")`` reads run_dir/models/<tag>/config.yaml (the config the model was
-trained with), the seed's model.safetensors (default seed: best validation AUC), the vocabulary, and for LLM-CF
-models the bank, indexes, CoT embeddings and item text matrix (the ICT's text buffers are not in the state dict).
+Loading: ``Scorer.load(run_dir, "DIN+llmcf")`` (``llmcf.serve.loading``); explanations: ``llmcf.serve.explainer``.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
-from llmcf.config import load_config
 from llmcf.data.schema import OOV
-from llmcf.errors import DataError, RunError
-from llmcf.fingerprint import ctr_config_hash, files_fingerprint, key_config_hash
+from llmcf.errors import LLMCFError
+from llmcf.fingerprint import files_fingerprint
+from llmcf.rundir import RunDir
+from llmcf.serve.loading import load_served, watched_files
 
 ONLINE_POS = int(np.iinfo(np.int64).max)
 """Default query position of an online request: after every logged row of its user (no bank row is excluded)."""
@@ -60,124 +57,33 @@ class ScoreResult:
         return np.argsort(-self.scores, kind="stable")[:k].tolist()
 
 
-def _pick_seed(tag_dir: Path, seed: int | None) -> tuple[int, dict]:
-    """(seed, result.json) of the requested seed, or of the one with the best validation AUC (ties: lowest seed)."""
-    found = {}
-    for d in sorted(tag_dir.glob("seed_*")):
-        r, w = d / "result.json", d / "model.safetensors"
-        if r.exists() and w.exists():
-            try:
-                found[int(d.name[5:])] = json.loads(r.read_text())
-            except (ValueError, json.JSONDecodeError) as e:
-                raise DataError(f"unreadable result: {e}", file=str(r)) from e
-    if not found:
-        raise RunError(f"{tag_dir}: no trained seed (seed_*/model.safetensors + result.json); train it with "
-                       f"`llmcf train --run {tag_dir.parent.parent} ...` first")
-    if seed is None:
-        seed = min(found, key=lambda s: (-float(found[s].get("valid", {}).get("auc", float("-inf"))), s))
-    elif seed not in found:
-        raise RunError(f"{tag_dir}: no trained seed {seed} (have {sorted(found)})")
-    return seed, found[seed]
-
-
 class Scorer:
     """One loaded model; immutable once built (a refresh builds a new Scorer: see ``reload``)."""
 
     def __init__(self, run_dir: str | Path, model_tag: str, seed: int | None = None):
         """Load models/<model_tag>/seed_<seed> of ``run_dir`` (tags: ``DIN``, ``DIN+llmcf``, ``DIN+llmcf-no_cot``,
         ...; seed None = the seed with the best validation AUC). Same as ``Scorer.load``."""
-        from safetensors.torch import load_file
-
-        from llmcf.data.features import make_schema
-        from llmcf.data.vocab import Vocab
-        from llmcf.models.llmcf_model import build_model
-
-        run_dir = Path(run_dir)
-        tag_dir = run_dir / "models" / model_tag
-        if not tag_dir.is_dir():
-            have = sorted(p.name for p in (run_dir / "models").iterdir()) if (run_dir / "models").is_dir() else []
-            raise RunError(f"{tag_dir}: no such model (trained models here: {', '.join(have) or 'none'})")
-        cfg_path = tag_dir / "config.yaml"
-        if not cfg_path.exists():
-            raise RunError(f"{cfg_path}: missing (written by `llmcf train`)")
-        cfg = load_config(cfg_path)
-        self.run_dir, self.tag, self.requested_seed, self.cfg = run_dir, model_tag, seed, cfg
-        self.seed, self.result = _pick_seed(tag_dir, seed)
-        self.ict = bool(cfg.ict.enabled)
-        fingerprint = self.fingerprint()  # before reading: a file changing while we load shows up as a new version
-        self.model_name = str(self.result.get("model", model_tag.split("+")[0]))
-        self.warnings: list[str] = []
-        want = key_config_hash(self.result.get("config_hash", ""))
-        have = ctr_config_hash(cfg, self.model_name)
-        if want and want != have:
-            self.warnings.append(f"{cfg_path} was rewritten after seed {self.seed} was trained (config hash {have} "
-                                 f"!= {want} in result.json): the weights loaded, but retrain if scores look off")
-        vpath = run_dir / "data" / "vocab.json"
-        if not vpath.exists():
-            raise RunError(f"{vpath}: missing; run `llmcf data build --out {run_dir}` first")
-        self.vocab = Vocab.load(vpath)
-        self.hist_len = int(cfg.data.history_len)
-        self.items = pd.read_parquet(run_dir / "data" / "items.parquet")
-        self.schema = make_schema(self.vocab, self.items, self.hist_len)
-        if self.ict:
-            self._load_context()
-            model = build_model(self.model_name, self.schema, cfg.model, cfg.ict,
-                                item_text=torch.from_numpy(self.item_text), cot_dim=self.context.cot_dim)
-        else:
-            model = build_model(self.model_name, self.schema, cfg.model, None)
-        wpath = tag_dir / f"seed_{self.seed}" / "model.safetensors"
-        try:
-            state = load_file(str(wpath))
-        except Exception as e:  # safetensors raises its own error type for a damaged file
-            raise RunError(f"{wpath}: unreadable weights ({e}); retrain or restore the file") from e
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # shape mismatch: the data or model config changed since training
-            raise RunError(f"{wpath} does not fit the model built from {cfg_path} and the run's vocabulary "
-                           f"({str(e).strip().splitlines()[-1].strip()}): retrain with `llmcf train`") from e
-        if missing or unexpected:
-            raise RunError(f"{wpath}: weights do not match {self.model_name} (missing {missing[:3]}, unexpected "
-                           f"{unexpected[:3]}): retrain with `llmcf train`")
-        self.model = model.eval()
-        self.loaded_at = time.time()
-        self.loaded_fingerprint = fingerprint
-        self.version = f"{self.tag}@seed{self.seed}:{fingerprint}"
+        m = load_served(run_dir, model_tag, seed)
+        self.served = m
+        self.run_dir, self.tag, self.requested_seed, self.cfg = m.run_dir, m.tag, m.requested_seed, m.cfg
+        self.seed, self.result, self.model_name, self.model = m.seed, m.result, m.model_name, m.model
+        self.warnings, self.ict, self.loaded_at = m.warnings, m.ict, m.loaded_at
+        self.vocab, self.items, self.schema = m.inputs.vocab, m.inputs.items, m.inputs.schema
+        self.hist_len = m.inputs.hist_len
+        self.loaded_fingerprint = m.fingerprint
+        self.version = m.version
         """Names what is loaded: the tag, the seed and the ``fingerprint`` of the files when loading began."""
+        if self.ict:
+            self.retriever, self.cot_texts = m.retriever, m.cot_texts
+            self.context = m.context.bank  # the ContextBank: gathers the ICT's ctx_* tensors
+            self.item_text, self.text_known = m.context.item_text, m.context.text_known
+            self.bank_frame = self.retriever.bank.frame
+        self._explainer = None
 
     @classmethod
     def load(cls, run_dir: str | Path, model_tag: str, seed: int | None = None) -> "Scorer":
         """Load a trained model of a run directory (see ``__init__``)."""
         return cls(run_dir, model_tag, seed)
-
-    def _load_context(self) -> None:
-        from llmcf.models.context import ContextBank, item_text_matrix
-        from llmcf.retrieval.stage import Retriever
-
-        run_dir = self.run_dir
-        self.retriever = Retriever.load(run_dir)  # the retrieval config the in-context ids were built with
-        rc, mc = self.retriever.cfg, self.cfg.retrieval
-        if (rc.k, rc.history_weight, rc.target_weight, rc.leakage, rc.balanced) != \
-                (mc.k, mc.history_weight, mc.target_weight, mc.leakage, mc.balanced):
-            self.warnings.append("retrieval/meta.json and the model's config.yaml disagree on retrieval settings; "
-                                 "serving with the ones of retrieval/meta.json (those of the saved index)")
-        self.context = ContextBank.from_run(run_dir, self.vocab, self.hist_len)
-        self.bank_frame = self.retriever.bank.frame
-        if len(self.bank_frame) != len(self.context):
-            raise RunError(f"{run_dir}/retrieval: bank.parquet and the ContextBank disagree; rerun `llmcf retrieve`")
-        self.item_text = item_text_matrix(run_dir, self.vocab)
-        self.text_known = np.abs(self.item_text).sum(1) > 0
-        sel_path = run_dir / "cot" / "selected.parquet"
-        self.cot_texts: list[str | None] = [None] * len(self.bank_frame)
-        if sel_path.exists():
-            sel = pd.read_parquet(sel_path)
-            aligned = len(sel) == len(self.bank_frame) and "cot" in sel.columns and \
-                (sel["user_id"].astype(str).to_numpy() == self.bank_frame["user_id"].to_numpy()).all() and \
-                (sel["pos"].to_numpy(np.int64) == self.bank_frame["pos"].to_numpy(np.int64)).all()
-            if aligned:
-                self.cot_texts = sel["cot"].astype(str).tolist()
-            else:
-                self.warnings.append(f"{sel_path} no longer matches retrieval/bank.parquet (rerun `llmcf retrieve`): "
-                                     "explanations come without CoT texts")
 
     def reload(self) -> "Scorer":
         """A new Scorer from the same run, tag and seed choice, reading the files as they are now."""
@@ -185,15 +91,7 @@ class Scorer:
 
     def watched_files(self) -> list[Path]:
         """Files whose change means a new model or bank: the model's weights and the retrieval stage's outputs."""
-        tag_dir = self.run_dir / "models" / self.tag
-        files = [tag_dir / "summary.json", tag_dir / "config.yaml", tag_dir / f"seed_{self.seed}" / "model.safetensors"]
-        if self.requested_seed is None:
-            files += sorted(tag_dir.glob("seed_*/model.safetensors"))
-        if self.ict:
-            r = self.run_dir / "retrieval"
-            files += [r / "meta.json", r / "bank.parquet", r / "index_pos.faiss", r / "index_neg.faiss",
-                      self.run_dir / "embed" / "cot.npy", self.run_dir / "embed" / "items.npy"]
-        return files
+        return watched_files(self.run_dir, self.tag, self.seed, self.requested_seed, self.ict)
 
     def fingerprint(self) -> str:
         """Hash of the sizes and modification times of ``watched_files`` (changes when the offline stage writes)."""
@@ -225,15 +123,9 @@ class Scorer:
                   pos: np.ndarray, shared: bool) -> np.ndarray:
         """Same as ``Retriever.query`` (and so as the offline precomputation); a request's history mean is computed
         once for all its candidates."""
-        from llmcf.retrieval.bank import compose_keys
-
-        r = self.retriever
-        hm = r.items.history_means([histories[0]] if shared else list(histories))
         if shared:
-            hm = np.repeat(hm, len(items), 0)
-        t = r.items.targets(list(items)) if r.cfg.target_weight > 0 else None
-        keys = compose_keys(hm, t, r.cfg)
-        return r.selector.select(keys, list(users), pos, [str(i) for i in items])
+            return self.retriever.query_shared(users[0], histories[0], items, pos)
+        return self.retriever.query(users, pos, histories, items)
 
     @torch.inference_mode()
     def _forward(self, batch: dict, ctx: np.ndarray | None, attention: bool = False) -> dict:
@@ -300,84 +192,33 @@ class Scorer:
 
     # ---- explanations -------------------------------------------------------------------------------------------
     def explain(self, candidate: str, history: Sequence[str] = (), user: str | None = None,
-                pos: int | None = None) -> dict:
+                pos: int | None = None):
         """The retrieved in-context examples of one (user, candidate) pair with their CoT texts and labels, and the
-        share of the decoder's last-position attention (last layer, mean over heads) on each example's tokens."""
+        share of the decoder's last-position attention on each example's tokens (``llmcf.serve.explainer``)."""
         if not self.ict:
             raise ValueError(f"the served model {self.tag} has no in-context module, so there is nothing to explain: "
                              f"serve an LLM-CF model (e.g. {self.model_name}+llmcf)")
-        item = str(candidate)
+        if self._explainer is None:
+            from llmcf.serve.explainer import Explainer
+
+            self._explainer = Explainer(self)
+        return self._explainer.explain(candidate, history, user, pos)
+
+    def score_with_attention(self, item: str, history: Sequence[str], user: str | None, pos: int | None) -> dict:
+        """One (user, history, item) scored with the decoder attention: {"result", "attention", "history"}."""
         hist, cut = self._clean_history(history)
         user = None if user is None else str(user)
         p = np.array([ONLINE_POS if pos is None else int(pos)], np.int64)
         ctx = self._retrieve([user], [hist], [item], p, shared=True)
         batch = self._batch([user], [hist], [item], shared=True)
         out = self._forward(batch, ctx, attention=True)
-        res = self._result([item], out["scores"], batch, len(hist), cut, user, ctx)
-        att = out["attention"][0].mean(0)  # [T] over the tokens, mean over heads
-        ict = self.model.ict
-        names = ict.token_names(ctx.shape[1])
-        r = self.retriever
-        qkey = self._query_key(hist, item)
-        examples = []
-        for slot, row in enumerate(ctx[0].tolist()):
-            toks = {n[0]: float(att[t]) for t, n in enumerate(names) if n[1:] == str(slot + 1)}
-            if row < 0:
-                examples.append({"slot": slot + 1, "bank_row": None, "missing": True, "attention": 0.0})
-                continue
-            b = self.bank_frame.iloc[row]
-            bkey = np.concatenate([np.sqrt(r.cfg.history_weight) * r.bank.hist[row],
-                                   np.sqrt(r.cfg.target_weight) * r.bank.target[row]]) \
-                if r.cfg.target_weight > 0 else np.sqrt(r.cfg.history_weight) * r.bank.hist[row]
-            label = int(b["label"])
-            examples.append({
-                "slot": slot + 1, "bank_row": int(row), "missing": False, "user_id": str(b["user_id"]),
-                "pos": int(b["pos"]), "item_id": str(b["item_id"]), "title": self._title(str(b["item_id"])),
-                "label": label,
-                "decision": self.cfg.data.positive_verb if label == 1 else self.cfg.data.negative_verb,
-                "cot": self.cot_texts[row], "similarity": float(np.dot(qkey, bkey)),
-                "attention": float(sum(toks.values())), "token_attention": toks,
-                "history": [str(h) for h in b["history"]][-self.hist_len:],
-            })
-        query_att = float(att[-1])
-        return {"item_id": item, "title": self._title(item), "score": float(res.scores[0]),
-                "known": bool(res.known[0]), "text": bool(res.text[0]), "user_known": res.user_known,
-                "examples": examples, "query_attention": query_att,
-                "missing_examples": int((ctx[0] < 0).sum()), "reason": self._reason(examples, item),
-                "notes": res.notes, "tokens": names, "heads": int(out["attention"].shape[1])}
-
-    def _query_key(self, hist: list[str], item: str) -> np.ndarray:
-        from llmcf.retrieval.bank import compose_keys
-
-        r = self.retriever
-        t = r.items.targets([item]) if r.cfg.target_weight > 0 else None
-        return compose_keys(r.items.history_means([hist]), t, r.cfg)[0]
-
-    def _title(self, item_id: str) -> str | None:
-        if not hasattr(self, "_titles"):
-            t = self.items.set_index(self.items["item_id"].astype(str))
-            self._titles = t["title"].astype(str).to_dict() if "title" in t.columns else {}
-        title = self._titles.get(item_id)
-        return title or None
-
-    def _reason(self, examples: list[dict], item: str) -> str:
-        present = [e for e in examples if not e["missing"]]
-        if not present:
-            return "no in-context example could be retrieved: the score comes from the backbone and the query alone"
-        top = max(present, key=lambda e: e["attention"])
-        what = top["title"] or top["item_id"]
-        text = f"Most attended example ({top['attention']:.0%} of the query's attention): user {top['user_id']} " \
-               f"{top['decision']} {what!r}"
-        if top["cot"]:
-            cot = " ".join(top["cot"].split())
-            text += f". Its reasoning: {cot[:400]}{'…' if len(cot) > 400 else ''}"
-        return text
+        return {"result": self._result([item], out["scores"], batch, len(hist), cut, user, ctx),
+                "attention": out["attention"], "history": hist}
 
     def _dataset_name(self) -> str:
-        stats = self.run_dir / "data" / "stats.json"
         try:
-            return str(json.loads(stats.read_text()).get("dataset") or self.cfg.data.dataset)
-        except (OSError, json.JSONDecodeError):
+            return str(RunDir(self.run_dir).read_stats().get("dataset") or self.cfg.data.dataset)
+        except LLMCFError:
             return self.cfg.data.dataset
 
     # ---- description --------------------------------------------------------------------------------------------
@@ -398,10 +239,6 @@ class Scorer:
                           "python": platform.python_version()},
              "warnings": self.warnings}
         if self.ict:
-            r = self.retriever
-            d["bank"] = {"rows": len(self.bank_frame), "positives": int((r.bank.labels == 1).sum()),
-                         "negatives": int((r.bank.labels == 0).sum()), "k": int(r.cfg.k), "balanced": r.cfg.balanced,
-                         "leakage": r.cfg.leakage, "index": r.cfg.index,
-                         "cot_texts": any(t is not None for t in self.cot_texts)}
+            d["bank"] = {**self.retriever.describe(), "cot_texts": any(t is not None for t in self.cot_texts)}
         return d
 

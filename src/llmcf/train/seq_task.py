@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from llmcf.config import Config, model_tag
-from llmcf.data.schema import OOV, SPLITS
+from llmcf.data.schema import SPLITS
 from llmcf.fingerprint import model_cache_key, seq_config_hash
 from llmcf.train.batches import make_batches
 from llmcf.train.loop import FitResult
@@ -31,18 +30,13 @@ class SeqRunData:
     """The seq samples of a run, encoded once and shared by seeds, backbones and variants."""
 
     def __init__(self, run_dir: str | Path, cfg: Config, ds=None):
-        from llmcf.data.seq_samples import encode_seq, ensure_seq_data, load_seq_split, seq_vocab
+        from llmcf.data.seq_samples import encode_seq, ensure_seq_data, load_seq_frames
 
         self.run_dir = Path(run_dir)
         self.stats = ensure_seq_data(self.run_dir, cfg, ds)
-        self.vocab = seq_vocab(self.run_dir)
+        self.frames, self.train_rows, self.vocab = load_seq_frames(self.run_dir)
         self.hist_len = cfg.seq.history_len
-        self.frames = {s: load_seq_split(self.run_dir, s) for s in SPLITS}
-        train = encode_seq(self.frames["train"], self.vocab, self.hist_len)
-        self.train_rows = np.flatnonzero(train["item"] > OOV)  # rows with a rankable target
-        self.frames["train"] = self.frames["train"].iloc[self.train_rows].reset_index(drop=True)
-        self.arrays = {"train": {k: v[self.train_rows] for k, v in train.items()},
-                       **{s: encode_seq(self.frames[s], self.vocab, self.hist_len) for s in ("valid", "test")}}
+        self.arrays = {s: encode_seq(self.frames[s], self.vocab, self.hist_len) for s in SPLITS}
         self._ctx = None
 
     @property

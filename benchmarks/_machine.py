@@ -24,3 +24,19 @@ def ram_suffix() -> str:
         return f", {kb / 1024 ** 2:.0f} GB RAM"
     except (OSError, StopIteration, ValueError):
         return ""
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def portable(obj):
+    """``obj`` (a str, or JSON-like lists/dicts of them) with absolute paths inside the repository or next to it
+    written relative to the repository root (``runs/x``, ``../shared/data/ml-100k``): recorded results never name
+    the machine's own folders."""
+    if isinstance(obj, str):
+        return obj.replace(str(REPO) + "/", "").replace(str(REPO.parent) + "/", "../")
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(portable(v) for v in obj)
+    return obj

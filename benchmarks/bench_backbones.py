@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from _machine import cpu_model, ram_suffix  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _machine import cpu_model, portable, ram_suffix  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -256,9 +256,9 @@ def main(argv=None) -> None:
         # keep the datasets in a stable order: known ones first
         order = [k for k in KNOWN if k in results] + [k for k in results if k not in KNOWN]
         results = {k: results[k] for k in order}
-        atomic_write_json(args.out, {"datasets": results})
+        atomic_write_json(args.out, portable({"datasets": results}))
         md = args.out.with_suffix(".md")
-        atomic_write_text(md, render(results))
+        atomic_write_text(md, portable(render(results)))
         print(f"[bench] {name}: wrote {args.out} and {md}", flush=True)
 
 

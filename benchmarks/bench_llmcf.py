@@ -34,6 +34,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from _machine import portable  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from llmcf.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,7 +283,7 @@ def write_markdown() -> Path:
     for res in sorted(results, key=lambda r: (bool(r.get("note")), r["name"])):  # ablations after the main runs
         parts += dataset_section(res)
     out = RESULTS_DIR / "llmcf.md"
-    atomic_write_text(out, "\n".join(parts) + "\n")
+    atomic_write_text(out, portable("\n".join(parts) + "\n"))
     return out
 
 
@@ -373,7 +374,7 @@ def main(argv=None) -> None:
         res["ctr"] = block("ctr", rows, proto, t0)
         if res_path.exists():
             res["seq"] = json.loads(res_path.read_text()).get("seq", res.get("seq"))
-        atomic_write_json(res_path, res)
+        atomic_write_json(res_path, portable(res))
         print(f"[bench] wrote {res_path} and {write_markdown()}", flush=True)
     if a.seq:
         t0 = time.perf_counter()
@@ -385,7 +386,7 @@ def main(argv=None) -> None:
         res["seq"] = block("seq", rows, proto, t0)
         if res_path.exists():
             res["ctr"] = json.loads(res_path.read_text()).get("ctr", res.get("ctr"))
-        atomic_write_json(res_path, res)
+        atomic_write_json(res_path, portable(res))
         print(f"[bench] wrote {res_path} and {write_markdown()}", flush=True)
     print(f"[bench] total {(time.perf_counter() - t_start) / 60:.1f} min")
 

@@ -253,12 +253,9 @@ def test_llmcf_learns_from_in_context_labels():
 
 # ---- build_model / registered backbones ---------------------------------------------------------------------------
 def _backbones():
-    try:
-        from llmcf.models.ranking import BACKBONES
-    except Exception as e:  # noqa: BLE001 - the registry is written concurrently
-        pytest.skip(f"ranking registry not importable: {e}")
-    if not BACKBONES.names():
-        pytest.skip("no registered backbones")
+    from llmcf.models.ranking import BACKBONES
+
+    assert BACKBONES.names(), "no registered backbones"
     return BACKBONES
 
 

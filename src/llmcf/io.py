@@ -51,3 +51,8 @@ def load_npy(path: str | Path):
     import numpy as np
 
     return np.load(path, allow_pickle=False)
+
+
+def cache_root() -> Path:
+    """The user-level cache of converted models and encoders: ``$LLMCF_CACHE``, default ``~/.cache/llmcf``."""
+    return Path(os.environ.get("LLMCF_CACHE") or Path.home() / ".cache" / "llmcf").expanduser()

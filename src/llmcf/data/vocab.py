@@ -15,7 +15,7 @@ from llmcf.data.schema import OOV
 from llmcf.errors import DataError
 from llmcf.io import atomic_write_json
 
-FIELDS = ("user", "item", "brand", "category")
+VOCAB_FIELDS = ("user", "item", "brand", "category")
 
 
 def _unique(values) -> list[str]:
@@ -35,7 +35,7 @@ class Vocab:
 
     def __post_init__(self):
         self._index: dict[str, pa.Array] = {}
-        for f in FIELDS:
+        for f in VOCAB_FIELDS:
             values = [str(x) for x in getattr(self, f)]
             if len(set(values)) != len(values):
                 dup = pd.Index(values)[pd.Index(values).duplicated()][0]
@@ -76,7 +76,7 @@ class Vocab:
     def encode(self, f: str, values) -> np.ndarray:
         """int64 ids of ``values`` (any sequence of strings); unknown → OOV (1)."""
         if f not in self._index:
-            raise KeyError(f"unknown vocabulary field {f!r}; expected one of {FIELDS}")
+            raise KeyError(f"unknown vocabulary field {f!r}; expected one of {VOCAB_FIELDS}")
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
         if not isinstance(values, pa.Array):
@@ -101,7 +101,7 @@ class Vocab:
         return [lst[i - 2] if 2 <= i < len(lst) + 2 else None for i in np.asarray(ids, dtype=np.int64)]
 
     def to_dict(self) -> dict[str, list[str]]:
-        return {f: list(getattr(self, f)) for f in FIELDS}
+        return {f: list(getattr(self, f)) for f in VOCAB_FIELDS}
 
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, self.to_dict())
@@ -113,7 +113,7 @@ class Vocab:
             obj = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"cannot read the vocabulary: {e}", file=str(path)) from e
-        if not isinstance(obj, dict) or any(not isinstance(obj.get(f, []), list) for f in FIELDS) \
+        if not isinstance(obj, dict) or any(not isinstance(obj.get(f, []), list) for f in VOCAB_FIELDS) \
                 or "user" not in obj or "item" not in obj:
-            raise DataError(f"expected an object with lists {FIELDS}", file=str(path))
-        return cls(*[[str(x) for x in obj.get(f, [])] for f in FIELDS])
+            raise DataError(f"expected an object with lists {VOCAB_FIELDS}", file=str(path))
+        return cls(*[[str(x) for x in obj.get(f, [])] for f in VOCAB_FIELDS])

@@ -38,6 +38,7 @@ from llmcf.errors import DataError, LLMCFError, RunError
 from llmcf.io import atomic_path, atomic_write_json, write_parquet
 from llmcf.llm.backend import SamplingParams
 from llmcf.llm.cot_prompts import SYSTEM, input_text, user_message
+from llmcf.llm.rec_prompts import item_texts
 
 TRAIN_NEEDED = ("user_id", "pos", "item_id", "label", "history")
 ITEM_NEEDED = ("item_id", "text")
@@ -57,17 +58,6 @@ def _read_table(path: Path, needed: tuple[str, ...], stage_hint: str) -> pd.Data
     if missing:
         raise DataError(f"missing column(s) {missing}; expected at least {list(needed)}", file=str(path))
     return df
-
-
-def item_texts(items: pd.DataFrame, path: str = "items.parquet") -> dict[str, str]:
-    """item_id -> text; a blank text becomes ``item <id> (no description)`` so the prompt never shows an empty line."""
-    if items["item_id"].duplicated().any():
-        dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
-        raise DataError(f"item_id {dup!r} appears more than once", file=path, field="item_id")
-    out = {}
-    for iid, text in zip(items["item_id"].astype(str), items["text"].fillna("").astype(str)):
-        out[iid] = text.strip() or f"item {iid} (no description)"
-    return out
 
 
 def build_pool(train: pd.DataFrame, items: pd.DataFrame, cfg: Config, train_path: str = "train.parquet") -> pd.DataFrame:
@@ -91,7 +81,7 @@ def build_pool(train: pd.DataFrame, items: pd.DataFrame, cfg: Config, train_path
         raise LLMCFError("set cot.count or cot.fraction: how many train rows get a chain of thought")
     idx = np.sort(np.random.default_rng(c.seed).choice(n, size=size, replace=False)) if n else np.array([], int)
     pool = df.iloc[idx].reset_index(drop=True)
-    texts = item_texts(items)
+    texts = item_texts(items, blank="placeholder")
     prompts, inputs, hists = [], [], []
     for r in pool.itertuples(index=False):
         if r.item_id not in texts:

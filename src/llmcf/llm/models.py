@@ -19,15 +19,12 @@ import time
 from pathlib import Path
 
 from llmcf.errors import LLMCFError
+from llmcf.io import cache_root  # noqa: F401  (the one cache root; re-exported)
 
 SMOLLM2_NAME = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
 _MARKER = "llmcf_source.json"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LLMCF_CACHE") or Path.home() / ".cache" / "llmcf")
 
 
 def smollm2_gguf_path() -> Path:

@@ -39,11 +39,21 @@ def base_form(verb: str) -> str:
     return " ".join([w, *words[1:]])
 
 
-def item_texts(items: pd.DataFrame, file: str = "items.parquet") -> dict[str, str]:
-    """item_id → text from the items table (falls back to the title when ``text`` is empty)."""
+def item_texts(items: pd.DataFrame, file: str = "items.parquet", blank: str = "title") -> dict[str, str]:
+    """item_id → text from the items table (the one reader of item texts for the LLM prompts).
+
+    blank: what an item with an empty ``text`` shows — ``title`` (RecGen prompts: its title, else "") or
+    ``placeholder`` (CoT prompts: ``item <id> (no description)``, so a prompt never shows an empty line; duplicate
+    item ids are then an error)."""
     for col in ("item_id", "text"):
         if col not in items.columns:
             raise DataError(f"missing column '{col}'", file=file, field=col)
+    if blank == "placeholder":
+        if items["item_id"].duplicated().any():
+            dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
+            raise DataError(f"item_id {dup!r} appears more than once", file=file, field="item_id")
+        return {iid: text.strip() or f"item {iid} (no description)"
+                for iid, text in zip(items["item_id"].astype(str), items["text"].fillna("").astype(str))}
     titles = items["title"] if "title" in items.columns else pd.Series([""] * len(items))
     return {str(i): (str(t) if t else str(ti or "")) for i, t, ti in zip(items["item_id"], items["text"], titles)}
 

@@ -16,7 +16,7 @@ import torch
 
 from llmcf.data.features import encode_history
 from llmcf.data.schema import OOV
-from llmcf.data.vocab import FIELDS, Vocab
+from llmcf.data.vocab import VOCAB_FIELDS, Vocab
 from llmcf.errors import DataError
 from llmcf.rundir import RunDir
 
@@ -29,7 +29,7 @@ def as_vocab(vocab, run_dir: str | Path | None = None) -> Vocab:
     if isinstance(vocab, Vocab):
         return vocab
     if isinstance(vocab, Mapping):
-        return Vocab(**{f: [str(x) for x in vocab.get(f, [])] for f in FIELDS})
+        return Vocab(**{f: [str(x) for x in vocab.get(f, [])] for f in VOCAB_FIELDS})
     if vocab is not None:
         raise TypeError(f"vocab: expected a Vocab, a mapping or None, got {type(vocab).__name__}")
     if run_dir is None:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from llmcf.data.schema import FeatureSchema
 from llmcf.errors import DataError
 
-FIELDS = ("user", "item", "brand", "cats", "hist_item", "hist_brand", "hist_cats")
+FEATURE_FIELDS = ("user", "item", "brand", "cats", "hist_item", "hist_brand", "hist_cats")
 
 
 class Dice(nn.Module):
@@ -94,7 +94,7 @@ class FeatureEmbedding(nn.Module):
     init_std:  std of the normal initialisation of the embedding tables (padding rows stay zero).
     """
 
-    n_fields = len(FIELDS)
+    n_fields = len(FEATURE_FIELDS)
 
     def __init__(self, schema: FeatureSchema, embed_dim: int, init_std: float = 1e-2):
         super().__init__()

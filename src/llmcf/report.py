@@ -6,20 +6,15 @@ import json
 from pathlib import Path
 
 from llmcf.io import atomic_path, atomic_write_text
+from llmcf.rundir import RunDir
+from llmcf.train.metrics import fmt_mean_std  # noqa: F401  (also public here)
 
 
 def load_summaries(run_dir: Path) -> list[dict]:
     out = []
-    for p in sorted((Path(run_dir) / "models").glob("*/summary.json")):
+    for p in sorted(RunDir(run_dir).models.glob("*/summary.json")):
         out.append(json.loads(p.read_text()))
     return out
-
-
-def fmt_mean_std(ms: dict, digits: int = 4) -> str:
-    """mean ± sample std; a single seed has no spread to show, so none is printed."""
-    if ms.get("n", 2) < 2:
-        return f"{ms['mean']:.{digits}f}"
-    return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
 
 
 def is_seq(s: dict) -> bool:

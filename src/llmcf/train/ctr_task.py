@@ -126,7 +126,7 @@ class CTRTask:
 
     @staticmethod
     def format_summary(s: dict) -> str:
-        from llmcf.report import fmt_mean_std
+        from llmcf.train.metrics import fmt_mean_std
 
         t = s["test"]
         return (f"{s['tag']:<24} test AUC {fmt_mean_std(t['auc'])}   LogLoss {fmt_mean_std(t['logloss'])}   "

@@ -60,3 +60,10 @@ def ctr_metrics(labels, probs, users=None) -> dict[str, float]:
 def mean_std(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=np.float64)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": int(len(a))}
+
+
+def fmt_mean_std(ms: dict, digits: int = 4) -> str:
+    """mean ± sample std (a ``mean_std`` dict); a single seed has no spread to show, so none is printed."""
+    if ms.get("n", 2) < 2:
+        return f"{ms['mean']:.{digits}f}"
+    return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"

@@ -136,7 +136,7 @@ class SeqTask:
 
     @staticmethod
     def format_summary(s: dict) -> str:
-        from llmcf.report import fmt_mean_std
+        from llmcf.train.metrics import fmt_mean_std
 
         t = s["test"]
         shown = "  ".join(f"{m.replace('recall', 'Recall').replace('ndcg', 'NDCG')} {fmt_mean_std(t[m])}"

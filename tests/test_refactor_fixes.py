@@ -114,3 +114,13 @@ def test_a_multi_model_plan_rejects_a_shared_param_one_backbone_does_not_take():
     with pytest.raises(ConfigError, match="model.params.cin_layers: not an argument of DeepFM"):
         check_plan(cfg)
     check_plan(load_config(None, ["models=[DeepFM, xDeepFM]", "model.params.xDeepFM={cin_layers: [8]}"]))
+
+
+def test_the_sequential_samples_are_stamped_by_what_they_read():
+    from llmcf.fingerprint import seq_data_stamp
+
+    a, b = Config(), Config()
+    b.seq.lr, b.seq.hidden, b.train.lr = 0.5, 7, 0.3  # training settings: the samples do not depend on them
+    assert seq_data_stamp(a) == seq_data_stamp(b)
+    b.seq.history_len = 9
+    assert seq_data_stamp(a) != seq_data_stamp(b)

@@ -30,9 +30,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from llmcf.config import Config
-from llmcf.errors import DataError, LLMCFError, RunError
+from llmcf.errors import DataError, LLMCFError
 from llmcf.fingerprint import embedding_key, encoder_slug, strings_digest
 from llmcf.io import atomic_path, atomic_write_json, cache_root, load_npy, save_npy
+from llmcf.rundir import RunDir
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET_ID = "sentence-transformers/all-mpnet-base-v2"
@@ -257,18 +258,15 @@ class Encoder:
 
 
 def make_encoder(run_dir: Path, cfg: Config) -> Encoder:
-    cache = Path(cfg.embed.cache_dir) if cfg.embed.cache_dir else Path(run_dir) / "embed" / "cache"
+    cache = Path(cfg.embed.cache_dir) if cfg.embed.cache_dir else RunDir(run_dir).embed_cache
     return Encoder(cfg.embed.encoder, cache_dir=cache, batch_size=cfg.embed.batch_size)
 
 
 def run_embed(run_dir: Path, cfg: Config, encoder: Encoder | None = None) -> Path:
     """Embed item texts (and kept CoTs, if selected); returns ``run_dir/embed``."""
-    run_dir = Path(run_dir)
-    out = run_dir / "embed"
-    items_path = run_dir / "data" / "items.parquet"
-    if not items_path.exists():
-        raise RunError(f"{items_path} is missing: run `llmcf data build` first")
-    items = pd.read_parquet(items_path)
+    run = RunDir(run_dir)
+    out, items_path = run.embed, run.items
+    items = run.read_items()
     for col in ("item_id", "text"):
         if col not in items.columns:
             raise DataError(f"missing column '{col}'", file=str(items_path), field=col)
@@ -279,23 +277,23 @@ def run_embed(run_dir: Path, cfg: Config, encoder: Encoder | None = None) -> Pat
     enc = encoder or make_encoder(run_dir, cfg)
     t0 = time.perf_counter()
     item_vecs = enc.encode(texts, desc="embed items")
-    save_npy(out / "items.npy", item_vecs)
-    atomic_write_json(out / "item_ids.json", ids)
+    save_npy(run.item_emb, item_vecs)
+    atomic_write_json(run.item_ids, ids)
     meta = {"encoder": cfg.embed.encoder, "model_id": enc.model_id, "dim": int(item_vecs.shape[1]),
             "n_items": len(ids), "n_items_empty_text": int(sum(not t.strip() for t in texts)),
             "empty_text_rule": "zero vector", "items_hash": strings_digest(i + "\x1e" + t for i, t in zip(ids, texts))}
-    sel_path = run_dir / "cot" / "selected.parquet"
+    sel_path = run.cot_selected
     if sel_path.exists():
         sel = pd.read_parquet(sel_path)
         if "cot" not in sel.columns:
             raise DataError("missing column 'cot'", file=str(sel_path), field="cot")
         cots = sel["cot"].fillna("").astype(str).tolist()
         cot_vecs = enc.encode(cots, desc="embed CoTs")
-        save_npy(out / "cot.npy", cot_vecs)
+        save_npy(run.cot_emb, cot_vecs)
         meta.update(n_cots=len(cots), cot_rows_hash=strings_digest(
             f"{u}|{p}|{i}\x1e{c}" for u, p, i, c in zip(sel["user_id"], sel["pos"], sel["item_id"], cots)))
     else:
-        (out / "cot.npy").unlink(missing_ok=True)  # never leave vectors of an older selection behind
+        run.cot_emb.unlink(missing_ok=True)  # never leave vectors of an older selection behind
         meta.update(n_cots=0, cot_rows_hash=None)
     meta.update(seconds=round(time.perf_counter() - t0, 1), created=time.strftime("%Y-%m-%d %H:%M:%S"))
     atomic_write_json(out / "meta.json", meta)

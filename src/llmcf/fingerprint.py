@@ -85,10 +85,17 @@ def dir_fingerprint(path: Path) -> str:
 
 # ---- config hashes ------------------------------------------------------------------------------------------------
 def section_payload(cfg, *names: str) -> dict:
-    """The named config sections as a dict, without their ``NOT_HASHED`` fields."""
+    """The named config sections (or ``section.field`` values) as a dict, without their ``NOT_HASHED`` fields."""
     d = cfg.to_dict()
-    return {n: {k: v for k, v in d[n].items() if k not in NOT_HASHED.get(n, ())} if isinstance(d[n], dict)
-            else d[n] for n in names}
+    out = {}
+    for n in names:
+        if "." in n:
+            sec, f = n.split(".", 1)
+            out[n] = d[sec][f]
+        else:
+            out[n] = {k: v for k, v in d[n].items() if k not in NOT_HASHED.get(n, ())} if isinstance(d[n], dict) \
+                else d[n]
+    return out
 
 
 def section_hash(cfg, *names: str) -> str:

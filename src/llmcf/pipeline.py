@@ -14,13 +14,12 @@ from typing import Callable
 from llmcf.config import Config, save_config
 from llmcf.fingerprint import stage_hash
 from llmcf.io import atomic_write_json
+from llmcf.rundir import RunDir
 
 ORDER = ["data", "recgen", "cot_generate", "cot_score", "embed", "retrieve"]
-"""The offline stages in run order (their config sections: ``llmcf.fingerprint.STAGE_SECTIONS``)."""
-
-
-def _stamp_path(run_dir: Path, stage: str) -> Path:
-    return run_dir / "stages" / f"{stage}.json"
+"""The offline stages in run order (their config sections: ``llmcf.fingerprint.STAGE_SECTIONS``). With ``seq_models``
+the sequential samples are built right after ``data`` (cached by their own stamp, ``fingerprint.seq_data_stamp``), so
+``retrieve`` also writes their in-context ids."""
 
 
 def _banner(msg: str) -> None:
@@ -30,7 +29,7 @@ def _banner(msg: str) -> None:
 def run_stage(run_dir: Path, cfg: Config, stage: str, upstream: str, fn: Callable[[], object],
               force: set[str], note: str = "") -> str:
     h = stage_hash(cfg, stage, upstream)
-    stamp = _stamp_path(run_dir, stage)
+    stamp = RunDir(run_dir).stage_stamp(stage)
     if stage not in force and stamp.exists() and json.loads(stamp.read_text()).get("hash") == h:
         print(f"[{stage}] unchanged since last run: skipped ({stamp})")
         return h
@@ -79,6 +78,13 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
         run_recgen_train(run_dir, cfg)
         run_recgen_eval(run_dir, cfg, model_path=None, tag="tuned")
 
+    if cfg.seq_models:  # cached by its own stamp (seq_stats.json, fingerprint.seq_data_stamp); feeds no stage stamp
+        from llmcf.data.seq_samples import ensure_seq_data
+
+        st = ensure_seq_data(run_dir, cfg)
+        rows = ", ".join(f"{k} {v}" for k, v in st.get("rows", {}).items())
+        print(f"[seq data] sequential samples: {rows} rows (data/seq_*.parquet)")
+
     h = run_stage(run_dir, cfg, "recgen", h, recgen, force,
                   f"{cfg.recgen.method}, {cfg.recgen.num_rec} rec rows"
                   + (f", max {cfg.recgen.max_steps} steps" if cfg.recgen.max_steps else ""))
@@ -125,7 +131,7 @@ def recgen_line(run_dir: Path) -> str:
     """RecGen's effect in one line: p(Yes) AUC of the base and tuned LLM on test rows (from eval_*.json)."""
     parts, n = [], None
     for tag in ("base", "tuned"):
-        p = run_dir / "llm" / "recgen" / f"eval_{tag}.json"
+        p = RunDir(run_dir).recgen_eval(tag)
         rec = json.loads(p.read_text()).get("rec", {}) if p.exists() else {}
         if rec.get("auc") is not None:
             parts.append(f"{tag} p(Yes) AUC {rec['auc']:.4f} (LogLoss {rec['logloss']:.4f})")

@@ -1,7 +1,6 @@
 """Encoded features: the FeatureSchema side tables and the numpy arrays of the batch contract (llmcf.data.schema)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,8 @@ import pyarrow.parquet as pq
 from llmcf.data.samples import flatten_lists
 from llmcf.data.schema import SAMPLE_COLUMNS, SPLITS, FeatureSchema
 from llmcf.data.vocab import Vocab
-from llmcf.errors import DataError, RunError
+from llmcf.errors import DataError
+from llmcf.rundir import RunDir
 
 
 def make_schema(vocab: Vocab, items_df: pd.DataFrame, hist_len: int, max_cats: int = 8) -> FeatureSchema:
@@ -83,10 +83,8 @@ def encode(df: pd.DataFrame | pa.Table, vocab: Vocab, hist_len: int) -> dict[str
 def _split_path(run_dir: str | Path, split: str) -> Path:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    path = Path(run_dir) / "data" / f"{split}.parquet"
-    if not path.exists():
-        raise RunError(f"{path}: missing; run `llmcf data build --out {run_dir}` first")
-    return path
+    run = RunDir(run_dir)
+    return run.need(run.split(split))
 
 
 def load_split(run_dir: str | Path, split: str) -> pd.DataFrame:
@@ -108,10 +106,10 @@ def load_encoded(run_dir: str | Path, split: str, vocab: Vocab | None = None,
     missing = [c for c in SAMPLE_COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"expected the sample columns {list(SAMPLE_COLUMNS)}, missing {missing}", file=str(path))
-    data = Path(run_dir) / "data"
-    vocab = vocab or Vocab.load(data / "vocab.json")
+    run = RunDir(run_dir)
+    vocab = vocab or Vocab.load(run.need(run.vocab))
     if hist_len is None:
-        stats = json.loads((data / "stats.json").read_text()) if (data / "stats.json").exists() else {}
+        stats = run.read_stats()
         hist_len = stats.get("protocol", {}).get("history_len")
         if hist_len is None:
             hist_len = int(pc.max(pc.list_value_length(table.column("history"))).as_py() or 0)

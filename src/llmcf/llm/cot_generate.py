@@ -39,6 +39,7 @@ from llmcf.io import atomic_path, atomic_write_json, write_parquet
 from llmcf.llm.backend import SamplingParams
 from llmcf.llm.cot_prompts import SYSTEM, input_text, user_message
 from llmcf.llm.rec_prompts import item_texts
+from llmcf.rundir import RunDir
 
 TRAIN_NEEDED = ("user_id", "pos", "item_id", "label", "history")
 ITEM_NEEDED = ("item_id", "text")
@@ -111,7 +112,7 @@ def pool_hash(pool: pd.DataFrame) -> str:
 def resolve_cot_model(run_dir: Path, cfg: Config) -> tuple[Path | None, dict[str, Any]]:
     """(model_path for make_backend, identity recorded in the manifest)."""
     ident: dict[str, Any] = {"backend": cfg.llm.backend, "endpoint": cfg.llm.endpoint}
-    tuned = Path(run_dir) / "llm" / "recgen" / "model"
+    tuned = RunDir(run_dir).recgen_model
     if not cfg.recgen.skip and tuned.is_dir():
         ident.update(kind="recgen", path=str(tuned), fingerprint=fingerprint.dir_fingerprint(tuned))
         return tuned, ident
@@ -189,7 +190,7 @@ def _token_counter(backend) -> tuple[Callable[[str], int], str]:
 def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
     """Generate ``cot.candidates`` CoTs per pool row; resumable. Returns ``run_dir/cot/shards``."""
     run_dir = Path(run_dir)
-    data_dir, cot_dir = run_dir / "data", run_dir / "cot"
+    data_dir, cot_dir = RunDir(run_dir).data, RunDir(run_dir).cot
     train = _read_table(data_dir / "train.parquet", TRAIN_NEEDED, "llmcf data build")
     items = _read_table(data_dir / "items.parquet", ITEM_NEEDED, "llmcf data build")
     pool = build_pool(train, items, cfg, str(data_dir / "train.parquet"))
@@ -263,7 +264,7 @@ def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
 
 def read_generation(run_dir: Path) -> tuple[dict, pd.DataFrame, list[dict]]:
     """(manifest, pool, shard records in pool order) of a complete generation; RunError if it is not complete."""
-    cot_dir = Path(run_dir) / "cot"
+    cot_dir = RunDir(run_dir).cot
     mpath = cot_dir / "manifest.json"
     if not mpath.exists() or not (cot_dir / "pool.parquet").exists():
         raise RunError(f"{mpath} is missing: run `llmcf cot generate` first")

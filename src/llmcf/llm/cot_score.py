@@ -35,6 +35,7 @@ from llmcf.errors import LLMCFError
 from llmcf.io import atomic_write_json, write_parquet
 from llmcf.llm.cot_generate import read_generation
 from llmcf.llm.cot_prompts import SYSTEM, aspect_sentences, instruction_lines, label_sentence
+from llmcf.rundir import RunDir
 
 # A small general-purpose opinion lexicon of our own, with words common in recommendation explanations.
 POSITIVE = frozenset("""
@@ -176,7 +177,7 @@ def run_cot_score(run_dir: Path, cfg: Config, encoder=None) -> Path:
     from llmcf.embed import make_encoder
 
     run_dir = Path(run_dir)
-    cot_dir = run_dir / "cot"
+    cot_dir = RunDir(run_dir).cot
     t0 = time.perf_counter()
     manifest, pool, recs = read_generation(run_dir)
     enc = encoder or make_encoder(run_dir, cfg)

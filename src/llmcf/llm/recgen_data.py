@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from llmcf.config import Config
-from llmcf.errors import DataError, RunError
+from llmcf.errors import DataError
 from llmcf.fingerprint import records_digest, self_distill_key
 from llmcf.io import atomic_write_json, atomic_write_text
 from llmcf.llm.rec_prompts import item_texts, rec_answer, rec_prompt
+from llmcf.rundir import RunDir
 
 IGNORE = -100
 SAMPLE_NEEDED = ("item_id", "label", "history")
@@ -36,14 +37,12 @@ class SFTExample:
 
 
 def recgen_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "llm" / "recgen"
+    return RunDir(run_dir).recgen
 
 
 # ---------------------------------------------------------------------------- rec instructions
 def read_split(run_dir: Path, split: str) -> pd.DataFrame:
-    path = Path(run_dir) / "data" / f"{split}.parquet"
-    if not path.exists():
-        raise RunError(f"{path} is missing: run `llmcf data build` first")
+    path = RunDir(run_dir).need(RunDir(run_dir).split(split))
     df = pd.read_parquet(path)
     missing = [c for c in SAMPLE_NEEDED if c not in df.columns]
     if missing:
@@ -52,10 +51,8 @@ def read_split(run_dir: Path, split: str) -> pd.DataFrame:
 
 
 def read_item_texts(run_dir: Path) -> dict[str, str]:
-    path = Path(run_dir) / "data" / "items.parquet"
-    if not path.exists():
-        raise RunError(f"{path} is missing: run `llmcf data build` first")
-    return item_texts(pd.read_parquet(path), file=str(path))
+    run = RunDir(run_dir)
+    return item_texts(run.read_items(), file=str(run.items))
 
 
 def sample_rows(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

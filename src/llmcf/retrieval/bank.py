@@ -174,8 +174,8 @@ def _check_columns(df: pd.DataFrame, cols: Sequence[str], where: Path) -> None:
 def build_bank(run_dir: Path, items: ItemVectors) -> CoTBank:
     """Bank from ``cot/selected.parquet``; histories come from it or, if absent there, from ``data/train.parquet``."""
     run_dir = Path(run_dir)
-    sel_path = run_dir / "cot" / "selected.parquet"
-    cot_path = run_dir / "embed" / "cot.npy"
+    run = RunDir(run_dir)
+    sel_path, cot_path = run.cot_selected, run.cot_emb
     for p in (sel_path, cot_path):
         if not p.exists():
             raise RunError(f"{p}: missing; run `llmcf cot score` and `llmcf embed` first")
@@ -198,7 +198,7 @@ def build_bank(run_dir: Path, items: ItemVectors) -> CoTBank:
     if "history" in sel.columns:
         frame["history"] = [list(h) if h is not None else [] for h in sel["history"]]
     else:
-        train_path = run_dir / "data" / "train.parquet"
+        train_path = run.split("train")
         train = pd.read_parquet(train_path, columns=["user_id", "pos", "history"])
         train = train.assign(user_id=train["user_id"].astype(str)).drop_duplicates(["user_id", "pos"])
         merged = frame[["user_id", "pos"]].merge(train, on=["user_id", "pos"], how="left")

@@ -30,7 +30,7 @@ from llmcf.retrieval.index import build_index, kind, save_index
 from llmcf.retrieval.retriever import Retriever  # noqa: F401  (public API: online retrieval)
 from llmcf.retrieval.select import Selector, check_config
 
-from llmcf.rundir import INDEX_FILES
+from llmcf.rundir import INDEX_FILES, RunDir
 
 
 def leakage_violations(ctx: np.ndarray, bank: pd.DataFrame, users: Sequence[str], pos: np.ndarray,
@@ -60,7 +60,8 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
     run_dir = Path(run_dir)
     rc = cfg.retrieval
     check_config(rc)
-    out = run_dir / "retrieval"
+    run = RunDir(run_dir)
+    out = run.retrieval
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     items = ItemVectors.load(run_dir)
@@ -70,7 +71,7 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
     indexes = {}
     for lab, name in INDEX_FILES.items():
         indexes[lab] = build_index(keys[labels == lab], rc)
-        save_index(indexes[lab], out / name)
+        save_index(indexes[lab], run.index(lab))
     bank.save(out)
     t_build = time.perf_counter() - t0
     selector = Selector(bank.frame["user_id"].tolist(), bank.frame["pos"].to_numpy(), labels, indexes, rc)
@@ -81,9 +82,9 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
     done = state.get("done", {}) if state.get("fingerprint") == fp else {}
     splits: dict[str, dict] = {}
     for split in SPLITS:
-        df = _read_split(run_dir / "data" / f"{split}.parquet")
+        df = _read_split(run.split(split))
         users, pos = df["user_id"].astype(str).tolist(), df["pos"].to_numpy(np.int64)
-        ctx_path = out / f"{split}_ctx.npy"
+        ctx_path = run.ctx(split)
         if split in done and ctx_path.exists():
             ctx = load_npy(ctx_path)
             if ctx.shape == (len(df), rc.k):
@@ -119,7 +120,7 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
             "build_seconds": round(t_build, 3), "total_seconds": round(time.perf_counter() - t0, 3),
             "leakage_violations": int(sum(s["leakage_violations"] for s in splits.values())),
             "splits": splits, "fingerprint": fp, "config": asdict(rc)}
-    atomic_write_json(out / "meta.json", meta)
+    atomic_write_json(run.retrieval_meta, meta)
     seq = _retrieve_seq(run_dir, progress)
     qps = ", ".join(f"{s} {v['rows']} rows" + ("" if v.get("cached") else f" {v['queries_per_s']} q/s")
                     for s, v in splits.items())
@@ -133,8 +134,6 @@ def _retrieve_seq(run_dir: Path, progress: bool) -> int:
     """In-context ids of the sequential rows too, when the run has sequential samples; returns their row count."""
     from llmcf.data.seq_samples import load_seq_frames
     from llmcf.retrieval.seq_context import seq_context_ids
-    from llmcf.rundir import RunDir
-
     run = RunDir(run_dir)
     if not run.seq_stats.exists():
         return 0

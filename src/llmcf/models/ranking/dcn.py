@@ -49,12 +49,16 @@ class DCN(nn.Module):
         self.extra_dim = extra_dim
         self.embed = FeatureEmbedding(schema, embed_dim, init_std)
         in_dim = self.embed.n_fields * embed_dim + extra_dim
-        self.cross = CrossNet(in_dim, cross_layers)
+        self.cross = self.cross_net(in_dim, cross_layers)
         self.dnn = MLP(in_dim, mlp, None, dropout, batch_norm=batch_norm)
         self.out = nn.Linear(in_dim + self.dnn.out_dim, 1)
 
+    def cross_net(self, in_dim: int, layers: int) -> nn.Module:
+        """The cross network (DCN-V2 swaps in its matrix version; the DNN tower and output stay the same)."""
+        return CrossNet(in_dim, layers)
+
     def forward(self, batch: dict[str, Tensor], extra: Tensor | None = None) -> dict:
-        check_extra(extra, self.extra_dim, batch["item"].shape[0], "DCN")
+        check_extra(extra, self.extra_dim, batch["item"].shape[0], type(self).__name__)
         x0 = self.embed(batch).flatten(1)
         if extra is not None:
             x0 = torch.cat([x0, extra], dim=1)

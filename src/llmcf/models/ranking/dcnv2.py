@@ -18,12 +18,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from llmcf.data.schema import FeatureSchema
-from llmcf.models.layers import MLP, FeatureEmbedding, check_extra
 from llmcf.models.ranking import BACKBONES
+from llmcf.models.ranking.dcn import DCN
 
 
 class CrossNetV2(nn.Module):
@@ -45,22 +44,14 @@ class CrossNetV2(nn.Module):
 
 
 @BACKBONES.register("DCNv2")
-class DCNv2(nn.Module):
+class DCNv2(DCN):
+    """DCN with the matrix cross network (``CrossNetV2``); same embeddings, DNN tower and output layer."""
+
     def __init__(self, schema: FeatureSchema, embed_dim: int = 32, mlp: Sequence[int] = (200, 80),
                  dropout: float = 0.1, extra_dim: int = 0, cross_layers: int = 3, low_rank: int | None = None,
                  init_std: float = 1e-2, batch_norm: bool = False):
-        super().__init__()
-        self.extra_dim = extra_dim
-        self.embed = FeatureEmbedding(schema, embed_dim, init_std)
-        in_dim = self.embed.n_fields * embed_dim + extra_dim
-        self.cross = CrossNetV2(in_dim, cross_layers, low_rank)
-        self.dnn = MLP(in_dim, mlp, None, dropout, batch_norm=batch_norm)
-        self.out = nn.Linear(in_dim + self.dnn.out_dim, 1)
+        self.low_rank = low_rank
+        super().__init__(schema, embed_dim, mlp, dropout, extra_dim, cross_layers, init_std, batch_norm)
 
-    def forward(self, batch: dict[str, Tensor], extra: Tensor | None = None) -> dict:
-        check_extra(extra, self.extra_dim, batch["item"].shape[0], "DCNv2")
-        x0 = self.embed(batch).flatten(1)
-        if extra is not None:
-            x0 = torch.cat([x0, extra], dim=1)
-        logit = self.out(torch.cat([self.cross(x0), self.dnn(x0)], dim=1)).squeeze(1)
-        return {"logit": logit, "losses": {}}
+    def cross_net(self, in_dim: int, layers: int) -> nn.Module:
+        return CrossNetV2(in_dim, layers, self.low_rank)

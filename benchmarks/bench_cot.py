@@ -41,8 +41,8 @@ def main() -> None:
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
     from llmcf.embed import run_embed
-    from llmcf.llm.cot_generate import run_cot_generate
-    from llmcf.llm.cot_score import run_cot_score
+    from llmcf.llm.cot.generate import run_cot_generate
+    from llmcf.llm.cot.score import run_cot_score
 
     cfg = load_config("demo", [f"data.max_users=40", f"cot.count={a.rows}", "cot.fraction=null",
                                f"cot.max_new_tokens={a.max_new_tokens}", f"cot.candidates={a.candidates}",

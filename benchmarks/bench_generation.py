@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_generation.py [--prompts 16] [--batch-size 8] [--max-new-tokens 64]
         [--model smollm2-135m] [--threads 2]
 
-Prompts are the real label-conditioned CoT prompts (llmcf.llm.cot_prompts) for the first ``--prompts`` ml-100k
+Prompts are the real label-conditioned CoT prompts (llmcf.llm.cot.prompts) for the first ``--prompts`` ml-100k
 train rows with 10 history items. Both runs are greedy with a fixed max_new_tokens, so the work is the same; the
 loop calls HFBackend.generate with batch size 1 (the way naive code calls model.generate per row). Prints and
 appends to benchmarks/results/generation.md: new tokens/s, rows/s, speed-up and peak RSS.
@@ -30,8 +30,8 @@ def cot_prompts(n: int, history_items: int = 10):
     from llmcf.config import load_config
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
-    from llmcf.llm.cot_prompts import build_cot_prompt
-    from llmcf.llm.rec_prompts import item_texts
+    from llmcf.llm.cot.prompts import build_cot_prompt
+    from llmcf.llm.recgen.prompts import item_texts
 
     run = Path("/tmp/bench_generation_data")
     cfg = load_config("ml-100k")
@@ -55,8 +55,8 @@ def main() -> None:
 
     import torch
 
-    from llmcf.llm.backend import SamplingParams
-    from llmcf.llm.hf_backend import HFBackend, render_chat
+    from llmcf.llm.backends.base import SamplingParams
+    from llmcf.llm.backends.hf import HFBackend, render_chat
     from llmcf.llm.models import resolve_model
 
     torch.set_num_threads(a.threads)

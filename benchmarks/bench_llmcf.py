@@ -84,9 +84,9 @@ def run_stages(cfg, run_dir: Path) -> tuple[str, dict]:
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
     from llmcf.embed import run_embed
-    from llmcf.llm.cot_generate import run_cot_generate
-    from llmcf.llm.cot_score import run_cot_score
-    from llmcf.llm.recgen_train import run_recgen_train
+    from llmcf.llm.cot.generate import run_cot_generate
+    from llmcf.llm.cot.score import run_cot_score
+    from llmcf.llm.recgen.train import run_recgen_train
     from llmcf.pipeline import run_stage
     from llmcf.retrieval.stage import run_retrieve
 

@@ -62,8 +62,8 @@ def main() -> None:
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
     from llmcf.llm.models import resolve_model
-    from llmcf.llm.recgen_eval import run_recgen_eval
-    from llmcf.llm.recgen_train import run_recgen_train
+    from llmcf.llm.recgen.eval import run_recgen_eval
+    from llmcf.llm.recgen.train import run_recgen_train
 
     general = SHARED / "general-instructions" / "alpaca_en_demo.jsonl"
     mmlu = SHARED / "mmlu"

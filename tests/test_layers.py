@@ -96,3 +96,11 @@ def test_no_module_level_import_cycle():
     for n in graph:
         if n not in state:
             visit(n, [])
+
+
+def test_old_llm_module_paths_name_the_moved_modules():
+    from llmcf.llm import _MOVED
+
+    for old, new in _MOVED.items():
+        a, b = importlib.import_module(old), importlib.import_module(new)
+        assert a is b and b.__spec__.name == new and b.__spec__.origin.endswith(".py")

@@ -166,22 +166,22 @@ def _cmd_stage(args) -> None:
     cfg = _config_for_run(args, args.run)
     key = (args.cmd, getattr(args, "sub", None))
     if key == ("recgen", "train"):
-        from llmcf.llm.recgen_train import run_recgen_train
+        from llmcf.llm.recgen.train import run_recgen_train
 
         print(f"[recgen] tuned model: {run_recgen_train(args.run, cfg)}")
     elif key == ("recgen", "eval"):
-        from llmcf.llm.recgen_eval import run_recgen_eval
+        from llmcf.llm.recgen.eval import run_recgen_eval
         from llmcf.llm.models import resolve_model
 
         path = resolve_model(cfg.llm.model) if args.base else None
         res = run_recgen_eval(args.run, cfg, model_path=path, tag="base" if args.base else "tuned")
         print(res)
     elif key == ("cot", "generate"):
-        from llmcf.llm.cot_generate import run_cot_generate
+        from llmcf.llm.cot.generate import run_cot_generate
 
         print(f"[cot] generated: {run_cot_generate(args.run, cfg)}")
     elif key == ("cot", "score"):
-        from llmcf.llm.cot_score import run_cot_score
+        from llmcf.llm.cot.score import run_cot_score
 
         print(f"[cot] selected: {run_cot_score(args.run, cfg)}")
     elif args.cmd == "embed":

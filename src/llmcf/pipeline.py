@@ -45,10 +45,10 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
     from llmcf.embed import run_embed
-    from llmcf.llm.cot_generate import run_cot_generate
-    from llmcf.llm.cot_score import run_cot_score
-    from llmcf.llm.recgen_eval import run_recgen_eval
-    from llmcf.llm.recgen_train import run_recgen_train
+    from llmcf.llm.cot.generate import run_cot_generate
+    from llmcf.llm.cot.score import run_cot_score
+    from llmcf.llm.recgen.eval import run_recgen_eval
+    from llmcf.llm.recgen.train import run_recgen_train
     from llmcf.report import print_table, write_report
     from llmcf.retrieval.stage import run_retrieve
     from llmcf.train.stage import RunData, format_summary, run_train

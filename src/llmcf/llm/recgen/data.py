@@ -22,7 +22,7 @@ from llmcf.config import Config
 from llmcf.errors import DataError
 from llmcf.fingerprint import records_digest, self_distill_key
 from llmcf.io import atomic_write_json, atomic_write_text
-from llmcf.llm.rec_prompts import item_texts, rec_answer, rec_prompt
+from llmcf.llm.recgen.prompts import item_texts, rec_answer, rec_prompt
 from llmcf.rundir import RunDir
 
 IGNORE = -100
@@ -108,8 +108,8 @@ def read_general_jsonl(path: str | Path) -> tuple[list[SFTExample], dict]:
 
 def self_distilled(run_dir: Path, cfg: Config) -> tuple[list[SFTExample], dict]:
     """The base model's own answers to GENERAL_PROMPTS (generated once, cached in the run directory)."""
-    from llmcf.llm.backend import SamplingParams
-    from llmcf.llm.general_prompts import GENERAL_PROMPTS
+    from llmcf.llm.backends.base import SamplingParams
+    from llmcf.llm.recgen.general_prompts import GENERAL_PROMPTS
     from llmcf.llm.models import resolve_model
 
     base = resolve_model(cfg.llm.model)
@@ -121,7 +121,7 @@ def self_distilled(run_dir: Path, cfg: Config) -> tuple[list[SFTExample], dict]:
     if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key:
         rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     else:
-        from llmcf.llm.hf_backend import HFBackend
+        from llmcf.llm.backends.hf import HFBackend
 
         print(f"[recgen] self-distillation: the base model answers {len(GENERAL_PROMPTS)} general prompts "
               f"x {samples} (cached in {path})", flush=True)
@@ -188,7 +188,7 @@ def tokenize_example(tokenizer, ex: SFTExample, cutoff_len: int) -> dict | None:
 
     Returns None when the prompt alone does not fit ``cutoff_len`` (the caller counts these); long answers are cut.
     """
-    from llmcf.llm.hf_backend import render_chat
+    from llmcf.llm.backends.hf import render_chat
 
     prompt = tokenizer(render_chat(tokenizer, ex.messages, True), add_special_tokens=False)["input_ids"]
     answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

@@ -36,9 +36,9 @@ from llmcf import fingerprint
 from llmcf.config import Config
 from llmcf.errors import DataError, LLMCFError, RunError
 from llmcf.io import atomic_path, atomic_write_json, write_parquet
-from llmcf.llm.backend import SamplingParams
-from llmcf.llm.cot_prompts import SYSTEM, input_text, user_message
-from llmcf.llm.rec_prompts import item_texts
+from llmcf.llm.backends.base import SamplingParams
+from llmcf.llm.cot.prompts import SYSTEM, input_text, user_message
+from llmcf.llm.recgen.prompts import item_texts
 from llmcf.rundir import RunDir
 
 TRAIN_NEEDED = ("user_id", "pos", "item_id", "label", "history")
@@ -218,7 +218,7 @@ def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
                                                                    params.n)]
     done_rows = n_rows - sum(len(keys[k * S:(k + 1) * S]) for k in pending)
     if pending and backend is None:
-        from llmcf.llm.factory import make_backend
+        from llmcf.llm.backends.factory import make_backend
 
         backend = make_backend(cfg.llm, model_path)
     t0, new_tokens = time.perf_counter(), 0

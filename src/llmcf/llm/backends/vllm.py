@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from llmcf.errors import LLMCFError
-from llmcf.llm.backend import BACKENDS, Prompt, SamplingParams
-from llmcf.llm.hf_backend import yes_probability
+from llmcf.llm.backends.base import BACKENDS, Prompt, SamplingParams
+from llmcf.llm.backends.hf import yes_probability
 
 
 @BACKENDS.register("vllm")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from llmcf.errors import LLMCFError
-from llmcf.llm.backend import BACKENDS, Prompt, SamplingParams
+from llmcf.llm.backends.base import BACKENDS, Prompt, SamplingParams
 
 
 def _pick_device(device: str):

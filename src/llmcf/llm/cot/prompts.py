@@ -8,7 +8,7 @@ items, (3) the alignment between the two, (4) the user's wish for diversity. Wor
 from __future__ import annotations
 
 from llmcf.config import DataConfig
-from llmcf.llm.backend import Prompt
+from llmcf.llm.backends.base import Prompt
 
 SYSTEM = ("You are a recommendation analyst. You explain, step by step and in plain language, why a user made a "
           "decision about an item, using only the information you are given.")

@@ -16,8 +16,8 @@ import numpy as np
 from llmcf.config import Config
 from llmcf.errors import RunError
 from llmcf.io import atomic_write_json
-from llmcf.llm.rec_prompts import rec_prompts_for
-from llmcf.llm.recgen_data import (collate, general_examples, read_item_texts, read_split, recgen_dir,
+from llmcf.llm.recgen.prompts import rec_prompts_for
+from llmcf.llm.recgen.data import (collate, general_examples, read_item_texts, read_split, recgen_dir,
                                    sample_rows, tokenize_example)
 
 
@@ -37,7 +37,7 @@ def perplexity(backend, examples, cutoff_len: int, batch_size: int = 4) -> dict:
     """exp(mean answer-token NLL) of ``examples`` under the backend's model."""
     import torch
 
-    from llmcf.llm.recgen_train import token_nll
+    from llmcf.llm.recgen.train import token_nll
 
     tok = backend.tokenizer
     enc = [e for e in (tokenize_example(tok, x, cutoff_len) for x in examples) if e is not None]
@@ -59,8 +59,8 @@ def perplexity(backend, examples, cutoff_len: int, batch_size: int = 4) -> dict:
 
 def run_recgen_eval(run_dir: Path, cfg: Config, model_path: Path | None = None, tag: str = "tuned") -> dict:
     """Evaluate one model and write ``eval_<tag>.json``; returns the same dict."""
-    from llmcf.llm.hf_backend import HFBackend
-    from llmcf.llm.mmlu import evaluate_mmlu
+    from llmcf.llm.backends.hf import HFBackend
+    from llmcf.llm.recgen.mmlu import evaluate_mmlu
 
     run_dir = Path(run_dir)
     rc = cfg.recgen

@@ -33,8 +33,8 @@ import pandas as pd
 from llmcf.config import Config
 from llmcf.errors import LLMCFError
 from llmcf.io import atomic_write_json, write_parquet
-from llmcf.llm.cot_generate import read_generation
-from llmcf.llm.cot_prompts import SYSTEM, aspect_sentences, instruction_lines, label_sentence
+from llmcf.llm.cot.generate import read_generation
+from llmcf.llm.cot.prompts import SYSTEM, aspect_sentences, instruction_lines, label_sentence
 from llmcf.rundir import RunDir
 
 # A small general-purpose opinion lexicon of our own, with words common in recommendation explanations.

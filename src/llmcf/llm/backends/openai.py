@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from llmcf.errors import LLMCFError
-from llmcf.llm.backend import BACKENDS, Prompt, SamplingParams
+from llmcf.llm.backends.base import BACKENDS, Prompt, SamplingParams
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

@@ -1,18 +1,30 @@
-"""Build the configured generation backend (registry lookup, no if-chains)."""
+"""Build the configured generation backend (registry lookup, no if-chains).
+
+Adding a backend: one file here defining a ``GenerationBackend`` subclass registered with ``@BACKENDS.register(name)``
+and one ``BACKEND_MODULES`` entry naming that file; its heavy imports belong inside the class, so a backend that is
+not configured costs nothing."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from llmcf.config import LLMConfig
 from llmcf.errors import LLMCFError
-from llmcf.llm.backend import BACKENDS, GenerationBackend
+from llmcf.llm.backends.base import BACKENDS, GenerationBackend
+
+
+BACKEND_MODULES: dict[str, str] = {
+    "hf": "llmcf.llm.backends.hf",
+    "openai": "llmcf.llm.backends.openai",
+    "vllm": "llmcf.llm.backends.vllm",
+}
+"""Backend name -> the module that registers it (imported on demand; vllm itself only when that backend is built)."""
 
 
 def _register_all() -> None:
-    # Importing the modules registers their classes; vllm itself is only imported when that backend is built.
-    import llmcf.llm.hf_backend  # noqa: F401
-    import llmcf.llm.openai_backend  # noqa: F401
-    import llmcf.llm.vllm_backend  # noqa: F401
+    import importlib
+
+    for module in BACKEND_MODULES.values():
+        importlib.import_module(module)
 
 
 def make_backend(cfg: LLMConfig, model_path: Path | None = None) -> GenerationBackend:

@@ -27,7 +27,7 @@ from llmcf.fingerprint import recgen_fingerprint
 from llmcf.errors import LLMCFError
 from llmcf.io import atomic_write_json
 from llmcf.llm.models import install_dir, resolve_model
-from llmcf.llm.recgen_data import (IGNORE, build_sft_mix, collate, examples_digest, recgen_dir,
+from llmcf.llm.recgen.data import (IGNORE, build_sft_mix, collate, examples_digest, recgen_dir,
                                    tokenize_example)
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

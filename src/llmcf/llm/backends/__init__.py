@@ -1,0 +1,1 @@
+"""Generation backends: the registry (base.py), ``make_backend`` (factory.py) and one file per backend."""

@@ -5,6 +5,7 @@ import html
 import json
 from pathlib import Path
 
+from llmcf.config import model_tag
 from llmcf.io import atomic_path, atomic_write_text
 from llmcf.rundir import RunDir
 from llmcf.train.metrics import fmt_mean_std  # noqa: F401  (also public here)
@@ -22,7 +23,8 @@ def is_seq(s: dict) -> bool:
 
 
 def _variant(s: dict) -> str:
-    base = f"seq-{s['model']}" if is_seq(s) else s["model"]
+    """base | llmcf | llmcf-<variant>: the tag (``config.model_tag``) without its backbone part."""
+    base = model_tag(s["model"], task="sequential" if is_seq(s) else "ctr")
     return "base" if s["tag"] == base else s["tag"][len(base) + 1:]
 
 

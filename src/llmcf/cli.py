@@ -121,6 +121,9 @@ def _cmd_data_build(args) -> None:
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
 
+    from llmcf.data.checks import check_out_dir
+
+    check_out_dir(args.out)
     cfg = load_config(args.config, args.set)
     if args.dataset:
         cfg.data.dataset = args.dataset

@@ -67,6 +67,8 @@ class DataConfig:
     positive_verb: str = "likes"
     """e.g. 'purchases' (Amazon), 'likes' (ratings >= threshold)."""
     negative_verb: str = "does not like"
+    on_duplicate: str = "drop"
+    """drop (exact duplicate interaction rows are dropped, the count recorded in stats.json) | error."""
 
 
 @dataclass
@@ -271,6 +273,9 @@ class ServeConfig:
     (0 = off; POST /v1/admin/reload swaps on demand)."""
     threads: int | None = None
     """torch CPU threads of the server (None = torch default)."""
+    admin_max_failures: int = 5
+    """Wrong admin tokens one client may send within admin_failure_window seconds before it gets 429s."""
+    admin_failure_window: float = 60.0
 
 
 @dataclass

@@ -40,7 +40,7 @@ def test_killed_retrain_keeps_the_old_model_loading(trained, monkeypatch, capsys
     def killed(*a, **k):
         raise KeyboardInterrupt  # what a SIGINT mid-training does; SIGKILL leaves even less behind
 
-    monkeypatch.setattr("llmcf.train.stage.fit", killed)
+    monkeypatch.setattr("llmcf.train.ctr_task.CTRTask.fit", killed)
     retrain = ["train", "--run", str(trained), "--model", "DIN", "--seeds", "1", "--quiet",
                "--set", "train.max_epochs=1", "--set", "model.embed_dim=8"]  # other weight shapes
     assert main(retrain) == 130

@@ -3,12 +3,10 @@
 Every file is written atomically (temp file + rename). Input is checked (``checks.py``) before anything is touched;
 then stats.json is removed first and written last, with the size and sha256 of every file the build wrote, so a run
 directory whose build was interrupted has no stats.json (and no half-written file at any final path), and
-``verify_run_data`` (what `llmcf train` calls) refuses a folder that mixes files of two builds.
+``RunDir.verify_data`` (what `llmcf train` calls) refuses a folder that mixes files of two builds.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -24,50 +22,14 @@ from llmcf.data.schema import ITEM_COLUMNS, SAMPLE_COLUMNS, SPLITS, RawDataset
 from llmcf.data.checks import check_duplicates, check_out_dir, check_splits
 from llmcf.data.splits import assign_splits
 from llmcf.data.vocab import Vocab
-from llmcf.errors import DataError, RunError
+from llmcf.errors import DataError
+from llmcf.fingerprint import file_digest
 from llmcf.io import atomic_path, atomic_write_json
+from llmcf.rundir import DATA_FILES
 
 SAMPLE_SCHEMA = pa.schema([("user_id", pa.string()), ("pos", pa.int64()), ("item_id", pa.string()),
                            ("label", pa.int8()), ("rating", pa.float64()), ("timestamp", pa.float64()),
                            ("history", pa.list_(pa.string()))])
-
-
-DATA_FILES = ("items.parquet", "users.parquet", "train.parquet", "valid.parquet", "test.parquet", "vocab.json")
-"""What a finished build wrote beside stats.json (users.parquet only when the dataset has a user table)."""
-
-
-def file_digest(path: Path) -> dict:
-    """{"bytes": size, "sha256": hex digest} of one file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
-
-
-def verify_run_data(run_dir: str | Path) -> dict:
-    """The stats of a finished build in run_dir/data, after checking that every file it wrote is still the one it
-    wrote; raises RunError (naming the command to run) for an unfinished, interrupted or mixed build."""
-    run_dir = Path(run_dir)
-    data = run_dir / "data"
-    rebuild = f"run `llmcf data build --out {run_dir}` (or `llmcf run --force data`) again"
-    if not (data / "vocab.json").exists() and not (data / "stats.json").exists():
-        raise RunError(f"{data}: no samples here; run `llmcf data build --out {run_dir}` first")
-    if not (data / "stats.json").exists():
-        raise RunError(f"{data}: the data build did not finish (no stats.json, which is written last); {rebuild}")
-    try:
-        stats = json.loads((data / "stats.json").read_text())
-    except ValueError as e:
-        raise RunError(f"{data / 'stats.json'}: unreadable ({e}); {rebuild}") from None
-    for name, want in (stats.get("files") or {}).items():  # builds before file digests were recorded: not checked
-        path = data / name
-        if not path.exists():
-            raise RunError(f"{path}: missing, though the build that wrote stats.json made it; {rebuild}")
-        got = file_digest(path)
-        if got != want:
-            raise RunError(f"{path}: not the file the last finished build wrote (sha256 {got['sha256'][:12]} vs "
-                           f"{want['sha256'][:12]}): an interrupted build or a hand edit mixed this folder; {rebuild}")
-    return stats
 
 
 def write_table(table: pa.Table, path: Path) -> None:

@@ -3,8 +3,8 @@
     POST /v1/score          user (optional), history, candidates -> a score per candidate (+ the top k)
     POST /v1/explain        one (user, candidate) -> retrieved examples, their CoTs and labels, attention shares
     GET  /healthz           liveness
-    GET  /v1/info           model, bank size, limits; with the admin token also the run path, software versions,
-                            metrics and warnings
+    GET  /v1/info           model, bank size, metrics, limits; with the admin token also the run path, software
+                            versions, warnings and the last reload error
     POST /v1/admin/reload   swap in what the offline stage wrote last (header ``Authorization: Bearer <token>``,
                             token from $LLMCF_ADMIN_TOKEN; disabled (503) when that is unset; see ``auth.py``)
 
@@ -148,8 +148,8 @@ class _BodyLimit:
         await resp(scope, None, send)
 
 
-ADMIN_ONLY = ("run_dir", "versions", "metrics", "warnings", "loaded_at", "params", "last_reload_error")
-"""/v1/info fields shown only with the admin token: paths, software versions, and what could hold either."""
+ADMIN_ONLY = ("run_dir", "versions", "warnings", "last_reload_error")
+"""/v1/info fields shown only with the admin token: paths, software versions, and the messages that may hold them."""
 ERROR_TEXT = {400: "a body that is not UTF-8 JSON, or an explanation asked of a model without the ICT", 401: "missing or malformed admin token (see the "
               "WWW-Authenticate header)", 403: "wrong admin token", 409: "reload failed; the previous model keeps "
               "serving", 413: "request too large (body bytes, candidates or history)", 429: "too many wrong admin "
@@ -250,7 +250,7 @@ def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token:
 
     @app.get("/v1/info", response_model=PublicInfo, responses=declared(401, 403, 429, 503),
              description="Public view without an Authorization header; with the admin bearer token, the full view "
-                         "(run path, software versions, metrics, warnings, last reload error).")
+                         "(also the run path, software versions, warnings, last reload error).")
     def info(request: Request, authorization: str | None = Header(None)) -> Response:
         full = authorization is not None
         if full:

@@ -78,7 +78,7 @@ class PublicInfo(BaseModel):
     version: str
     history_len: int
     limits: dict[str, Any]
-    authenticated: bool = Field(description="true: the admin view (run path, software versions, metrics, warnings)")
+    authenticated: bool = Field(description="true: the admin view (also run path, software versions, warnings)")
 
 
 class _Request(BaseModel):

@@ -6,8 +6,8 @@ Outputs, per variant tag (``DIN``, ``DIN+llmcf``, ``DIN+llmcf-no_cot``, ``seq-SA
     run_dir/models/<tag>/seed_<s>/model.safetensors   best weights (safetensors, no pickle)
     run_dir/models/<tag>/seed_<s>/config.yaml          the config this seed was trained with (what serving loads)
     run_dir/models/<tag>/seed_<s>/result.json          valid/test metrics, curve, seconds/epoch, peak memory
-Each seed is swapped in complete (``llmcf.train.seeds``): a killed retrain leaves the previous model loadable.
     run_dir/models/<tag>/summary.json                  mean ± std over seeds, with the evaluation protocol
+Each seed is swapped in complete (``llmcf.train.seeds``): a killed retrain leaves the previous model loadable.
 A seed whose result.json carries the same cache key (``llmcf.fingerprint``) is not trained again (resumable).
 """
 from __future__ import annotations

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import collections
 import datetime as dt
+import json
 import os
 import shlex
 import sys
@@ -34,13 +35,16 @@ async def hammer(url: str, bodies: list[dict], clients: int, total: int, timeout
     lat: list[float] = []
     errors: collections.Counter = collections.Counter()
     first: dict[str, str] = {}
+    when: list[str] = []  # "<kind> at <s> s (request <i>, its own <ms> ms)"
     sent = 0
+    t_start = time.perf_counter()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
         async def worker():
             nonlocal sent
             while sent < total:
                 body = bodies[sent % len(bodies)]
+                i = sent
                 sent += 1
                 t = time.perf_counter()
                 try:
@@ -48,7 +52,9 @@ async def hammer(url: str, bodies: list[dict], clients: int, total: int, timeout
                 except httpx.HTTPError as e:
                     kind = type(e).__name__
                     errors[kind] += 1
-                    first.setdefault(kind, str(e)[:200])
+                    first.setdefault(kind, repr(e)[:200])
+                    now = time.perf_counter()
+                    when.append(f"{kind} at {now - t_start:.1f} s (request {i}, after {(now - t) * 1000:.0f} ms)")
                     continue
                 if r.status_code != 200:
                     kind = f"HTTP {r.status_code}"
@@ -63,7 +69,7 @@ async def hammer(url: str, bodies: list[dict], clients: int, total: int, timeout
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         wall = time.perf_counter() - t0
-    return {"lat": lat, "errors": dict(errors), "first": first, "seconds": wall}
+    return {"lat": lat, "errors": dict(errors), "first": first, "when": when, "seconds": wall}
 
 
 def server_cpu(pid: int) -> float:
@@ -89,6 +95,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads of the server")
     ap.add_argument("--timeout", type=float, default=60.0, help="client timeout per request (s)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="config override passed to the server, e.g. serve.keep_alive_seconds=30")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "load.md")
     args = ap.parse_args()
     if not (args.run / "models" / args.model).is_dir():
@@ -96,7 +104,8 @@ def main() -> None:
     bodies = payloads(args.run, 256, args.candidates, args.history, args.seed)
     logs = Path(tempfile.mkdtemp(prefix="bench_load_"))
     started, load0 = dt.datetime.now(dt.timezone.utc), os.getloadavg()
-    server = Server(args.run, args.model, args.threads, logs / "server.log")
+    server = Server(args.run, args.model, args.threads, logs / "server.log", extra=[
+        a for kv in args.set for a in ("--set", kv)])
     try:
         server.wait()
         asyncio.run(hammer(server.url, bodies, 1, 20, args.timeout))  # warm-up
@@ -118,17 +127,24 @@ def main() -> None:
     print(line)
     for kind, msg in res["first"].items():
         print(f"  first {kind}: {msg}")
+    for w in res["when"][:20]:
+        print(f"  {w}")
     for p in problems[:10]:
         print(f"  log: {p}")
-    cmd = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    argv = ["<run>" if a == str(args.run) else a for a in sys.argv[1:]]  # no absolute path in the record
+    cmd = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *argv])
+    info = (args.run / "data" / "stats.json")
+    dataset = json.loads(info.read_text()).get("dataset") if info.exists() else "?"
     rec = [f"## {started:%Y-%m-%d %H:%M} UTC — `{args.model}`, {args.requests} requests, {args.clients} clients",
-           "", f"- command: `{cmd}` (run directory given on the command line; its path is not recorded here)",
+           "", f"- command: `{cmd}`; `<run>`: a run directory with dataset {dataset} and model {args.model}",
            f"- machine: {machine()}; load average {load0[0]:.1f} before, {load1[0]:.1f} after (shared machine)",
            f"- requests: {args.candidates} candidates × history {args.history}, bodies from the run's test rows; "
-           f"server: `llmcf serve`, uvicorn defaults, {args.threads} torch thread; client: httpx.AsyncClient, one "
-           f"pool of {args.clients} keep-alive connections, timeout {args.timeout:g} s",
+           f"server: `llmcf serve` (its serve.* config), {args.threads} torch thread; client: httpx.AsyncClient, one "
+           f"pool of {args.clients} keep-alive connections, timeout {args.timeout:g} s; server overrides: "
+           f"{', '.join(args.set) or 'none'}",
            f"- result: {line}"]
     rec += [f"- first {k}: `{v}`" for k, v in res["first"].items()]
+    rec += [f"- {w}" for w in res["when"][:20]]
     rec += [f"- server log: `{p}`" for p in problems[:10]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     head = "" if args.out.exists() else ("# Bounded load test of `llmcf serve`\n\nWritten by "

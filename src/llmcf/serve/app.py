@@ -324,4 +324,5 @@ def serve(run_dir: str | Path, cfg: Config, model: str, host: str = "127.0.0.1",
     print(f"[serve] {scorer.version} loaded in {time.perf_counter() - t0:.1f}s{bank}; "
           f"http://{host}:{port}/docs  (reload: {'POST /v1/admin/reload' if os.environ.get(TOKEN_ENV) else 'off'}"
           f"{f', watching files every {cfg.serve.watch_seconds}s' if cfg.serve.watch_seconds else ''})")
-    uvicorn.run(create_app(scorer, cfg.serve), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(scorer, cfg.serve), host=host, port=port, log_level=log_level,
+                timeout_keep_alive=cfg.serve.keep_alive_seconds)

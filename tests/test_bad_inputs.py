@@ -215,6 +215,15 @@ def test_out_naming_a_file(kind, tmp_path, capsys):
     assert target.read_text() == "keep me"
 
 
+def test_run_out_naming_a_file(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    assert main(["run", "--config", "demo", "--out", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("llmcf: error: ") and "existing file" in err and "Traceback" not in err
+    assert target.read_text() == "keep me"
+
+
 def test_bad_rebuild_keeps_the_finished_build(tmp_path, capsys):
     """A rejected rebuild into a run directory touches none of the files of the build that finished there."""
     d = tmp_path / "d"

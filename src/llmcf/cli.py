@@ -208,6 +208,9 @@ def _cmd_run(args) -> None:
         raise ConfigError("llmcf run needs --config (e.g. --config demo)")
     cfg = load_config(args.config, args.set)
     out = args.out or Path("runs") / Path(args.config).stem
+    from llmcf.data.checks import check_out_dir
+
+    check_out_dir(out)
     run_pipeline(cfg, out, force=set(args.force))
 
 

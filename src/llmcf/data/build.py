@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from llmcf.config import DataConfig
+from llmcf.data.checks import check_duplicates, check_out_dir, check_splits
 from llmcf.data.samples import build_samples, resolve_label_rule
 from llmcf.data.schema import ITEM_COLUMNS, SAMPLE_COLUMNS, SPLITS, RawDataset
-from llmcf.data.checks import check_duplicates, check_out_dir, check_splits
 from llmcf.data.splits import assign_splits
 from llmcf.data.vocab import Vocab
 from llmcf.errors import DataError

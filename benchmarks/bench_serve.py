@@ -64,10 +64,10 @@ def payloads(run: Path, n: int, n_cand: int, n_hist: int, seed: int) -> list[dic
 class Server:
     """``llmcf serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, run: Path, tag: str, threads: int, log: Path):
+    def __init__(self, run: Path, tag: str, threads: int, log: Path, extra: list[str] | None = None):
         self.port = free_port()
         self.cmd = [sys.executable, "-m", "llmcf.cli", "serve", "--run", str(run), "--model", tag,
-                    "--port", str(self.port), "--set", f"serve.threads={threads}"]
+                    "--port", str(self.port), "--set", f"serve.threads={threads}", *(extra or [])]
         self.log = open(log, "w")
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)

@@ -183,7 +183,8 @@ def test_build_run_data_writes_everything(tmp_path):
 def test_build_vocab_ignores_valid_and_test_only_items(tmp_path):
     ds = make_ds()
     extra = pd.DataFrame({"user_id": ["u00", "u01"], "item_id": ["new_a", "new_b"], "timestamp": [99.0, 99.0]})
-    ds.interactions = pd.concat([ds.interactions, extra], ignore_index=True).assign(rating=5.0)
+    inter = pd.concat([ds.interactions, extra], ignore_index=True)
+    ds.interactions = inter.assign(rating=np.where(np.arange(len(inter)) % 2, 5.0, 1.0))  # both labels in every split
     stats = build_run_data(ds, DataConfig(label="rating", split="loo"), tmp_path, show_progress=False)
     v = Vocab.load(tmp_path / "data" / "vocab.json")
     assert "new_a" not in v.item and "new_b" not in v.item

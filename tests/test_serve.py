@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import hypothesis
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -24,6 +25,7 @@ torch.set_num_threads(1)
 
 N_USERS, N_ITEMS, SEQ, D = 30, 40, 12, 8
 NO_TEXT = "i3"  # an item of the vocabulary without a text embedding
+CONTRACT_EXAMPLES = 25  # schemathesis examples per operation and mode (seeded: the same requests every run)
 
 
 def _dataset(rng) -> RawDataset:
@@ -190,12 +192,15 @@ def test_config_rewritten_after_training_is_flagged(run, scorers, tmp_path):
     assert all(not s.warnings for s in scorers.values())  # base and LLM-CF: config matches the trained seed
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    cfg = load_config(copy / "models" / "DIN" / "config.yaml")
+    seed_cfg = copy / "models" / "DIN" / "seed_0" / "config.yaml"  # what the scorer reads: the seed's own config
+    cfg = load_config(seed_cfg)
     cfg.train.seeds = 7  # which seeds run: not a change to the model
-    save_config(cfg, copy / "models" / "DIN" / "config.yaml")
+    save_config(cfg, seed_cfg)
     assert not Scorer.load(copy, "DIN").warnings
     cfg.train.lr = 0.123
-    save_config(cfg, copy / "models" / "DIN" / "config.yaml")
+    save_config(cfg, copy / "models" / "DIN" / "config.yaml")  # the tag's config is not what the seed loads
+    assert not Scorer.load(copy, "DIN").warnings
+    save_config(cfg, seed_cfg)
     assert any("rewritten" in w for w in Scorer.load(copy, "DIN").warnings)
 
 
@@ -252,7 +257,21 @@ def test_long_history_keeps_the_last_items(scorers):
     ("/v1/score", {"candidates": ["i1"], "top_k": "x"}, 422, "top_k"),
     ("/v1/score", {"candidates": ["i1"], "pos": -1}, 422, "pos"),
     ("/v1/score", {"candidates": ["i1"], "pos": 2 ** 64}, 422, "pos"),
-    ("/v1/score", {"candidates": ["i1"], "top_k": 10 ** 30}, 200, ""),
+    ("/v1/score", {"candidates": ["i1"], "top_k": 10 ** 30}, 422, "top_k"),
+    ("/v1/score", {"candidates": ["i1"], "top_k": 2 ** 40}, 200, ""),
+    ("/v1/score", {"candidates": ["i1"], "top_k": "2"}, 422, "top_k"),
+    ("/v1/score", {"candidates": ["i1"], "top_k": True}, 422, "top_k"),
+    ("/v1/score", {"candidates": ["i1"], "top_k": 2.5}, 422, "top_k"),
+    ("/v1/score", {"candidates": ["i1"], "top_k": 2.0}, 200, ""),  # JSON Schema: 2.0 is an integer
+    ("/v1/score", {"candidates": ["i1"], "pos": False}, 422, "pos"),
+    ("/v1/score", {"candidates": ["i1"], "pos": "3"}, 422, "pos"),
+    ("/v1/score", {"candidates": ["i1"], "pos": 3.5}, 422, "pos"),
+    ("/v1/score", {"candidates": [12]}, 200, ""),
+    ("/v1/score", {"candidates": [10 ** 300]}, 422, "candidates"),
+    ("/v1/score", {"candidates": ["i1"], "user_id": 10 ** 300}, 422, "user_id"),
+    ("/v1/score", {"candidates": ["i1"], "history": [2 ** 63]}, 422, "history"),
+    ("/v1/score", {"candidates": ["i1"], "user_id": False}, 422, "user_id"),
+    ("/v1/score", {"candidates": ["i1"], "user_id": 1.5}, 422, "user_id"),
     ("/v1/score", {"candidates": ["i1"], "history": "i1"}, 422, "history"),
     ("/v1/score", {"candidates": ["i1"], "user_id": {"a": 1}}, 422, "user_id"),
     ("/v1/score", {"candidates": ["i1"], "colour": "red"}, 422, "colour"),
@@ -297,10 +316,42 @@ def test_health_info_and_docs(run, client):
     assert info["bank"]["rows"] == len(bank) and info["bank"]["k"] == 4 and info["bank"]["cot_texts"]
     assert info["model"] == "DIN+llmcf" and info["backbone"] == "DIN" and info["seed"] == 0
     assert info["dataset"] == "toy" and info["vocabulary"]["users"] == N_USERS
-    assert {"llmcf", "torch", "faiss", "python", "fastapi", "uvicorn"} <= set(info["versions"])
     assert info["limits"]["max_candidates"] == 50 and info["reload"]["http"] is False
+    assert info["authenticated"] is False
     assert "/v1/score" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_info_shows_paths_and_versions_only_to_the_admin(run, scorers):
+    with TestClient(create_app(scorers["DIN+llmcf"], ServeConfig(), admin_token="tok")) as c:
+        public = c.get("/v1/info")
+        assert public.status_code == 200
+        assert not {"run_dir", "versions", "warnings", "last_reload_error"} & set(public.json())
+        assert str(run) not in public.text and "torch" not in public.text
+        assert c.get("/v1/info", headers={"Authorization": "Bearer wrong"}).status_code == 403
+        assert c.get("/v1/info", headers={"Authorization": "tok"}).status_code == 401
+        full = c.get("/v1/info", headers={"Authorization": "Bearer tok"}).json()
+        assert full["authenticated"] is True and full["run_dir"] == str(run)
+        assert {"llmcf", "torch", "faiss", "python", "fastapi", "uvicorn"} <= set(full["versions"])
+
+
+def test_openapi_declares_every_status_with_its_body(client):
+    spec = client.get("/openapi.json").json()
+    want = {("/v1/score", "post"): {"200", "400", "413", "422"},
+            ("/v1/explain", "post"): {"200", "400", "413", "422"},
+            ("/v1/info", "get"): {"200", "401", "403", "429", "503", "422"},
+            ("/v1/admin/reload", "post"): {"200", "401", "403", "409", "413", "422", "429", "503"}}
+    for (path, method), codes in want.items():
+        responses = spec["paths"][path][method]["responses"]
+        assert set(responses) == codes, (path, sorted(responses))
+        for code in codes - {"200"}:
+            ref = responses[code]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ValidationErrorBody" if code == "422" else "/ErrorBody"), (path, code, ref)
+    comps = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in comps
+    assert set(comps["ValidationErrorBody"]["required"]) == {"detail", "errors"}
+    body = client.post("/v1/score", json={"candidates": [True]}).json()
+    assert set(body) == {"detail", "errors"} and set(body["errors"][0]) == {"loc", "msg", "type"}
 
 
 # ---- refresh ------------------------------------------------------------------------------------------------------
@@ -325,10 +376,27 @@ def test_reload_needs_the_token(scorers, monkeypatch):
         assert r.status_code == 503 and TOKEN_ENV in r.json()["detail"]
     monkeypatch.setenv(TOKEN_ENV, "s3cret")
     with TestClient(create_app(scorers["DIN"], ServeConfig())) as c:
-        assert c.post("/v1/admin/reload").status_code == 401
-        assert c.post("/v1/admin/reload", headers={"Authorization": "Bearer nope"}).status_code == 403
-        r = c.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret"})
+        for header in (None, "s3cret", "Bearer", "Bearer ", "Basic s3cret", "Bearer s3 cret"):
+            r = c.post("/v1/admin/reload", headers={} if header is None else {"Authorization": header})
+            assert r.status_code == 401, header
+            assert r.headers["www-authenticate"].startswith('Bearer realm="llmcf"'), header
+            assert ("invalid_request" in r.headers["www-authenticate"]) == (header is not None), header
+        r = c.post("/v1/admin/reload", headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 403 and 'error="invalid_token"' in r.headers["www-authenticate"]
+        r = c.post("/v1/admin/reload", headers={"Authorization": "bearer s3cret"})  # the scheme is case-insensitive
         assert r.status_code == 200 and r.json()["changed"] is False
+
+
+def test_wrong_admin_tokens_are_rate_limited(scorers):
+    with TestClient(create_app(scorers["DIN"], ServeConfig(admin_max_failures=3, admin_failure_window=0.5),
+                               admin_token="s3cret")) as c:
+        good, bad = {"Authorization": "Bearer s3cret"}, {"Authorization": "Bearer guess"}
+        assert [c.post("/v1/admin/reload", headers=bad).status_code for _ in range(3)] == [403] * 3
+        r = c.post("/v1/admin/reload", headers=good)  # locked out: even the right token waits
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert c.post("/v1/admin/reload").status_code == 429
+        time.sleep(0.6)
+        assert c.post("/v1/admin/reload", headers=good).status_code == 200
 
 
 def test_reload_under_requests_swaps_without_dropping_any(run, tmp_path):
@@ -406,7 +474,7 @@ def test_failed_reload_keeps_serving(run, tmp_path):
         r = c.post("/v1/admin/reload", headers={"Authorization": "Bearer tok"})
         assert r.status_code == 409 and "still serving" in r.json()["detail"]
         assert c.post("/v1/score", json={"candidates": ["i1"]}).status_code == 200
-        assert c.get("/v1/info").json()["last_reload_error"]
+        assert c.get("/v1/info", headers={"Authorization": "Bearer tok"}).json()["last_reload_error"]
 
 
 def test_file_watch_swaps_in_new_weights(run, tmp_path):
@@ -473,3 +541,36 @@ def test_serve_rejects_settings_it_would_ignore(run, capsys):
     assert main(["serve", "--run", str(run), "--model", "DIN", "--set", "retrieval.k=8"]) != 0
     err = capsys.readouterr().err
     assert "llmcf: error:" in err and "retrieval.k" in err and "serve.*" in err
+
+
+# ---- the published contract, tested by schemathesis (seeded, in-process, no network) -------------------------------
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_api_matches_its_openapi_document(scorers, mode):
+    """Schema-generated requests, valid (positive) and invalid (negative), against the ASGI app in-process: no 5xx,
+    every status declared, every body matching its declared model, content types and headers as declared
+    (schemathesis' default checks). Seeded (derandomize): the same requests every run."""
+    import schemathesis
+    from schemathesis.generation import GenerationMode
+
+    app = create_app(scorers["DIN+llmcf"], ServeConfig(max_candidates=50, max_history=30, max_body_bytes=20_000),
+                     admin_token="tok")
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    ops = [r.ok() for r in schema.get_all_operations()]
+    if mode == "negative":  # an operation without any input has no invalid request
+        ops = [o for o in ops if o.path != "/healthz"]
+    assert {(o.method.upper(), o.path) for o in ops} >= {("POST", "/v1/score"), ("POST", "/v1/explain"),
+                                                         ("GET", "/v1/info"), ("POST", "/v1/admin/reload")}
+    calls = []
+    for op in ops:
+        @hypothesis.settings(max_examples=CONTRACT_EXAMPLES, derandomize=True, deadline=None, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck), phases=[hypothesis.Phase.generate])
+        @hypothesis.given(op.as_strategy(generation_mode=GenerationMode(mode)))
+        def check(case):
+            resp = case.call_and_validate()
+            calls.append(resp.status_code)
+
+        try:
+            check()
+        except hypothesis.errors.Unsatisfiable:  # e.g. a lone string header: every value is a valid one
+            assert mode == "negative" and op.path not in ("/v1/score", "/v1/explain"), op.path
+    assert len(calls) >= 2 * CONTRACT_EXAMPLES and max(calls) < 500

@@ -121,6 +121,9 @@ def _cmd_data_build(args) -> None:
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
 
+    from llmcf.data.checks import check_out_dir
+
+    check_out_dir(args.out)
     cfg = load_config(args.config, args.set)
     if args.dataset:
         cfg.data.dataset = args.dataset
@@ -205,6 +208,9 @@ def _cmd_run(args) -> None:
         raise ConfigError("llmcf run needs --config (e.g. --config demo)")
     cfg = load_config(args.config, args.set)
     out = args.out or Path("runs") / Path(args.config).stem
+    from llmcf.data.checks import check_out_dir
+
+    check_out_dir(out)
     run_pipeline(cfg, out, force=set(args.force))
 
 

@@ -67,6 +67,8 @@ class DataConfig:
     positive_verb: str = "likes"
     """e.g. 'purchases' (Amazon), 'likes' (ratings >= threshold)."""
     negative_verb: str = "does not like"
+    on_duplicate: str = "drop"
+    """drop (exact duplicate interaction rows are dropped, the count recorded in stats.json) | error."""
 
 
 @dataclass
@@ -271,6 +273,14 @@ class ServeConfig:
     (0 = off; POST /v1/admin/reload swaps on demand)."""
     threads: int | None = None
     """torch CPU threads of the server (None = torch default)."""
+    admin_max_failures: int = 5
+    """Wrong admin tokens one client may send within admin_failure_window seconds before it gets 429s."""
+    admin_failure_window: float = 60.0
+    keep_alive_seconds: float = 75.0
+    """How long the server keeps an idle HTTP/1.1 connection open (uvicorn's timeout_keep_alive, whose own default is
+    5 s). A client that reuses a pooled connection just as the server closes it sees a dropped request; keeping this
+    above the clients' pool idle timeout (httpx: 5 s) lets the client close first. Clients should still retry a
+    transport error (scoring is idempotent)."""
 
 
 @dataclass

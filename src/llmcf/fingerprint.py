@@ -17,8 +17,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-NOT_HASHED: dict[str, tuple[str, ...]] = {"recgen": ("micro_batch",)}
-"""Settings that change how a stage runs (memory), not what it writes: left out of the stage hashes."""
+NOT_HASHED: dict[str, tuple[str, ...]] = {"recgen": ("micro_batch",), "data": ("on_duplicate",)}
+"""Settings that change how a stage runs (memory, whether it refuses some input), not what it writes: left out of the
+stage and model hashes."""
 
 SEED_FIELDS = ("seed", "seeds")
 """train.* fields that say which seeds to run; one seed's result does not depend on them."""
@@ -56,6 +57,15 @@ def strings_digest(values: Iterable, n: int = 16) -> str:
 def file_sha(path: Path, n: int = 16) -> str:
     """Content hash of one file."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:n]
+
+
+def file_digest(path: Path) -> dict:
+    """{"bytes": size, "sha256": full hex digest} of one file, read in 1 MiB blocks (what data/stats.json records)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"bytes": Path(path).stat().st_size, "sha256": h.hexdigest()}
 
 
 def stat_token(path: Path, name: str | None = None) -> str:
@@ -125,8 +135,7 @@ setting of the sequential task is in the ``seq`` section."""
 def ctr_payload(cfg, model_name: str | None = None) -> dict:
     """What one seed of a CTR model reads: data, model (with only ``model_name``'s params), train, ict, retrieval.
     A base model leaves out the ICT-only L2 setting (so it keeps its cache when only that changes)."""
-    d = cfg.to_dict()
-    payload = {n: d[n] for n in CTR_SECTIONS}
+    payload = section_payload(cfg, *CTR_SECTIONS)
     payload["model"]["params"] = cfg.model.params_for(model_name or cfg.model.name)
     if not cfg.ict.enabled:
         payload["train"].pop("ict_weight_decay", None)

@@ -10,7 +10,7 @@ Every stage reads and writes its files through a ``RunDir``, so the layout lives
     embed/                               items.npy + item_ids.json, cot.npy, meta.json, cache/
     retrieval/                           bank.parquet, bank_{hist,target}.npy, index_{pos,neg}.faiss,
                                          {split}_ctx.npy, meta.json, state.json; seq/{split}_ctx.npy, seq/meta.json
-    models/<tag>/                        config.yaml, summary.json, seed_<s>/{model.safetensors,result.json}
+    models/<tag>/                        config.yaml, summary.json, seed_<s>/{model.safetensors,config.yaml,result.json}
     report/                              results.md, index.html, *.png
     stages/<stage>.json                  what `llmcf run` uses to skip unchanged stages
 
@@ -33,6 +33,10 @@ INDEX_FILES = {1: "index_pos.faiss", 0: "index_neg.faiss"}
 """FAISS index file per bank label."""
 BANK_FILE_COLUMNS = ("user_id", "pos", "item_id", "label", "history", "cot_row")
 """Columns of retrieval/bank.parquet."""
+
+DATA_FILES = ("items.parquet", "users.parquet", "train.parquet", "valid.parquet", "test.parquet", "vocab.json")
+"""What a finished data build wrote beside data/stats.json, whose ``files`` records each one's size and SHA-256
+(users.parquet only when the dataset has a user table)."""
 
 WRITER = {"data": "data build", "seq": "train --task sequential", "recgen": "recgen train", "cot": "cot score",
           "embed": "embed", "retrieval": "retrieve", "models": "train", "report": "report"}
@@ -200,6 +204,33 @@ class RunDir:
             return load_npy(self.need(path))
         except ValueError as e:
             raise DataError(f"not a plain .npy array: {e}", file=str(path)) from e
+
+    def verify_data(self) -> dict:
+        """data/stats.json of a finished build, after checking that every file it recorded is still the one it wrote;
+        a RunError naming the command to run for an unfinished, interrupted or mixed build. (stats.json is removed
+        first and written last by `llmcf data build`; runs built before digests were recorded are not checked.)"""
+        from llmcf.fingerprint import file_digest
+
+        rebuild = f"run `llmcf data build --out {self.root}` (or `llmcf run --force data`) again"
+        if not self.vocab.exists() and not self.stats.exists():
+            raise RunError(f"{self.data}: no samples here; run `llmcf data build --out {self.root}` first")
+        if not self.stats.exists():
+            raise RunError(f"{self.data}: the data build did not finish (no stats.json, which is written last); "
+                           f"{rebuild}")
+        try:
+            stats = json.loads(self.stats.read_text())
+        except ValueError as e:
+            raise RunError(f"{self.stats}: unreadable ({e}); {rebuild}") from None
+        for name, want in (stats.get("files") or {}).items():
+            path = self.data / name
+            if not path.exists():
+                raise RunError(f"{path}: missing, though the build that wrote stats.json made it; {rebuild}")
+            got = file_digest(path)
+            if got != want:
+                raise RunError(f"{path}: not the file the last finished build wrote (sha256 {got['sha256'][:12]} vs "
+                               f"{str(want.get('sha256'))[:12]}): an interrupted build or a hand edit mixed this "
+                               f"folder; {rebuild}")
+        return stats
 
     def read_stats(self) -> dict:
         """data/stats.json ({} when absent: a run built by an older version or a partial test fixture)."""

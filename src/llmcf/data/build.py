@@ -1,7 +1,9 @@
 """`llmcf data build`: RawDataset → run_dir/data/{items,users,train,valid,test}.parquet, vocab.json, stats.json.
 
-Every file is written atomically (temp file + rename). stats.json is removed first and written last, so a run
-directory whose build was interrupted has no stats.json (and no half-written file at any final path).
+Every file is written atomically (temp file + rename). Input is checked (``checks.py``) before anything is touched;
+then stats.json is removed first and written last, with the size and sha256 of every file the build wrote, so a run
+directory whose build was interrupted has no stats.json (and no half-written file at any final path), and
+``RunDir.verify_data`` (what `llmcf train` calls) refuses a folder that mixes files of two builds.
 """
 from __future__ import annotations
 
@@ -15,12 +17,15 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from llmcf.config import DataConfig
+from llmcf.data.checks import check_duplicates, check_out_dir, check_splits
 from llmcf.data.samples import build_samples, resolve_label_rule
 from llmcf.data.schema import ITEM_COLUMNS, SAMPLE_COLUMNS, SPLITS, RawDataset
 from llmcf.data.splits import assign_splits
 from llmcf.data.vocab import Vocab
 from llmcf.errors import DataError
+from llmcf.fingerprint import file_digest
 from llmcf.io import atomic_path, atomic_write_json
+from llmcf.rundir import DATA_FILES
 
 SAMPLE_SCHEMA = pa.schema([("user_id", pa.string()), ("pos", pa.int64()), ("item_id", pa.string()),
                            ("label", pa.int8()), ("rating", pa.float64()), ("timestamp", pa.float64()),
@@ -71,8 +76,8 @@ def build_run_data(ds: RawDataset, cfg: DataConfig, run_dir: str | Path, show_pr
     """Build samples, splits and vocabulary; write them under run_dir/data; return the stats (as in stats.json)."""
     t0 = time.perf_counter()
     out = Path(run_dir) / "data"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stats.json").unlink(missing_ok=True)
+    check_out_dir(Path(run_dir))
+    check_duplicates(ds, cfg)
     steps = ["samples", "splits", "vocab", "items.parquet", "users.parquet"] + [f"{s}.parquet" for s in SPLITS] + \
         ["vocab.json", "stats.json"]
     bar = tqdm(total=len(steps), desc=f"[data] {ds.name}", disable=not show_progress, unit="step")
@@ -81,38 +86,47 @@ def build_run_data(ds: RawDataset, cfg: DataConfig, run_dir: str | Path, show_pr
         bar.set_postfix_str(name)
         bar.update(1)
 
-    rule = resolve_label_rule(ds, cfg)
-    samples = build_samples(ds, cfg)
-    step("samples")
-    split, protocol = assign_splits(samples, cfg, real_time=ds.real_time, label_rule=rule, dataset=ds.source or ds.name)
-    codes = split.cat.codes.to_numpy()
-    parts = {s: samples[codes == i].reset_index(drop=True) for i, s in enumerate(SPLITS)}
-    step("splits")
-    vocab = Vocab.from_train(parts["train"], ds.items)
-    step("vocab")
-    write_table(items_table(ds.items), out / "items.parquet")
-    step("items.parquet")
-    if ds.users is not None:
-        users = ds.users.copy()
-        users["user_id"] = users["user_id"].astype(str)
-        write_table(pa.Table.from_pandas(users, preserve_index=False), out / "users.parquet")
-    else:
-        (out / "users.parquet").unlink(missing_ok=True)
-    step("users.parquet")
-    for s in SPLITS:
-        write_table(samples_table(parts[s]), out / f"{s}.parquet")
-        step(f"{s}.parquet")
-    vocab.save(out / "vocab.json")
-    step("vocab.json")
-    stats = {"dataset": ds.name, "source": ds.source, "real_time": ds.real_time,
-             "interactions": int(len(ds.interactions)),
-             "kept_interactions": int((samples["label"] == 1).sum() if rule == "implicit" else len(samples)),
-             "protocol": protocol,
-             "splits": {s: split_stats(parts[s]) for s in SPLITS},
-             "vocab": {f: vocab.size(f) for f in ("user", "item", "brand", "category")},
-             "oov_rate": {s: _oov_rates(parts[s], vocab) for s in ("valid", "test")},
-             "seconds": round(time.perf_counter() - t0, 2)}
-    atomic_write_json(out / "stats.json", stats)
-    step("stats.json")
-    bar.close()
+    try:
+        rule = resolve_label_rule(ds, cfg)
+        samples = build_samples(ds, cfg)
+        step("samples")
+        split, protocol = assign_splits(samples, cfg, real_time=ds.real_time, label_rule=rule,
+                                        dataset=ds.source or ds.name)
+        codes = split.cat.codes.to_numpy()
+        parts = {s: samples[codes == i].reset_index(drop=True) for i, s in enumerate(SPLITS)}
+        step("splits")
+        check_splits(parts, samples, cfg, ds)
+        vocab = Vocab.from_train(parts["train"], ds.items)
+        items = items_table(ds.items)
+        step("vocab")
+        out.mkdir(parents=True, exist_ok=True)  # every check passed: only now is anything of a finished build touched
+        (out / "stats.json").unlink(missing_ok=True)
+        write_table(items, out / "items.parquet")
+        step("items.parquet")
+        if ds.users is not None:
+            users = ds.users.copy()
+            users["user_id"] = users["user_id"].astype(str)
+            write_table(pa.Table.from_pandas(users, preserve_index=False), out / "users.parquet")
+        else:
+            (out / "users.parquet").unlink(missing_ok=True)
+        step("users.parquet")
+        for s in SPLITS:
+            write_table(samples_table(parts[s]), out / f"{s}.parquet")
+            step(f"{s}.parquet")
+        vocab.save(out / "vocab.json")
+        step("vocab.json")
+        stats = {"dataset": ds.name, "source": ds.source, "real_time": ds.real_time,
+                 "interactions": int(len(ds.interactions)),
+                 "duplicates_dropped": ds.duplicates.count if ds.duplicates else 0,
+                 "kept_interactions": int((samples["label"] == 1).sum() if rule == "implicit" else len(samples)),
+                 "protocol": protocol,
+                 "splits": {s: split_stats(parts[s]) for s in SPLITS},
+                 "vocab": {f: vocab.size(f) for f in ("user", "item", "brand", "category")},
+                 "oov_rate": {s: _oov_rates(parts[s], vocab) for s in ("valid", "test")},
+                 "files": {f: file_digest(out / f) for f in DATA_FILES if (out / f).exists()},
+                 "seconds": round(time.perf_counter() - t0, 2)}
+        atomic_write_json(out / "stats.json", stats)
+        step("stats.json")
+    finally:
+        bar.close()
     return stats

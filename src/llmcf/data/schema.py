@@ -42,6 +42,17 @@ SAMPLE_COLUMNS = ("user_id", "pos", "item_id", "label", "rating", "timestamp", "
 SPLITS = ("train", "valid", "test")
 
 
+@dataclass(frozen=True)
+class Duplicates:
+    """Exact duplicate interaction rows a loader dropped: how many, and where the first one is."""
+
+    file: str
+    count: int
+    line: int
+    first_line: int
+    """The line the first dropped row repeats."""
+
+
 @dataclass
 class RawDataset:
     name: str
@@ -54,6 +65,8 @@ class RawDataset:
     label_hint: str | None = None
     """What the loader knows of the labels: "implicit" (e.g. Amazon reviews = purchases), "rating", "column" or None.
     Used when the config says ``data.label: auto``."""
+    duplicates: Duplicates | None = None
+    """Exact duplicate interactions the loader dropped (``data.on_duplicate: error`` turns them into an error)."""
 
 
 @dataclass

@@ -3,19 +3,21 @@
     POST /v1/score          user (optional), history, candidates -> a score per candidate (+ the top k)
     POST /v1/explain        one (user, candidate) -> retrieved examples, their CoTs and labels, attention shares
     GET  /healthz           liveness
-    GET  /v1/info           model, dataset, bank size, versions, limits
+    GET  /v1/info           model, bank size, metrics, limits; with the admin token also the run path, software
+                            versions, warnings and the last reload error
     POST /v1/admin/reload   swap in what the offline stage wrote last (header ``Authorization: Bearer <token>``,
-                            token from $LLMCF_ADMIN_TOKEN; disabled (503) when that is unset)
+                            token from $LLMCF_ADMIN_TOKEN; disabled (503) when that is unset; see ``auth.py``)
 
-Errors: a malformed body is a 422, an oversized one (``serve.max_body_bytes``, ``serve.max_candidates``,
-``serve.max_history``) a 413, asking for explanations from a backbone without the ICT a 400; each with a message in
-``detail``. Refresh: a new Scorer is built beside the serving one and swapped in under a lock; requests in flight
+Errors (every one declared in the OpenAPI document with its body model): a malformed body is a 422
+(``ValidationErrorBody``); an oversized one (``serve.max_body_bytes``, ``serve.max_candidates``, ``serve.max_history``)
+a 413, a body that is not UTF-8 JSON or explanations asked of a backbone without the ICT a 400, a missing/malformed admin token a 401, a wrong one a 403,
+too many wrong ones a 429, a failed reload a 409, admin disabled a 503; each with a message in ``detail``
+(``ErrorBody``). Refresh: a new Scorer is built beside the serving one and swapped in under a lock; requests in flight
 finish on the one they started with, so none is dropped. With ``serve.watch_seconds > 0`` a thread polls the
 model's and the bank's files and reloads after they have stopped changing.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import threading
@@ -29,10 +31,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from pydantic import BaseModel
+
 from llmcf.config import Config, ServeConfig
 from llmcf.errors import LLMCFError
-from llmcf.serve.schemas import CandidateScore, ExplainRequest, ExplainResponse, HistoryInfo, ScoreRequest, \
-    ScoreResponse
+from llmcf.serve.auth import AdminAuth
+from llmcf.serve.schemas import CandidateScore, ErrorBody, ExplainRequest, ExplainResponse, HistoryInfo, PublicInfo, \
+    ScoreRequest, ScoreResponse, ValidationErrorBody
 from llmcf.serve.scorer import Scorer
 
 TOKEN_ENV = "LLMCF_ADMIN_TOKEN"
@@ -143,6 +148,34 @@ class _BodyLimit:
         await resp(scope, None, send)
 
 
+ADMIN_ONLY = ("run_dir", "versions", "warnings", "last_reload_error")
+"""/v1/info fields shown only with the admin token: paths, software versions, and the messages that may hold them."""
+ERROR_TEXT = {400: "a body that is not UTF-8 JSON, or an explanation asked of a model without the ICT", 401: "missing or malformed admin token (see the "
+              "WWW-Authenticate header)", 403: "wrong admin token", 409: "reload failed; the previous model keeps "
+              "serving", 413: "request too large (body bytes, candidates or history)", 429: "too many wrong admin "
+              "tokens from this client (see Retry-After)", 503: "admin requests disabled (no token configured)"}
+
+
+def declared(*codes: int) -> dict:
+    """OpenAPI ``responses`` for these status codes, each with the ErrorBody model, plus the 422 body."""
+    out: dict = {c: {"model": ErrorBody, "description": ERROR_TEXT[c]} for c in codes}
+    out[422] = {"model": ValidationErrorBody, "description": "the request does not match its schema"}
+    return out
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+class ReloadResponse(BaseModel):
+    status: str
+    previous: str
+    version: str
+    seconds: float
+    changed: bool
+    bank_rows: int | None = None
+
+
 def _check_sizes(req, settings: ServeConfig, n_candidates: int) -> None:
     if n_candidates > settings.max_candidates:
         raise HTTPException(413, f"candidates: {n_candidates} items, the limit is {settings.max_candidates} per "
@@ -177,6 +210,7 @@ def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token:
     settings = settings or ServeConfig()
     token = (admin_token if admin_token is not None else os.environ.get(TOKEN_ENV)) or None  # '' = disabled
     slot = ScorerSlot(scorer)
+    auth = AdminAuth(token, TOKEN_ENV, settings.admin_max_failures, settings.admin_failure_window)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -214,17 +248,27 @@ def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token:
         s = slot.current
         return {"status": "ok", "model": s.tag, "version": s.version}
 
-    @app.get("/v1/info")
-    def info() -> dict:
+    @app.get("/v1/info", response_model=PublicInfo, responses=declared(401, 403, 429, 503),
+             description="Public view without an Authorization header; with the admin bearer token, the full view "
+                         "(also the run path, software versions, warnings, last reload error).")
+    def info(request: Request, authorization: str | None = Header(None)) -> Response:
+        full = authorization is not None
+        if full:
+            auth.check(authorization, _client(request))
         s = slot.current
         d = s.info()
-        d["versions"].update({"fastapi": fastapi.__version__, "uvicorn": _version("uvicorn")})
-        return {**d, "reloads": slot.reloads, "last_reload_error": slot.last_error,
-                "limits": {"max_candidates": settings.max_candidates, "max_history": settings.max_history,
-                           "max_body_bytes": settings.max_body_bytes},
-                "reload": {"http": token is not None, "watch_seconds": settings.watch_seconds}}
+        d.update(reloads=slot.reloads, authenticated=full,
+                 limits={"max_candidates": settings.max_candidates, "max_history": settings.max_history,
+                         "max_body_bytes": settings.max_body_bytes},
+                 reload={"http": auth.enabled, "watch_seconds": settings.watch_seconds})
+        if full:
+            d["versions"].update({"fastapi": fastapi.__version__, "uvicorn": _version("uvicorn")})
+            d["last_reload_error"] = slot.last_error
+        else:
+            d = {k: v for k, v in d.items() if k not in ADMIN_ONLY}
+        return _json(PublicInfo(**d))  # pydantic's JSON: NaN metrics become null
 
-    @app.post("/v1/score", response_model=ScoreResponse)
+    @app.post("/v1/score", response_model=ScoreResponse, responses=declared(400, 413))
     def score(req: ScoreRequest) -> Response:
         _check_sizes(req, settings, len(req.candidates))
         s = slot.current  # this request finishes on this scorer, whatever a reload does meanwhile
@@ -236,7 +280,7 @@ def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token:
                                                        truncated=res.history_truncated),
                                    scores=cands, top=top, notes=res.notes))
 
-    @app.post("/v1/explain", response_model=ExplainResponse)
+    @app.post("/v1/explain", response_model=ExplainResponse, responses=declared(400, 413))
     def explain(req: ExplainRequest) -> Response:
         _check_sizes(req, settings, 1)
         s = slot.current
@@ -246,16 +290,9 @@ def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token:
         out = s.explain(req.candidate, req.history, user=req.user_id, pos=req.pos).to_dict(internals=False)
         return _json(ExplainResponse(model=s.tag, version=s.version, attention=ATTENTION_NOTE, **out))
 
-    @app.post("/v1/admin/reload")
-    def reload(authorization: str | None = Header(None)) -> dict:
-        if token is None:
-            raise HTTPException(503, f"reload over HTTP is disabled: start the server with {TOKEN_ENV} set in its "
-                                     "environment (or use serve.watch_seconds)")
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not given:
-            raise HTTPException(401, "missing admin token: send the header 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(403, "wrong admin token")
+    @app.post("/v1/admin/reload", response_model=ReloadResponse, responses=declared(401, 403, 409, 413, 429, 503))
+    def reload(request: Request, authorization: str | None = Header(None)) -> dict:
+        auth.check(authorization, _client(request))
         old = slot.current.version
         try:
             new, secs = slot.reload()
@@ -287,4 +324,5 @@ def serve(run_dir: str | Path, cfg: Config, model: str, host: str = "127.0.0.1",
     print(f"[serve] {scorer.version} loaded in {time.perf_counter() - t0:.1f}s{bank}; "
           f"http://{host}:{port}/docs  (reload: {'POST /v1/admin/reload' if os.environ.get(TOKEN_ENV) else 'off'}"
           f"{f', watching files every {cfg.serve.watch_seconds}s' if cfg.serve.watch_seconds else ''})")
-    uvicorn.run(create_app(scorer, cfg.serve), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(scorer, cfg.serve), host=host, port=port, log_level=log_level,
+                timeout_keep_alive=cfg.serve.keep_alive_seconds)

@@ -1,7 +1,7 @@
 """Loading a trained CTR model of a run directory for serving: its config, seed, weights and inputs.
 
-``load_served(run_dir, tag, seed)`` reads run_dir/models/<tag>/config.yaml (the config the model was trained with),
-the seed's model.safetensors (default seed: best validation AUC), the vocabulary, items and feature schema, and for
+``load_served(run_dir, tag, seed)`` reads run_dir/models/<tag>/seed_<s>/config.yaml (the config these weights were
+trained with; runs trained before seeds kept their own config: <tag>/config.yaml), the seed's model.safetensors (default seed: best validation AUC), the vocabulary, items and feature schema, and for
 LLM-CF models the retriever (bank, indexes, item vectors), the ICT's context (bank arrays, item text matrix: the ICT's
 text buffers are not in the state dict) and the CoT texts. What it loads is named by ``version``: the tag, the seed
 and the file-state fingerprint of ``watched_files`` when loading began.
@@ -76,7 +76,8 @@ def watched_files(run_dir: Path, tag: str, seed: int, requested_seed: int | None
     """Files whose change means a new model or bank: the model's weights and the retrieval stage's outputs."""
     run = RunDir(run_dir)
     tag_dir = run.model(tag)
-    files = [tag_dir / "summary.json", tag_dir / "config.yaml", run.seed(tag, seed) / "model.safetensors"]
+    files = [tag_dir / "summary.json", tag_dir / "config.yaml", run.seed(tag, seed) / "model.safetensors",
+             run.seed(tag, seed) / "config.yaml"]
     if requested_seed is None:
         files += sorted(tag_dir.glob("seed_*/model.safetensors"))
     if ict:
@@ -93,11 +94,13 @@ def load_served(run_dir: str | Path, tag: str, seed: int | None = None) -> Serve
     tag_dir = run.model(tag)
     if not tag_dir.is_dir():
         raise RunError(f"{tag_dir}: no such model (trained models here: {', '.join(run.trained_tags()) or 'none'})")
-    cfg_path = tag_dir / "config.yaml"
+    seed_, result = pick_seed(tag_dir, seed)
+    cfg_path = run.seed(tag, seed_) / "config.yaml"  # the config these weights were trained with
+    if not cfg_path.exists():  # seeds trained before each seed kept its own config
+        cfg_path = tag_dir / "config.yaml"
     if not cfg_path.exists():
         raise RunError(f"{cfg_path}: missing (written by `llmcf train`)")
     cfg = load_config(cfg_path)
-    seed_, result = pick_seed(tag_dir, seed)
     ict = bool(cfg.ict.enabled)
     # before reading: a file changing while we load shows up as a new version
     fingerprint = files_fingerprint(watched_files(run.root, tag, seed_, seed, ict))

@@ -1,13 +1,43 @@
-"""Request and response bodies of the HTTP API (pydantic). Ids are strings; integers are accepted and turned into
-strings (MovieLens ids are numbers), anything else is a 422 naming the field. Unknown fields are rejected."""
+"""Request and response bodies of the HTTP API (pydantic), strict: no value is coerced from another JSON type.
+
+Ids are strings of 1-256 characters; integers of magnitude up to 2^53 - 1 are accepted too (MovieLens ids are numbers) and
+turned into strings, so every form stays within the length limit. ``pos`` and ``top_k`` are JSON integers (``false``,
+``"2"`` are 422s; ``2.0`` is 2, as in JSON Schema). Unknown fields are rejected. Every error body is declared: ``ErrorBody`` (400, 401, 403,
+409, 413, 429, 503) and ``ValidationErrorBody`` (422)."""
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
-Id = Annotated[Union[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)], StrictInt],
-               Field(description="an id as a string (integers are accepted)")]
+MAX_ID_CHARS = 256
+MAX_INT = 2 ** 53 - 1
+"""Largest integer magnitude accepted: JSON's interoperable range (exact in a double, so in every client)."""
+
+
+def _json_int(v):
+    """A JSON integer, as JSON Schema defines it: an int, or a number with no fractional part (``2.0``); never a
+    bool or a string."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("expected a JSON integer (not a string or a boolean)")
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError("expected a JSON integer, found a fraction")
+        return int(v)
+    return v
+
+
+def json_int(ge: int, le: int = MAX_INT):
+    """An integer field in [ge, le] that takes only JSON integers (see ``_json_int``)."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_json_int)]
+
+
+Id = Annotated[Union[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_ID_CHARS)],
+                     json_int(-MAX_INT)],
+               Field(union_mode="left_to_right",
+                     description=f"an id: a string of 1-{MAX_ID_CHARS} characters (an integer of at most 2^53-1 in "
+                                 "magnitude is accepted and read as its decimal string)")]
+Count = json_int(1)
 
 
 def _to_str(v):
@@ -18,13 +48,46 @@ def _to_str(v):
     return str(v)
 
 
+class ErrorBody(BaseModel):
+    """The body of every non-422 error."""
+
+    detail: str = Field(description="what was wrong and what was expected")
+
+
+class FieldError(BaseModel):
+    loc: list[Union[str, int]] = Field(description="where in the request: e.g. ['body', 'candidates', 0]")
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """The body of a 422: a one-line summary and the error of each field."""
+
+    detail: str
+    errors: list[FieldError]
+
+
+class PublicInfo(BaseModel):
+    """``/v1/info`` without a valid admin token: what a client needs, no paths, no versions of the software."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    backbone: str
+    llmcf: bool
+    version: str
+    history_len: int
+    limits: dict[str, Any]
+    authenticated: bool = Field(description="true: the admin view (also run path, software versions, warnings)")
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: Id | None = Field(None, description="the user (optional; an id unseen in training is allowed)")
     history: list[Id] = Field(default_factory=list, description="the user's recent item ids, oldest first; only "
                                                                 "the last data.history_len are used")
-    pos: int | None = Field(None, ge=0, le=2 ** 63 - 1, description="position of the request in the user's sequence, for the "
+    pos: json_int(0) | None = Field(None, description="position of the request in the user's sequence, for the "
                                                     "retrieval leakage rule; default: after all the user's logged "
                                                     "rows (replay a logged row by passing its pos)")
 
@@ -36,7 +99,7 @@ class _Request(BaseModel):
 
 class ScoreRequest(_Request):
     candidates: list[Id] = Field(..., min_length=1, description="candidate item ids to score")
-    top_k: int | None = Field(None, ge=1, description="also return the k best candidates, best first")
+    top_k: Count | None = Field(None, description="also return the k best candidates, best first")
 
     @field_validator("candidates", mode="after")
     @classmethod

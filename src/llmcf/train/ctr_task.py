@@ -29,6 +29,7 @@ class RunData:
         from llmcf.data.features import load_encoded
 
         self.rd = RunDir(run_dir)
+        self.rd.verify_data()  # never train on an unfinished or mixed data build
         self.run_dir = self.rd.root
         self.hist_len = cfg.data.history_len
         inputs = load_model_inputs(self.rd, self.hist_len)

@@ -1,12 +1,16 @@
 """Train one model over several seeds in ``<out_dir>/seed_<s>/``, skipping seeds already trained with the same config.
 
-Each finished seed writes ``model.safetensors`` (best weights, no pickle) and then ``result.json`` (atomically, so a
-crash never leaves a result without its weights); a seed whose ``result.json`` carries the same ``config_hash`` is read
-back instead of trained again, which makes an interrupted run resumable seed by seed.
+A seed is written complete or not at all: ``model.safetensors`` (best weights, no pickle), ``config.yaml`` (the config
+it was trained with) and last ``result.json`` go into ``<out_dir>/.staging-seed_<s>/``, which then replaces
+``seed_<s>/`` by two renames (old → ``.old-seed_<s>``, staging → ``seed_<s>``). Until then the previous seed_<s> keeps
+loading; a kill between the two renames is repaired by ``recover_seed_dirs`` on the next training (complete staging
+published, else the old version restored). A seed whose ``result.json`` carries the same ``config_hash`` is read back
+instead of trained again, which makes an interrupted run resumable seed by seed.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,18 +19,56 @@ from typing import Callable
 import numpy as np
 import torch
 
+from llmcf.config import Config, save_config
 from llmcf.io import atomic_path, atomic_write_json
 from llmcf.train.loop import FitResult
 
 
+STAGING, OLD = ".staging-", ".old-"
+
+
+def publish_dir(staging: Path, final: Path) -> None:
+    """Replace directory ``final`` by the complete directory ``staging`` (two renames; see the module docstring)."""
+    old = final.parent / f"{OLD}{final.name}"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_seed_dirs(out_dir: Path) -> None:
+    """Finish or undo a swap a kill interrupted, and drop staging directories of trainings that did not finish."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    for old in out_dir.glob(f"{OLD}seed_*"):
+        final = out_dir / old.name[len(OLD):]
+        staging = out_dir / f"{STAGING}{final.name}"
+        if not final.exists():
+            if (staging / "result.json").exists():
+                staging.rename(final)
+            else:
+                old.rename(final)
+        if old.exists():
+            shutil.rmtree(old)
+    for staging in out_dir.glob(f"{STAGING}seed_*"):
+        shutil.rmtree(staging)
+
+
 def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: range,
                 train_one: Callable[[int], tuple[torch.nn.Module, FitResult]],
-                cached_line: Callable[[dict], str], done_line: Callable[[FitResult], str]) -> list[dict]:
+                cached_line: Callable[[dict], str], done_line: Callable[[FitResult], str],
+                cfg: Config | None = None) -> list[dict]:
     """Records of every seed in ``seeds``, training the missing ones with ``train_one(seed) -> (model, result)``
     after seeding torch and numpy. A seed is cached when its ``result.json`` has ``config_hash`` equal to ``chash``
-    (``llmcf.fingerprint.model_cache_key``). ``cached_line(record)`` / ``done_line(result)`` finish the printed status lines."""
+    (``llmcf.fingerprint.model_cache_key``). ``cached_line(record)`` / ``done_line(result)`` finish the printed status lines.
+    ``cfg``: written as each seed's config.yaml."""
     from safetensors.torch import save_file
 
+    recover_seed_dirs(out_dir)
     results = []
     for seed in seeds:
         sdir = Path(out_dir) / f"seed_{seed}"
@@ -41,14 +83,20 @@ def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: ran
         np.random.seed(seed)
         t0 = time.perf_counter()
         model, res = train_one(seed)
-        sdir.mkdir(parents=True, exist_ok=True)
+        staging = Path(out_dir) / f"{STAGING}{sdir.name}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        with atomic_path(sdir / "model.safetensors") as tmp:
+        with atomic_path(staging / "model.safetensors") as tmp:
             save_file(state, str(tmp))
+        if cfg is not None:
+            save_config(cfg, staging / "config.yaml")
         record = {"model": model_name, "tag": tag, "seed": seed, "config_hash": chash, **asdict(res),
                   "wall_seconds": time.perf_counter() - t0,
                   "params": int(sum(p.numel() for p in model.parameters()))}
-        atomic_write_json(rpath, record)
+        atomic_write_json(staging / "result.json", record)  # last: a staging dir with result.json is complete
+        publish_dir(staging, sdir)
         results.append(record)
         print(f"[train] {tag} seed {seed}: best epoch {res.best_epoch}  {done_line(res)}  "
               f"({res.seconds_per_epoch:.1f}s/epoch)")

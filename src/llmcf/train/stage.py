@@ -2,10 +2,12 @@
 builder, fit (loss, metrics, stop metric), tag, cache key and protocol; this module trains it over seeds.
 
 Outputs, per variant tag (``DIN``, ``DIN+llmcf``, ``DIN+llmcf-no_cot``, ``seq-SASRec``, ``seq-SASRec+llmcf``, ...):
-    run_dir/models/<tag>/config.yaml                  the config the model was trained with
+    run_dir/models/<tag>/config.yaml                  the config of the last training that finished
     run_dir/models/<tag>/seed_<s>/model.safetensors   best weights (safetensors, no pickle)
+    run_dir/models/<tag>/seed_<s>/config.yaml          the config this seed was trained with (what serving loads)
     run_dir/models/<tag>/seed_<s>/result.json          valid/test metrics, curve, seconds/epoch, peak memory
     run_dir/models/<tag>/summary.json                  mean ± std over seeds, with the evaluation protocol
+Each seed is swapped in complete (``llmcf.train.seeds``): a killed retrain leaves the previous model loadable.
 A seed whose result.json carries the same cache key (``llmcf.fingerprint``) is not trained again (resumable).
 """
 from __future__ import annotations
@@ -50,8 +52,7 @@ def train_model(run_dir: str | Path, task: Task, cfg: Config, model_name: str, p
         torch.set_num_threads(cfg.train.threads)
     tag = task.tag(model_name, cfg)
     out_dir = RunDir(run_dir).model(tag)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
+    out_dir.mkdir(parents=True, exist_ok=True)  # config.yaml is written after training: each seed carries its own
     protocol = task.protocol(cfg)
 
     def train_one(seed: int):
@@ -60,7 +61,8 @@ def train_model(run_dir: str | Path, task: Task, cfg: Config, model_name: str, p
 
     results = train_seeds(out_dir, tag, model_name, task.cache_key(model_name, cfg),
                           range(cfg.train.seed, cfg.train.seed + cfg.train.seeds), train_one,
-                          cached_line=task.cached_line, done_line=task.done_line)
+                          cached_line=task.cached_line, done_line=task.done_line, cfg=cfg)
+    save_config(cfg, out_dir / "config.yaml")
     summary = {"model": model_name, "tag": tag, **task.summary_head(), "seeds": [r["seed"] for r in results],
                "protocol": protocol,
                "test": {m: mean_std([r["test"][m] for r in results]) for m in task.test_metrics

@@ -94,9 +94,37 @@ def load(found: Found) -> RawDataset:
                   strict_items=False)
 
 
+MAX_LINE_CHARS = 4 << 20
+"""Longest JSON line read (4 Mi characters; real review and product records are under 100 k)."""
+MAX_DEPTH = 64
+"""Deepest nesting of lists/objects accepted in a record (real records nest 3 levels)."""
+
+
+def _depth(line: str) -> int:
+    """Upper bound of the bracket nesting of ``line`` (brackets inside strings counted too: only ever too high)."""
+    depth = best = 0
+    for ch in line:
+        if ch in "[{(":
+            depth += 1
+            if depth > best:
+                best = depth
+        elif ch in "]})":
+            depth -= 1
+    return best
+
+
 def _record(path: Path, no: int, line: str, literal: bool) -> dict:
+    if len(line) > MAX_LINE_CHARS:
+        raise DataError(f"line of {len(line):,} characters; expected one record of at most {MAX_LINE_CHARS:,}",
+                        file=str(path), line=no)
+    if line.count("[") + line.count("{") > MAX_DEPTH and _depth(line) > MAX_DEPTH:
+        raise DataError(f"record nested deeper than {MAX_DEPTH} levels; expected a flat review or product record",
+                        file=str(path), line=no)
     try:
         rec = json.loads(line)
+    except RecursionError:
+        raise DataError("record nested too deeply to read; expected a flat review or product record",
+                        file=str(path), line=no) from None
     except ValueError:
         rec = None
         if literal:
@@ -123,7 +151,11 @@ def _reviews(path: Path, v: Version) -> Part:
             if k not in rec:
                 raise DataError(f"missing field; expected a review with {', '.join(keys)}", file=str(path), line=no,
                                 field=k)
-            cols[k].append(rec[k])
+            val = rec[k]
+            if not isinstance(val, (str, int, float)) or isinstance(val, bool):
+                raise DataError(f"expected a string or a number, found {type(val).__name__}", file=str(path),
+                                line=no, field=k)
+            cols[k].append(val)
         labels.append(rec.get("label"))
         lines.append(no)
     if not lines:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from llmcf.data.schema import ITEM_COLUMNS, RawDataset, item_text
+from llmcf.data.schema import ITEM_COLUMNS, Duplicates, RawDataset, item_text
 
 from . import validate as V
 from .table import Table
@@ -44,7 +44,7 @@ def finish(name: str, source: str, inter: Part, items: Part | None, users: Part 
     ``strict_items``: interactions naming items absent from the item table are an error; otherwise (Amazon, where the
     meta file may lack products) such items get empty text fields.
     """
-    df = inter.frame
+    df, dups = drop_duplicates(inter)
     if "timestamp" not in df.columns:
         log.warning("%s has no timestamp: using each user's order in the file", inter.table.file)
         df = df.assign(timestamp=df.groupby("user_id", sort=False).cumcount().astype("float64"))
@@ -75,4 +75,20 @@ def finish(name: str, source: str, inter: Part, items: Part | None, users: Part 
     real_time = not positional(df)
     hint = "column" if "label" in df.columns else label_hint
     return RawDataset(name=name, interactions=df, items=it, users=us, real_time=real_time, source=source,
-                      label_hint=hint)
+                      label_hint=hint, duplicates=dups)
+
+
+def drop_duplicates(inter: Part) -> tuple[pd.DataFrame, Duplicates | None]:
+    """The interactions without exact duplicate rows (every field equal; the first is kept), and what was dropped."""
+    df = inter.frame
+    dup = df.duplicated(keep="first").to_numpy()
+    if not dup.any():
+        return df, None
+    i = int(np.flatnonzero(dup)[0])
+    h = pd.util.hash_pandas_object(df, index=False).to_numpy()
+    j = int(np.flatnonzero(h == h[i])[0])
+    info = Duplicates(file=inter.table.file, count=int(dup.sum()), line=inter.table.line(i),
+                      first_line=inter.table.line(j))
+    log.warning("%s: %d exact duplicate interactions dropped (the first on line %d repeats line %d)", info.file,
+                info.count, info.line, info.first_line)
+    return df[~dup].reset_index(drop=True), info

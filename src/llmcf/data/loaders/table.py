@@ -67,7 +67,9 @@ def read_delimited(path: Path, sep: str, *, names: Sequence[str] | None = None, 
     if names is None:
         if not numbered:
             raise DataError("empty file: expected a header line and at least one data row", file=str(path), line=1)
-        header = _split(numbered[0][1], sep, quoted)
+        header = _split(numbered[0][1], sep, quoted, path, numbered[0][0])
+        if len(header) == 1:
+            _wrong_separator(path, sep, 2, numbered[0], 1, header=True)
         numbered = numbered[1:]
     else:
         header = list(names)
@@ -80,7 +82,7 @@ def read_delimited(path: Path, sep: str, *, names: Sequence[str] | None = None, 
         if df is not None:
             return header, _table(path, df, names, numbers)
     if quoted and len(sep) == 1:
-        rows = [_split(line, sep, True) if '"' in line else line.split(sep) for _, line in numbered]
+        rows = [_split(line, sep, True, path, no) if '"' in line else line.split(sep) for no, line in numbered]
     else:
         rows = [line.split(sep) for _, line in numbered]
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
@@ -88,7 +90,11 @@ def read_delimited(path: Path, sep: str, *, names: Sequence[str] | None = None, 
         k = int(np.flatnonzero(lengths > width)[0])
         raise DataError(f"expected {width} fields separated by {sep!r}, found {lengths[k]}", file=str(path),
                         line=int(numbers[k]))
-    for k in np.flatnonzero(lengths < width):  # short rows: missing trailing fields are empty
+    short = np.flatnonzero(lengths < width)
+    lone = short[lengths[short] == 1] if width > 1 else short[:0]
+    if len(lone):  # a line without the separator at all: is it another one?
+        _wrong_separator(path, sep, width, numbered[int(lone[0])], 1)
+    for k in short:  # short rows: missing trailing fields are empty
         rows[k] = rows[k] + [""] * (width - int(lengths[k]))
     cols = list(zip(*rows))
     df = pd.DataFrame({i: np.asarray(c, dtype=object) for i, c in enumerate(cols)})
@@ -122,7 +128,33 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
-def _split(line: str, sep: str, quoted: bool) -> list[str]:
+SEPARATORS = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "'|'", "::": "'::'", " ": "space"}
+
+
+def _sep_name(sep: str) -> str:
+    return SEPARATORS.get(sep, repr(sep))
+
+
+def _wrong_separator(path: Path, sep: str, width: int, numbered_line: tuple[int, str], found: int, *,
+                     header: bool = False) -> None:
+    """Raise when a short row would split into enough fields on another common separator; else return (the
+    caller pads it). A row that no separator explains is left alone."""
+    no, line = numbered_line
+    for other in SEPARATORS:
+        if other != sep and other != " " and len(line.split(other)) >= width:
+            what = "a header of name:type cells" if header else f"{width} fields"
+            raise DataError(f"expected {what} separated by {_sep_name(sep)}, found {found}; this line looks "
+                            f"{_sep_name(other)}-separated", file=str(path), line=no)
+
+
+def _split(line: str, sep: str, quoted: bool, path: Path | None = None, no: int | None = None) -> list[str]:
     if quoted and '"' in line and len(sep) == 1:
-        return next(csv.reader([line], delimiter=sep, quotechar='"', doublequote=True, strict=False))
+        if "\r" in line:
+            raise DataError("bare carriage return (\\r) inside a line; expected one record per line with no carriage "
+                            "return except a line-ending \\r\\n", file=str(path), line=no)
+        try:
+            return next(csv.reader([line], delimiter=sep, quotechar='"', doublequote=True, strict=False))
+        except csv.Error as e:
+            raise DataError(f"malformed quoted field ({e}); expected CSV quoting with \"\" for a quote",
+                            file=str(path), line=no) from None
     return line.split(sep)

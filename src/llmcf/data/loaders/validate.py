@@ -26,13 +26,23 @@ def require(t: Table, columns: list[str], present: list[str], what: str, *, line
                             file=t.file, line=line, field=c)
 
 
+CONTROL = r"[\x00-\x1f\x7f-\x9f]"
+"""Characters an id may not hold (C0/C1 controls, DEL: NUL, tabs, bare carriage returns, escape codes...)."""
+
+
 def ids(t: Table, col: str, field: str | None = None) -> pd.Series:
-    """Non-empty id strings (surrounding whitespace stripped)."""
+    """Non-empty id strings (surrounding whitespace stripped) without control characters."""
     s = t.df[col].astype(object).where(t.df[col].notna(), "").astype(str).str.strip()
     bad = (s == "").to_numpy()
     if bad.any():
         i = _first(bad)
         raise DataError("empty id; expected a non-empty value", file=t.file, line=t.line(i), field=field or col)
+    ctrl = s.str.contains(CONTROL, regex=True).to_numpy()
+    if ctrl.any():
+        i = _first(ctrl)
+        ch = next(c for c in s.iloc[i] if c < " " or "\x7f" <= c <= "\x9f")
+        raise DataError(f"control character U+{ord(ch):04X} in the id {_show(s.iloc[i])}; expected printable text",
+                        file=t.file, line=t.line(i), field=field or col)
     return s
 
 

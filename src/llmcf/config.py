@@ -106,7 +106,8 @@ class TrainConfig:
 
 @dataclass
 class LLMConfig:
-    backend: str = "hf"
+    backend: str = "auto"
+    """auto (llamacpp when llama-cpp-python is installed, else hf) | hf | llamacpp | openai | vllm."""
     model: str = "smollm2-135m"
     """``smollm2-135m`` (the embedded default) or a local model directory."""
     endpoint: str | None = None
@@ -124,7 +125,11 @@ class LLMConfig:
     """For backend=openai: send top_k (vLLM/SGLang accept it; the official OpenAI API does not)."""
     threads: int | None = None
     """hf backend / RecGen training: torch CPU threads (None = torch default). On a busy machine 1 thread can be
-    several times faster than an oversubscribed default."""
+    several times faster than an oversubscribed default. llamacpp backend: llama.cpp threads (None = 2)."""
+    n_ctx: int = 2048
+    """llamacpp backend: context window in tokens (prompt + new tokens)."""
+    gguf_type: str = "q8_0"
+    """llamacpp backend: GGUF type a non-shipped model directory (the RecGen-tuned model) is exported to: q8_0 | f16."""
 
 
 @dataclass

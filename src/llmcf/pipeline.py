@@ -59,6 +59,9 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     t_start = time.perf_counter()
+    from llmcf.llm.factory import engine_line
+
+    print(f"[llm] {engine_line(cfg.llm)}", flush=True)
 
     def data():
         ds = load_dataset(cfg.data.dataset, cfg.data.format)
@@ -120,6 +123,7 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
     page = write_report(run_dir)
     print_table(run_dir)
     print(recgen_line(run_dir))
+    print(engine_line(cfg.llm))
     if cfg.data.max_users or cfg.recgen.max_steps or cfg.cot.count:
         print("\nreduced run: every stage ran for real at the reduced sizes shown above; the numbers are a smoke test "
               "of the pipeline, not a benchmark (see the README's Results for full-size runs).")

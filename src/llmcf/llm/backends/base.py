@@ -1,4 +1,4 @@
-"""The generation-backend interface and its registry (hf, openai, vllm)."""
+"""The generation-backend interface and its registry (hf, llamacpp, openai, vllm)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +20,8 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int = 0
+    stop: tuple[str, ...] = ()
+    """Strings that end a completion early (the stop string itself is not returned)."""
 
 
 class GenerationBackend(Protocol):

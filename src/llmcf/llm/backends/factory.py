@@ -14,6 +14,7 @@ from llmcf.llm.backends.base import BACKENDS, GenerationBackend
 
 BACKEND_MODULES: dict[str, str] = {
     "hf": "llmcf.llm.backends.hf",
+    "llamacpp": "llmcf.llm.backends.llamacpp",
     "openai": "llmcf.llm.backends.openai",
     "vllm": "llmcf.llm.backends.vllm",
 }
@@ -27,14 +28,41 @@ def _register_all() -> None:
         importlib.import_module(module)
 
 
+def backend_name(cfg: LLMConfig) -> str:
+    """The engine ``cfg.backend`` names; ``auto`` is llamacpp when llama-cpp-python is installed, else hf."""
+    name = str(cfg.backend).lower()
+    if name == "auto":
+        from llmcf.llm.backends.llamacpp import llama_cpp_available
+
+        return "llamacpp" if llama_cpp_available() else "hf"
+    return name
+
+
+def engine_line(cfg: LLMConfig) -> str:
+    """One line naming the generation engine a run will use (printed by ``llmcf run`` and the demo)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    name = backend_name(cfg)
+    pkg = {"llamacpp": "llama-cpp-python", "hf": "transformers", "vllm": "vllm", "openai": "httpx"}.get(name)
+    try:
+        ver = f"{pkg} {version(pkg)}" if pkg else ""
+    except PackageNotFoundError:
+        ver = f"{pkg} not installed"
+    how = {"llamacpp": "GGUF on CPU", "hf": "torch " + cfg.dtype, "openai": f"endpoint {cfg.endpoint}"}.get(name, "")
+    auto = " (llm.backend=auto" + ("" if name == "llamacpp" else "; pip install 'llmcf[llamacpp]' for the faster "
+                                     "llama.cpp engine") + ")" if str(cfg.backend).lower() == "auto" else ""
+    return f"LLM engine: {name} ({', '.join(x for x in (ver, how) if x)}){auto}"
+
+
 def make_backend(cfg: LLMConfig, model_path: Path | None = None) -> GenerationBackend:
     """``cfg.backend`` built from ``cfg``; ``model_path`` (default: ``resolve_model(cfg.model)``) for local backends."""
     _register_all()
+    name = backend_name(cfg)
     try:
-        cls = BACKENDS.get(cfg.backend)
+        cls = BACKENDS.get(name)
     except KeyError as e:
-        raise LLMCFError(f"llm.backend: {e.args[0]}") from None
-    if cfg.backend.lower() == "openai":
+        raise LLMCFError(f"llm.backend: {e.args[0]} (or 'auto')") from None
+    if name == "openai":
         return cls.from_config(cfg, None)
     if model_path is None:
         from llmcf.llm.models import resolve_model

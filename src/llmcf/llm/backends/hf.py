@@ -126,7 +126,8 @@ class HFBackend:
                         ids = row.tolist()
                         cut = next((k for k, t in enumerate(ids) if t in self.eos_ids), len(ids))
                         new_tokens += cut
-                        out[i].append(self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip())
+                        out[i].append(cut_at_stop(self.tokenizer.decode(ids[:cut], skip_special_tokens=True),
+                                                  params.stop).strip())
                     out[i] *= n // per_prompt
                 dt = time.perf_counter() - t0
                 bar.update(len(idx))
@@ -161,6 +162,12 @@ class HFBackend:
         ids = [first_token_id(self.tokenizer, "Yes"), first_token_id(self.tokenizer, "No")]
         logits = self.next_token_logits(texts, ids, desc="p(Yes)")
         return yes_probability(logits[:, 0], logits[:, 1])
+
+
+def cut_at_stop(text: str, stop) -> str:
+    """``text`` up to the first occurrence of any stop string (all of it when none occurs)."""
+    cuts = [text.find(s) for s in (stop or ()) if s and s in text]
+    return text[:min(cuts)] if cuts else text
 
 
 def yes_probability(logit_yes: np.ndarray, logit_no: np.ndarray) -> np.ndarray:

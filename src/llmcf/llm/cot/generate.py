@@ -111,7 +111,9 @@ def pool_hash(pool: pd.DataFrame) -> str:
 
 def resolve_cot_model(run_dir: Path, cfg: Config) -> tuple[Path | None, dict[str, Any]]:
     """(model_path for make_backend, identity recorded in the manifest)."""
-    ident: dict[str, Any] = {"backend": cfg.llm.backend, "endpoint": cfg.llm.endpoint}
+    from llmcf.llm.backends.factory import backend_name
+
+    ident: dict[str, Any] = {"backend": backend_name(cfg.llm), "endpoint": cfg.llm.endpoint}
     tuned = RunDir(run_dir).recgen_model
     if not cfg.recgen.skip and tuned.is_dir():
         ident.update(kind="recgen", path=str(tuned), fingerprint=fingerprint.dir_fingerprint(tuned))

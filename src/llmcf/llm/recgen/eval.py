@@ -1,7 +1,8 @@
 """RecGen evaluation: rec ability (AUC/LogLoss of p(Yes) on test rows), 5-shot MMLU, general perplexity.
 
 Writes ``run_dir/llm/recgen/eval_<tag>.json``. The model is ``model_path`` or the tuned ``run_dir/llm/recgen/model``;
-it is evaluated with the hf backend (local weights). Perplexity is exp(mean NLL) over the answer tokens of the
+p(Yes) and MMLU run through the configured local engine (llamacpp when selected: the tuned model is exported to GGUF
+first; otherwise hf), perplexity through transformers (it needs the torch model). Perplexity is exp(mean NLL) over the answer tokens of the
 held-out general rows (see recgen_data: with self-distilled data these are the base model's own answers, so the base
 model's perplexity there is low by construction; the number then measures drift, not quality).
 """
@@ -59,6 +60,7 @@ def perplexity(backend, examples, cutoff_len: int, batch_size: int = 4) -> dict:
 
 def run_recgen_eval(run_dir: Path, cfg: Config, model_path: Path | None = None, tag: str = "tuned") -> dict:
     """Evaluate one model and write ``eval_<tag>.json``; returns the same dict."""
+    from llmcf.llm.backends.factory import backend_name, make_backend
     from llmcf.llm.backends.hf import HFBackend
     from llmcf.llm.recgen.mmlu import evaluate_mmlu
 
@@ -69,9 +71,26 @@ def run_recgen_eval(run_dir: Path, cfg: Config, model_path: Path | None = None, 
         if not (model_path / "config.json").exists():
             raise RunError(f"{model_path} is missing: run `llmcf recgen train` first (or evaluate the base model)")
     t0 = time.perf_counter()
-    backend = HFBackend(model_path, batch_size=cfg.llm.batch_size, dtype=cfg.llm.dtype, device=cfg.llm.device,
-                        threads=cfg.llm.threads)
-    result: dict = {"tag": tag, "model": str(model_path)}
+    engine = backend_name(cfg.llm)
+    if engine == "llamacpp":  # p(Yes) and MMLU through llama.cpp; perplexity below needs the torch model
+        scorer = make_backend(cfg.llm, model_path)
+        scorer.progress = True
+    else:
+        engine = "hf"
+        scorer = None
+    hf = None
+
+    def hf_backend():
+        nonlocal hf
+        if hf is None:
+            hf = HFBackend(model_path, batch_size=cfg.llm.batch_size, dtype=cfg.llm.dtype, device=cfg.llm.device,
+                           threads=cfg.llm.threads)
+        return hf
+
+    backend = scorer or hf_backend()
+    result: dict = {"tag": tag, "model": str(model_path), "engine": engine}
+    if engine == "llamacpp":
+        result["gguf"] = scorer.gguf_path.name
 
     test = sample_rows(read_split(run_dir, "test"), rc.eval_rows, rc.seed)
     prompts = rec_prompts_for(test, read_item_texts(run_dir), cfg.data, rc.history_items)
@@ -83,7 +102,7 @@ def run_recgen_eval(run_dir: Path, cfg: Config, model_path: Path | None = None, 
         result["mmlu"] = {"skipped": "set recgen.mmlu_dir and recgen.mmlu_subjects to score MMLU"}
 
     _, held, ginfo = general_examples(run_dir, cfg)
-    result["general"] = {**perplexity(backend, held, rc.cutoff_len), "source": ginfo.get("source")}
+    result["general"] = {**perplexity(hf_backend(), held, rc.cutoff_len), "source": ginfo.get("source")}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(recgen_dir(run_dir) / f"eval_{tag}.json", result)
     mm = result["mmlu"].get("accuracy")

@@ -57,6 +57,7 @@ def test_auto_backend_follows_what_is_installed(monkeypatch):
     assert "pip install 'llmcf[llamacpp]'" in engine_line(LLMConfig(backend="auto"))
     monkeypatch.setattr(lb, "llama_cpp_available", lambda: True)
     assert backend_name(LLMConfig(backend="auto")) == "llamacpp"
+    assert backend_name(LLMConfig(backend="auto", model="/some/other/model")) == "hf"  # no GGUF template for it
     assert backend_name(LLMConfig(backend="HF")) == "hf"
     assert engine_line(LLMConfig(backend="auto")).startswith("LLM engine: llamacpp")
 

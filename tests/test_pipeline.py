@@ -23,7 +23,7 @@ def tiny_preset(tmp_path_factory):
         "models": ["DIN"], "variants": ["base", "full"], "seq_models": ["GRU4Rec"],
         "train": {"seeds": 1, "max_epochs": 1, "batch_size": 32},
         "seq": {"history_len": 5, "hidden": 8, "max_epochs": 1, "num_negatives": 5},
-        "llm": {"model": str(model), "batch_size": 4},
+        "llm": {"backend": "hf", "model": str(model), "batch_size": 4},  # a random tiny model: no GGUF template
         "recgen": {"max_steps": 1, "batch_size": 2, "num_rec": 8, "eval_rows": 8, "cutoff_len": 128,
                    "self_distill_max_new_tokens": 4, "heldout_general": 2, "history_items": 3},
         "cot": {"fraction": None, "count": 6, "candidates": 2, "max_new_tokens": 12, "history_items": 3,

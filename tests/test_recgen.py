@@ -139,6 +139,7 @@ def small_cfg(tiny_dir, method="lora", steps=30, lr=3e-2):
     rc.method, rc.max_steps, rc.lr, rc.batch_size, rc.grad_accum = method, steps, lr, 4, 1
     rc.warmup_ratio, rc.lora_r, rc.lora_alpha, rc.lora_dropout, rc.cutoff_len = 0.1, 8, 16, 0.0, 256
     cfg.llm.model, cfg.llm.device, cfg.llm.batch_size = str(tiny_dir), "cpu", 8
+    cfg.llm.backend = "hf"  # a random tiny model has no GGUF template for the llamacpp engine
     return cfg
 
 

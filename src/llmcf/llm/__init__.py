@@ -1,6 +1,6 @@
 """Offline LLM stage: generation backends, RecGen instruction tuning, CoT generation and selection.
 
-    backends/  the generation backends (registry ``BACKENDS``; one file per backend: hf, openai, vllm) and
+    backends/  the generation backends (registry ``BACKENDS``; one file per backend: hf, llamacpp, openai, vllm) and
                ``make_backend``; add a backend with one file and one ``BACKEND_MODULES`` entry (backends/factory.py)
     recgen/    RecGen instruction data (prompts, general prompts), tuning, evaluation (p(Yes) AUC, MMLU, perplexity)
     cot/       CoT prompts, generation (sharded, resumable) and scoring / selection

@@ -97,7 +97,7 @@ def _check_shapes(reader, config: dict, template: Path) -> None:
         have = reader.fields[key].contents() if key in reader.fields else None
         if have is not None and val is not None and int(have) != int(val):
             raise LLMCFError(f"gguf export: config.json {key.split('.', 1)[1]}={val} but template {template.name} "
-                             f"has {have}: give a template GGUF of the same architecture")
+                             f"has {have}: give a template GGUF of the same architecture (or set llm.backend: hf)")
 
 
 def export_gguf(model_dir: str | Path, out_path: str | Path, gguf_type: str = "q8_0",

@@ -29,12 +29,15 @@ def _register_all() -> None:
 
 
 def backend_name(cfg: LLMConfig) -> str:
-    """The engine ``cfg.backend`` names; ``auto`` is llamacpp when llama-cpp-python is installed, else hf."""
+    """The engine ``cfg.backend`` names. ``auto`` is llamacpp when llama-cpp-python is installed and the model is the
+    embedded SmolLM2 (its GGUF is the export template, so RecGen's tuned copy exports too), else hf."""
     name = str(cfg.backend).lower()
     if name == "auto":
         from llmcf.llm.backends.llamacpp import llama_cpp_available
+        from llmcf.llm.models import SMOLLM2_NAME
 
-        return "llamacpp" if llama_cpp_available() else "hf"
+        embedded = str(cfg.model).lower() in (SMOLLM2_NAME, "smollm2-135m-instruct")
+        return "llamacpp" if embedded and llama_cpp_available() else "hf"
     return name
 
 

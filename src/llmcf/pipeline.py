@@ -61,8 +61,10 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
     t_start = time.perf_counter()
 
     def data():
+        from llmcf.data.protocol import print_protocol
+
         ds = load_dataset(cfg.data.dataset, cfg.data.format)
-        build_run_data(ds, cfg.data, run_dir)
+        print_protocol(build_run_data(ds, cfg.data, run_dir))
 
     h = run_stage(run_dir, cfg, "data", "", data, force,
                   f"{cfg.data.dataset}, split {cfg.data.split}" +
@@ -96,6 +98,11 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
     h = run_stage(run_dir, cfg, "retrieve", h, lambda: run_retrieve(run_dir, cfg), force,
                   f"K={cfg.retrieval.k}, leakage rule {cfg.retrieval.leakage}")
 
+    from llmcf.estimate import JobsEstimate
+    from llmcf.plan import make_plan, pending_trainings
+
+    pending = pending_trainings(make_plan(cfg, run_dir, force))
+    jobs = JobsEstimate("train", pending).__enter__()  # prints the remaining time after the first trained seed
     _banner(f"train {', '.join(cfg.models)} x {', '.join(cfg.variants)} ({cfg.train.seeds} seed(s))")
     run = RunData(run_dir, cfg)
     summaries = []
@@ -116,10 +123,10 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
             for variant in seq_variants:
                 summaries.append(run_seq_train(run_dir, cfg_variant(cfg, variant), name, ict=variant == "full",
                                                run=seq_run))
+    jobs.__exit__(None, None, None)
     _banner("report")
     page = write_report(run_dir)
-    print_table(run_dir)
-    print(recgen_line(run_dir))
+    print_table(run_dir)  # its protocol section ends with the RecGen p(Yes) AUC lines (report.run_details)
     if cfg.data.max_users or cfg.recgen.max_steps or cfg.cot.count:
         print("\nreduced run: every stage ran for real at the reduced sizes shown above; the numbers are a smoke test "
               "of the pipeline, not a benchmark (see the README's Results for full-size runs).")

@@ -220,7 +220,7 @@ def test_plan_lists_cached_and_pending_stages_and_models(tmp_path, capsys, monke
 
 # ---------------------------------------------------------------------------- 4. RecGen's training data
 def test_recgen_trained_on_says_why_general_rows_were_fewer_than_asked():
-    from llmcf.llm.recgen_summary import trained_on, trained_on_line
+    from llmcf.llm.recgen.summary import trained_on, trained_on_line
 
     info = {"rec": 400, "rec_positive_share": 0.5, "general_wanted": 133, "general": 34,
             "general_source": {"source": "self-distilled", "read": 40, "kept": 40, "heldout": 6}}
@@ -257,12 +257,12 @@ def test_freed_memory_of_an_earlier_stage_is_not_counted_at_the_start():
 
     from llmcf.resources import PeakMemory, rss_mb
 
+    before = rss_mb()
     xs = [torch.ones(16, 1024) for _ in range(10000)]  # ~640 MB in 64 kB blocks (heap, not mmap)
-    del xs
-    held = rss_mb()  # freed, but the C heap keeps the pages
+    del xs  # freed, but the C heap usually keeps the pages (RSS stays ~640 MB higher without the trim)
     with PeakMemory() as m:
         pass
-    assert m.record()["rss_start_mb"] < held - 300  # handed back before the block started
+    assert m.record()["rss_start_mb"] < before + 200  # the freed 640 MB is not counted at the start
 
 
 def test_train_seeds_records_each_models_own_memory(tmp_path, monkeypatch):

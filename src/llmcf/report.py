@@ -110,7 +110,7 @@ def run_details(run_dir: Path, summaries: list[dict]) -> str:
     """The rest of the protocol, from the run directory: split details and OOV shares (data/stats.json), the RecGen
     p(Yes) AUC with what RecGen trained on (llm/recgen/eval_*.json), and each model's own peak memory."""
     from llmcf.data.protocol import protocol_lines
-    from llmcf.llm.recgen_summary import trained_on_line
+    from llmcf.llm.recgen.summary import trained_on_line
 
     run_dir = Path(run_dir)
     lines = []

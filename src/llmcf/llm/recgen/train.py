@@ -29,7 +29,7 @@ from llmcf.io import atomic_write_json
 from llmcf.llm.models import install_dir, resolve_model
 from llmcf.llm.recgen.data import (IGNORE, build_sft_mix, collate, examples_digest, recgen_dir,
                                    tokenize_example)
-from llmcf.llm.recgen_summary import trained_on, trained_on_line
+from llmcf.llm.recgen.summary import trained_on, trained_on_line
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 INFO_FILE = "recgen_train.json"

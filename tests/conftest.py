@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["LLMCF_CACHE_DIR"] = ""  # no per-machine rate cache in the home directory (tests of it set their own)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -1,12 +1,12 @@
 """Architecture check: every module imports, there is no import cycle between modules, and no import (module-level
 or deferred inside a function) runs back up a layer. The layers, bottom up (README "Architecture"):
 
-    0  io, errors, registry, fingerprint, rundir
+    0  io, errors, registry, fingerprint, rundir, progress, resources, estimate
     1  config
     2  data
     3  models, retrieval, llm, embed
     4  train
-    5  serve, pipeline, report
+    5  serve, pipeline, report, plan
     6  cli
 """
 import ast
@@ -17,12 +17,12 @@ from pathlib import Path
 import llmcf
 
 LAYERS = {
-    "io": 0, "errors": 0, "registry": 0, "fingerprint": 0, "rundir": 0,
+    "io": 0, "errors": 0, "registry": 0, "fingerprint": 0, "rundir": 0, "progress": 0, "resources": 0, "estimate": 0,
     "config": 1,
     "data": 2,
     "models": 3, "retrieval": 3, "llm": 3, "embed": 3,
     "train": 4,
-    "serve": 5, "pipeline": 5, "report": 5,
+    "serve": 5, "pipeline": 5, "report": 5, "plan": 5,
     "cli": 6,
 }
 SRC = Path(llmcf.__file__).parent

@@ -247,6 +247,9 @@ def test_run_recgen_train_then_eval_end_to_end(tiny_dir, tmp_path):
     assert saved["mmlu"]["n"] == 6 and 0 <= saved["mmlu"]["accuracy"] <= 1
     assert saved["general"]["n"] == 3 and math.isfinite(saved["general"]["perplexity"])
     assert res["rec"] == saved["rec"]
+    t = saved["trained_on"]  # what the evaluated model was tuned on, copied from train_info.json
+    assert t == info["trained_on"] and t["rec"] == 12 and t["general_asked"] == 4 and t["general"] == 4
+    assert t["steps"] == 3 and t["row_visits"] == 3 * cfg.recgen.batch_size * cfg.recgen.grad_accum
 
 
 # ---------------------------------------------------------------------------- MMLU

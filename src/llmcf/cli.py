@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmcf import __version__
+from llmcf import __version__, progress
 from llmcf.config import VARIANTS, Config, ConfigError, load_config, save_config
 from llmcf.errors import LLMCFError
 
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run every stage from one preset, skipping unchanged stages")
     r.add_argument("--out", type=Path, help="run directory (default runs/<preset name>)")
     r.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this stage (repeatable)")
+    r.add_argument("--plan", action="store_true", help="print the stages that would run, what is cached and time "
+                                                       "estimates from this machine's earlier runs; run nothing")
     _add_config_args(r)
 
     s = sub.add_parser("serve", help="serve a trained model over HTTP (scores, explanations; docs at /docs)")
@@ -120,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_data_build(args) -> None:
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
+    from llmcf.data.protocol import print_protocol
 
     from llmcf.data.checks import check_out_dir
 
@@ -136,6 +139,7 @@ def _cmd_data_build(args) -> None:
     for split in ("train", "valid", "test"):
         st = stats["splits"][split] if "splits" in stats else stats[split]
         print(f"  {split:<5} rows {st['rows']:>8}  users {st['users']:>6}  positive rate {st['positive_rate']:.3f}")
+    print_protocol(stats)
 
 
 def _cmd_train(args) -> None:
@@ -159,10 +163,15 @@ def _cmd_train(args) -> None:
         for name in names:
             run_seq_train(args.run, cfg, name, ict=args.ict, run=run, progress=not args.quiet)
         return
+    from llmcf.estimate import JobsEstimate
+    from llmcf.plan import ctr_seed_rows, pending_trainings
+
     names = [args.model] if args.model else cfg.models
-    for name in names:
-        summary = run_train(args.run, cfg, name, progress=not args.quiet)
-        print(format_summary(summary))
+    pending = pending_trainings([r for n in names for r in ctr_seed_rows(args.run, cfg, n)])
+    with JobsEstimate("train", pending):  # after the first trained seed: the time the others should take
+        for name in names:
+            summary = run_train(args.run, cfg, name, progress=not args.quiet)
+            print(format_summary(summary))
 
 
 def _cmd_stage(args) -> None:
@@ -211,6 +220,13 @@ def _cmd_run(args) -> None:
     from llmcf.data.checks import check_out_dir
 
     check_out_dir(out)
+    if args.plan:
+        from llmcf.pipeline import check_plan
+        from llmcf.plan import format_plan, make_plan
+
+        check_plan(cfg)
+        print(format_plan(make_plan(cfg, out, set(args.force)), out))
+        return
     run_pipeline(cfg, out, force=set(args.force))
 
 
@@ -247,6 +263,7 @@ def _cmd_serve(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    progress.install()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd is None or (args.cmd in ("data", "recgen", "cot") and args.sub is None):
@@ -264,11 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _cmd_stage(args)
     except (LLMCFError, ConfigError) as e:
-        print(f"llmcf: error: {e}", file=sys.stderr)
+        progress.error(str(e))
         return 1
     except KeyboardInterrupt:
+        progress.close_bars()
         print("llmcf: interrupted; completed work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    except BaseException:
+        progress.close_bars()  # a bug's traceback starts on its own line too
+        raise
     return 0
 
 

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from llmcf.estimate import EstimatingBar
 
 from llmcf.config import Config
 from llmcf.errors import DataError, LLMCFError
@@ -240,7 +240,8 @@ class Encoder:
         if todo:
             items = list(todo.items())
             show = progress if progress is not None else len(items) > self.chunk
-            with tqdm(total=len(items), unit="text", desc=desc, disable=not show, dynamic_ncols=True) as bar:
+            with EstimatingBar(total=len(items), unit="text", desc=desc, disable=not show, dynamic_ncols=True,
+                               rate_key="embed") as bar:
                 for s in range(0, len(items), self.chunk):
                     part = items[s:s + self.chunk]
                     vecs = self._encode_model([t for _, t in part])

@@ -64,8 +64,10 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
     print(f"[llm] {engine_line(cfg.llm)}", flush=True)
 
     def data():
+        from llmcf.data.protocol import print_protocol
+
         ds = load_dataset(cfg.data.dataset, cfg.data.format)
-        build_run_data(ds, cfg.data, run_dir)
+        print_protocol(build_run_data(ds, cfg.data, run_dir))
 
     h = run_stage(run_dir, cfg, "data", "", data, force,
                   f"{cfg.data.dataset}, split {cfg.data.split}" +
@@ -99,6 +101,11 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
     h = run_stage(run_dir, cfg, "retrieve", h, lambda: run_retrieve(run_dir, cfg), force,
                   f"K={cfg.retrieval.k}, leakage rule {cfg.retrieval.leakage}")
 
+    from llmcf.estimate import JobsEstimate
+    from llmcf.plan import make_plan, pending_trainings
+
+    pending = pending_trainings(make_plan(cfg, run_dir, force))
+    jobs = JobsEstimate("train", pending).__enter__()  # prints the remaining time after the first trained seed
     _banner(f"train {', '.join(cfg.models)} x {', '.join(cfg.variants)} ({cfg.train.seeds} seed(s))")
     run = RunData(run_dir, cfg)
     summaries = []
@@ -119,29 +126,16 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
             for variant in seq_variants:
                 summaries.append(run_seq_train(run_dir, cfg_variant(cfg, variant), name, ict=variant == "full",
                                                run=seq_run))
+    jobs.__exit__(None, None, None)
     _banner("report")
     page = write_report(run_dir)
-    print_table(run_dir)
-    print(recgen_line(run_dir))
+    print_table(run_dir)  # its protocol section ends with the RecGen p(Yes) AUC lines (report.run_details)
     print(engine_line(cfg.llm))
     if cfg.data.max_users or cfg.recgen.max_steps or cfg.cot.count:
         print("\nreduced run: every stage ran for real at the reduced sizes shown above; the numbers are a smoke test "
               "of the pipeline, not a benchmark (see the README's Results for full-size runs).")
     print(f"\nreport: {page}\nrun directory: {run_dir}  (total {time.perf_counter() - t_start:.0f}s)")
     return {"summaries": summaries, "report": str(page)}
-
-
-def recgen_line(run_dir: Path) -> str:
-    """RecGen's effect in one line: p(Yes) AUC of the base and tuned LLM on test rows (from eval_*.json)."""
-    parts, n = [], None
-    for tag in ("base", "tuned"):
-        p = RunDir(run_dir).recgen_eval(tag)
-        rec = json.loads(p.read_text()).get("rec", {}) if p.exists() else {}
-        if rec.get("auc") is not None:
-            parts.append(f"{tag} p(Yes) AUC {rec['auc']:.4f} (LogLoss {rec['logloss']:.4f})")
-            n = n or rec.get("n")
-    rows = f" on {n} test rows" if n else ""
-    return f"\nRecGen (the LLM itself as a recommender{rows}): " + ("; ".join(parts) if parts else "not evaluated")
 
 
 def check_names(names, registry, where: str) -> None:

@@ -69,6 +69,10 @@ def split_text(split: dict) -> str:
         how = "per-user chronological ratio split " + "/".join(f"{100 * x:g}" for x in r) + " (train/valid/test)"
     elif kind == "loo":
         how = "per-user chronological leave-one-out (last -> test, second-to-last -> valid)"
+    elif kind == "time":
+        from llmcf.data.protocol import split_line
+
+        how = split_line(split)
     elif kind:
         how = f"{kind} split"
     else:
@@ -100,6 +104,46 @@ def protocol_text(summaries: list[dict]) -> str:
     if seq:
         parts.append(f"sequential: {seq[0]['protocol'].get('ranking')}")
     return "\n".join(f"- {x}" for x in parts)
+
+
+def run_details(run_dir: Path, summaries: list[dict]) -> str:
+    """The rest of the protocol, from the run directory: split details and OOV shares (data/stats.json), the RecGen
+    p(Yes) AUC with what RecGen trained on (llm/recgen/eval_*.json), and each model's own peak memory."""
+    from llmcf.data.protocol import protocol_lines
+    from llmcf.llm.recgen.summary import trained_on_line
+
+    run_dir = Path(run_dir)
+    lines = []
+    stats_path = run_dir / "data" / "stats.json"
+    if stats_path.exists():
+        stats = json.loads(stats_path.read_text())
+        keep = ("time:", "OOV")  # split, label, negatives and history are in the split line above
+        lines += [f"data {ln.split(':', 1)[0].strip()}: {ln.split(':', 1)[1].strip()}" for ln in protocol_lines(stats)
+                  if ln.startswith(keep)]
+        sp = stats.get("splits", {})
+        if sp:
+            lines.append("rows train/valid/test: " + " / ".join(f"{sp[s]['rows']:,}" for s in ("train", "valid", "test")
+                                                                 if s in sp))
+    trained = None
+    for tag in ("base", "tuned"):
+        p = run_dir / "llm" / "recgen" / f"eval_{tag}.json"
+        if not p.exists():
+            continue
+        ev = json.loads(p.read_text())
+        rec = ev.get("rec", {})
+        if rec.get("auc") is not None:
+            lines.append(f"RecGen {tag} LLM p(Yes) AUC {rec['auc']:.4f}, LogLoss {rec['logloss']:.4f} "
+                         f"on {rec.get('n')} test rows")
+        trained = ev.get("trained_on") or trained
+    if trained:
+        lines.append(trained_on_line(trained))
+    mem = [s for s in summaries if s.get("peak_rss_mb") is not None]
+    if mem:
+        lines.append("peak memory per model (RSS during its own training; + what it added): " + ", ".join(
+            f"{s['tag']} {s['peak_rss_mb']:.0f} MB" + (f" (+{s['peak_delta_mb']:.0f})"
+                                                       if s.get("peak_delta_mb") is not None else "")
+            for s in _ordered(mem)))
+    return "\n".join(f"- {x}" for x in lines)
 
 
 def _plots(run_dir: Path, summaries: list[dict], out: Path) -> list[str]:
@@ -153,7 +197,7 @@ def write_report(run_dir: Path) -> Path:
     table = results_table(summaries)
     if seq_table(summaries):
         table += "\n\nSequential (full ranking over all items):\n\n" + seq_table(summaries)
-    proto = protocol_text(summaries)
+    proto = "\n".join(x for x in (protocol_text(summaries), run_details(run_dir, summaries)) if x)
     plots = _plots(run_dir, summaries, out)
     md = [f"# llmcf results: {run_dir.name}", "", table, "", "## Protocol", proto, ""]
     md += [f"![{p}]({p})" for p in plots]
@@ -171,4 +215,4 @@ def print_table(run_dir: Path) -> None:
     print(results_table(summaries))
     if seq_table(summaries):
         print("\nsequential (full ranking over all items):\n" + seq_table(summaries))
-    print("\nprotocol:\n" + protocol_text(summaries))
+    print("\nprotocol:\n" + "\n".join(x for x in (protocol_text(summaries), run_details(run_dir, summaries)) if x))

@@ -72,6 +72,15 @@ def _oov_rates(df: pd.DataFrame, vocab: Vocab) -> dict:
             "item": float((vocab.encode_items(df["item_id"]) == 1).mean())}
 
 
+def _oov_ids(df: pd.DataFrame, train: pd.DataFrame) -> dict:
+    """Share of the split's distinct users / items that never occur in train."""
+    out = {}
+    for f in ("user", "item"):
+        ids = pd.unique(df[f"{f}_id"])
+        out[f] = float(np.mean(~pd.Series(ids).isin(train[f"{f}_id"]))) if len(ids) else 0.0
+    return out
+
+
 def build_run_data(ds: RawDataset, cfg: DataConfig, run_dir: str | Path, show_progress: bool = True) -> dict:
     """Build samples, splits and vocabulary; write them under run_dir/data; return the stats (as in stats.json)."""
     t0 = time.perf_counter()
@@ -123,6 +132,7 @@ def build_run_data(ds: RawDataset, cfg: DataConfig, run_dir: str | Path, show_pr
                  "splits": {s: split_stats(parts[s]) for s in SPLITS},
                  "vocab": {f: vocab.size(f) for f in ("user", "item", "brand", "category")},
                  "oov_rate": {s: _oov_rates(parts[s], vocab) for s in ("valid", "test")},
+                 "oov_ids": {s: _oov_ids(parts[s], parts["train"]) for s in ("valid", "test")},
                  "files": {f: file_digest(out / f) for f in DATA_FILES if (out / f).exists()},
                  "seconds": round(time.perf_counter() - t0, 2)}
         atomic_write_json(out / "stats.json", stats)

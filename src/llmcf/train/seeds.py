@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from llmcf.config import Config, save_config
+from llmcf.estimate import trained
 from llmcf.io import atomic_path, atomic_write_json
+from llmcf.resources import PeakMemory
 from llmcf.train.loop import FitResult
 
 
@@ -82,7 +84,8 @@ def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: ran
         torch.manual_seed(seed)
         np.random.seed(seed)
         t0 = time.perf_counter()
-        model, res = train_one(seed)
+        with PeakMemory() as mem:
+            model, res = train_one(seed)
         staging = Path(out_dir) / f"{STAGING}{sdir.name}"
         if staging.exists():
             shutil.rmtree(staging)
@@ -95,9 +98,13 @@ def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: ran
         record = {"model": model_name, "tag": tag, "seed": seed, "config_hash": chash, **asdict(res),
                   "wall_seconds": time.perf_counter() - t0,
                   "params": int(sum(p.numel() for p in model.parameters()))}
+        memory = mem.record()  # this model's own peak (see llmcf.resources), not the process's high-water mark
+        record.update(memory=memory, process_peak_rss_mb=record["peak_rss_mb"],
+                      peak_rss_mb=memory["rss_peak_mb"])
         atomic_write_json(staging / "result.json", record)  # last: a staging dir with result.json is complete
         publish_dir(staging, sdir)
         results.append(record)
+        trained(tag, record["wall_seconds"])
         print(f"[train] {tag} seed {seed}: best epoch {res.best_epoch}  {done_line(res)}  "
               f"({res.seconds_per_epoch:.1f}s/epoch)")
     return results

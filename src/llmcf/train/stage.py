@@ -20,6 +20,7 @@ import torch
 from llmcf.config import Config, save_config
 from llmcf.fingerprint import ctr_config_hash
 from llmcf.io import atomic_write_json
+from llmcf.resources import summary_memory
 from llmcf.rundir import RunDir
 from llmcf.train.ctr_task import CTRTask, RunData, variant_tag  # noqa: F401  (RunData, variant_tag: public API)
 from llmcf.train.loop import FitResult
@@ -71,7 +72,7 @@ def train_model(run_dir: str | Path, task: Task, cfg: Config, model_name: str, p
                          if m in results[0]["valid"]},
                **task.summary_tail(results),
                "seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in results]),
-               "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
+               **summary_memory(results)}
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
 

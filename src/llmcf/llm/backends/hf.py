@@ -91,9 +91,10 @@ class HFBackend:
         return np.argsort(-np.asarray(lens), kind="stable")
 
     def _bar(self, total: int, desc: str):
-        from tqdm.auto import tqdm
+        from llmcf.estimate import EstimatingBar
 
-        return tqdm(total=total, desc=desc, unit="prompt", disable=not self.progress, dynamic_ncols=True)
+        return EstimatingBar(total=total, desc=desc, unit="prompt", disable=not self.progress, dynamic_ncols=True,
+                             rate_key=f"llm {desc}")
 
     # ---------------------------------------------------------------- generation
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[str]]:

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from llmcf.estimate import EstimatingBar
 
 from llmcf import fingerprint
 from llmcf.config import Config
@@ -229,7 +229,8 @@ def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
         bs = max(1, cfg.llm.batch_size)
         if hasattr(backend, "progress"):
             backend.progress = False  # one bar (ours) instead of one per call
-        with tqdm(total=n_rows, initial=done_rows, unit="row", desc="cot generate", dynamic_ncols=True) as bar:
+        with EstimatingBar(total=n_rows, initial=done_rows, unit="row", desc="cot generate", dynamic_ncols=True,
+                           rate_key="cot generate") as bar:
             for k in pending:
                 rows = pool.iloc[k * S:(k + 1) * S]
                 records = []

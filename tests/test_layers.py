@@ -5,8 +5,8 @@ or deferred inside a function) runs back up a layer. The layers, bottom up (READ
     1  config
     2  data
     3  models, retrieval, llm, embed
-    4  train
-    5  serve, pipeline, report, plan
+    4  train, slices
+    5  serve, pipeline, report, plan, tune
     6  cli
 """
 import ast
@@ -21,8 +21,8 @@ LAYERS = {
     "config": 1,
     "data": 2,
     "models": 3, "retrieval": 3, "llm": 3, "embed": 3,
-    "train": 4,
-    "serve": 5, "pipeline": 5, "report": 5, "plan": 5,
+    "train": 4, "slices": 4,
+    "serve": 5, "pipeline": 5, "report": 5, "plan": 5, "tune": 5,
     "cli": 6,
 }
 SRC = Path(llmcf.__file__).parent

@@ -119,3 +119,20 @@ def test_result_hash_leaves_out_which_seeds_run():
     assert config_hash(a) == config_hash(b)  # more seeds keep the trained ones
     b.train.lr = 0.5
     assert config_hash(a) != config_hash(b)
+
+
+def test_validate_start_keeps_the_starting_weights_when_training_only_hurts():
+    torch.manual_seed(0)
+    tr, va = make_split(1000, 0), make_split(400, 1)
+    model = TinyModel()
+    with torch.no_grad():  # start from a good model: liked items 0-9 up, the rest down
+        model.bias.weight[:10] = 2.0
+        model.bias.weight[10:] = -2.0
+    start = model.bias.weight.detach().clone()
+    flipped = {**tr, "label": 1.0 - tr["label"]}  # training on flipped labels can only make validation worse
+    cfg = TrainConfig(lr=0.5, weight_decay=0.0, batch_size=64, max_epochs=3, patience=2)
+    res = fit(model, ArrayBatches(flipped, 64, shuffle=True), ArrayBatches(va, 256), va["label"], cfg,
+              progress=False, validate_start=True)
+    assert res.best_epoch == 0 and res.curve[0]["epoch"] == 0
+    assert torch.equal(model.bias.weight, start)  # the starting weights were kept
+    assert res.curve[1]["valid_auc"] < res.curve[0]["valid_auc"]

@@ -25,7 +25,8 @@ stages (each reads/writes files in a run directory):
   embed        sentence-encoder embeddings of item texts and CoTs              (runs/<name>/embed/)
   retrieve     CoT bank, FAISS index, in-context example ids for every row     (runs/<name>/retrieval/)
   train        a backbone with or without the ICT module, over seeds           (runs/<name>/models/<tag>/)
-  report       tables and plots of every trained model                         (runs/<name>/report/)
+  tune         Optuna search of a backbone (± ICT) on validation AUC           (runs/<name>/tune/<tag>/)
+  report       tables, slices and plots of every trained model and study       (runs/<name>/report/)
   run          all of the above from one preset, skipping unchanged stages
 
 example:
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--variant", choices=list(VARIANTS[1:]), help="ICT variant (with --ict)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_args(t)
+
+    tu = sub.add_parser("tune", help="hyper-parameter search (Optuna TPE) of a backbone (± ICT) on valid AUC")
+    tu.add_argument("--run", required=True, type=Path)
+    tu.add_argument("--model", required=True, help="DeepFM | xDeepFM | DCN | DCNv2 | AutoInt | DIN")
+    tu.add_argument("--ict", action="store_true", help="tune LLM-CF (the backbone with the ICT module)")
+    tu.add_argument("--variant", choices=["full", "no_cot", "mean_pool"], help="ICT variant (with --ict)")
+    tu.add_argument("--trials", type=int, help="finished trials wanted (default tune.trials); a rerun resumes")
+    _add_config_args(tu)
 
     rg = sub.add_parser("recgen", help="RecGen instruction tuning of the LLM").add_subparsers(dest="sub",
                                                                                              metavar="train|eval")
@@ -172,6 +181,18 @@ def _cmd_train(args) -> None:
         for name in names:
             summary = run_train(args.run, cfg, name, progress=not args.quiet)
             print(format_summary(summary))
+
+
+def _cmd_tune(args) -> None:
+    from llmcf.tune import run_tune
+
+    cfg = _config_for_run(args, args.run)
+    if args.ict or args.variant:
+        cfg.ict.enabled = True
+        cfg.ict.variant = args.variant or cfg.ict.variant
+    else:
+        cfg.ict.enabled = False
+    run_tune(args.run, cfg, args.model, trials=args.trials)
 
 
 def _cmd_stage(args) -> None:
@@ -276,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_train(args)
         elif args.cmd == "run":
             _cmd_run(args)
+        elif args.cmd == "tune":
+            _cmd_tune(args)
         elif args.cmd == "serve":
             _cmd_serve(args)
         else:

@@ -102,6 +102,8 @@ class TrainConfig:
     """L2 on the ICT module's own parameters (the backbone keeps ``weight_decay``). Adam's coupled L2 at lr 0.01 drives
     weights with small gradients to zero: with 1e-4 the decoder's attention weights collapsed (mean |w| ~3e-4, uniform
     attention) on ml-100k, so the default is none."""
+    ict_lr: float | None = None
+    """Adam learning rate of the ICT module's own parameters (None = ``lr``)."""
 
 
 @dataclass
@@ -217,6 +219,10 @@ class RetrievalConfig:
     nprobe: int = 16
     hnsw_m: int = 32
     hnsw_ef_construction: int = 40
+    bank: str = "cot"
+    """cot (the paper: the bank is the train rows with a kept CoT) | hybrid (every train row is a candidate; rows
+    without a CoT carry the ICT's learned "no CoT" token instead, so coverage no longer depends on how many CoTs
+    the LLM wrote)."""
     hnsw_ef_search: int = 64
     """HNSW search breadth (raised to the fetch size when that is larger)."""
     margin: int = 16
@@ -238,6 +244,17 @@ class ICTConfig:
     dropout: float = 0.1
     field_dim: int = 16
     """Size of the ICT's own field embeddings (user, item, brand, category) inside each features token."""
+    fusion: str = "concat"
+    """concat (the paper: the ICT vector is an extra input of the backbone) | residual (safe fusion: the backbone is
+    built exactly as without the ICT and the ICT adds ``MLP(w)`` to its logit through a zero-initialised last layer,
+    so LLM-CF starts equal to the backbone and moves away only where training says so). Ranking task only."""
+    sim_input: bool = False
+    """Add each example's retrieval similarity to the query (``Linear(1, dim)`` of the score) to its tokens (needs
+    the ``<split>_sim.npy`` files every ``llmcf retrieve`` writes). Ranking task only."""
+    warm_start: bool = False
+    """With fusion=residual: start the backbone from the trained base model of the same seed
+    (``models/<backbone>/seed_<s>/model.safetensors``; train the base first) and keep those weights if no epoch
+    beats them on validation."""
 
 
 @dataclass
@@ -288,6 +305,50 @@ class ServeConfig:
     transport error (scoring is idempotent)."""
 
 
+def _tune_space() -> dict[str, Any]:
+    return {"train.lr": {"low": 1e-4, "high": 3e-2, "log": True},
+            "train.weight_decay": {"low": 1e-7, "high": 1e-3, "log": True},
+            "model.embed_dim": {"choices": [16, 32, 64]},
+            "model.dropout": {"low": 0.0, "high": 0.5}}
+
+
+def _tune_models() -> dict[str, Any]:
+    return {"DeepFM": {"model.mlp": {"choices": [[200, 80], [256, 128, 64], [128, 64]]}},
+            "xDeepFM": {"model.params.cin_layers": {"choices": [[100, 100], [64, 64], [128, 128, 128]]}},
+            "DCN": {"model.params.cross_layers": {"low": 1, "high": 4}},
+            "DCNv2": {"model.params.cross_layers": {"low": 1, "high": 4}},
+            "AutoInt": {"model.params.attention_layers": {"low": 1, "high": 3},
+                        "model.params.num_heads": {"choices": [1, 2, 4]}},
+            "DIN": {"model.params.attention_mlp": {"choices": [[80, 40], [64, 32], [128, 64]]}}}
+
+
+def _tune_ict() -> dict[str, Any]:
+    return {"ict.dim": {"choices": [16, 32, 64]},
+            "ict.layers": {"low": 1, "high": 3},
+            "train.ict_lr": {"low": 1e-4, "high": 3e-2, "log": True},
+            "ict.recon_weight": {"choices": [0.0, 0.1, 1.0]},
+            "retrieval.k": {"choices": [2, 4, 8]}}
+
+
+@dataclass
+class TuneConfig:
+    """`llmcf tune` (llmcf.tune): Optuna TPE search on validation AUC. A search space maps a dotted config field to
+    a distribution: ``{low, high}`` (float; ``log: true`` for a log scale; integers when both bounds are integers,
+    optional ``step``) or ``{choices: [...]}`` (any YAML values, lists included). The space of a trial is ``space``
+    (every backbone) ∪ ``models[<backbone>]`` ∪ (with --ict) ``ict``; a later one overrides an earlier one's field
+    and a field mapped to null is left out. Setting ``models`` in a preset replaces the shipped per-backbone table."""
+
+    trials: int = 20
+    """Trials per study (``--trials`` overrides): give the backbone and LLM-CF the same number."""
+    seed: int = 0
+    """Seed of the TPE sampler."""
+    startup_trials: int = 5
+    """Random trials before TPE starts modelling."""
+    space: dict[str, Any] = field(default_factory=_tune_space)
+    models: dict[str, Any] = field(default_factory=_tune_models)
+    ict: dict[str, Any] = field(default_factory=_tune_ict)
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -301,6 +362,7 @@ class Config:
     ict: ICTConfig = field(default_factory=ICTConfig)
     seq: SeqConfig = field(default_factory=SeqConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     models: list[str] = field(default_factory=lambda: ["DIN"])
     """Backbones trained by ``llmcf run``."""
     seq_models: list[str] = field(default_factory=list)

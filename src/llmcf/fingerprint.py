@@ -21,6 +21,12 @@ NOT_HASHED: dict[str, tuple[str, ...]] = {"recgen": ("micro_batch",), "data": ("
 """Settings that change how a stage runs (memory, whether it refuses some input), not what it writes: left out of the
 stage and model hashes."""
 
+ADDED_AT_DEFAULT: dict[tuple[str, str], object] = {("train", "ict_lr"): None, ("ict", "fusion"): "concat",
+                                                   ("ict", "warm_start"): False, ("ict", "sim_input"): False,
+                                                   ("retrieval", "bank"): "cot"}
+"""Config fields added after results were recorded: left out of every hash while at their default (the behaviour
+before they existed), so adding a switch neither reruns a stage nor retrains a cached seed."""
+
 SEED_FIELDS = ("seed", "seeds")
 """train.* fields that say which seeds to run; one seed's result does not depend on them."""
 
@@ -94,8 +100,15 @@ def dir_fingerprint(path: Path) -> str:
 
 
 # ---- config hashes ------------------------------------------------------------------------------------------------
+def without_added_defaults(section: str, values: dict) -> dict:
+    """One config section (as a dict) less its ``ADDED_AT_DEFAULT`` fields that are still at their default."""
+    return {f: v for f, v in values.items()
+            if (section, f) not in ADDED_AT_DEFAULT or ADDED_AT_DEFAULT[(section, f)] != v}
+
+
 def section_payload(cfg, *names: str) -> dict:
-    """The named config sections (or ``section.field`` values) as a dict, without their ``NOT_HASHED`` fields."""
+    """The named config sections (or ``section.field`` values) as a dict, without their ``NOT_HASHED`` fields (nor
+    ``ADDED_AT_DEFAULT`` ones at their default)."""
     d = cfg.to_dict()
     out = {}
     for n in names:
@@ -103,8 +116,8 @@ def section_payload(cfg, *names: str) -> dict:
             sec, f = n.split(".", 1)
             out[n] = d[sec][f]
         else:
-            out[n] = {k: v for k, v in d[n].items() if k not in NOT_HASHED.get(n, ())} if isinstance(d[n], dict) \
-                else d[n]
+            out[n] = {k: v for k, v in without_added_defaults(n, d[n]).items() if k not in NOT_HASHED.get(n, ())} \
+                if isinstance(d[n], dict) else d[n]
     return out
 
 
@@ -120,7 +133,9 @@ def stage_hash(cfg, stage: str, upstream: str) -> str:
 
 def seed_hash(payload: dict) -> str:
     """Hash of the config one seed's training reads (``payload``: section -> dict), without ``SEED_FIELDS`` of the
-    ``train`` section, so asking for more seeds keeps the ones already trained."""
+    ``train`` section, so asking for more seeds keeps the ones already trained (``ADDED_AT_DEFAULT`` fields at their
+    default are left out too)."""
+    payload = {k: without_added_defaults(k, sec) if isinstance(sec, dict) else sec for k, sec in payload.items()}
     free = {k: ({f: v for f, v in sec.items() if f not in SEED_FIELDS} if k == "train" else sec)
             for k, sec in payload.items()}
     return digest(free)
@@ -179,7 +194,7 @@ RETRIEVAL_INPUTS = ("cot/selected.parquet", "embed/cot.npy", "embed/items.npy", 
 
 def retrieval_fingerprint(run_dir: Path, retrieval_cfg: dict) -> str:
     """What ``llmcf retrieve`` read: its config and the file state of its inputs (``RETRIEVAL_INPUTS``)."""
-    parts = [json.dumps(retrieval_cfg, sort_keys=True)]
+    parts = [json.dumps(without_added_defaults("retrieval", retrieval_cfg), sort_keys=True)]
     for rel in RETRIEVAL_INPUTS:
         st = (Path(run_dir) / rel).stat()
         parts.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")

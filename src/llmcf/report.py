@@ -189,6 +189,22 @@ def _plots(run_dir: Path, summaries: list[dict], out: Path) -> list[str]:
     return files
 
 
+def _slices_and_studies(run_dir: Path, summaries: list[dict], out: Path) -> tuple[list[str], list[str]]:
+    """Markdown sections (slices by user/item training rows; tuning studies) and their plot files."""
+    from llmcf.slices import run_slices, slices_markdown, write_slices_json
+    from llmcf.tune import load_tune_summaries, tune_markdown, tune_plots
+
+    md: list[str] = []
+    sl = run_slices(run_dir, summaries)
+    if sl["models"]:
+        write_slices_json(out / "slices.json", sl)
+        md += ["## Slices (test; mean over seeds)", slices_markdown(sl), ""]
+    studies = load_tune_summaries(run_dir)
+    if studies:
+        md += ["## Tuning studies (llmcf tune)", tune_markdown(studies), ""]
+    return md, tune_plots(studies, out) if studies else []
+
+
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     out = run_dir / "report"
@@ -199,8 +215,11 @@ def write_report(run_dir: Path) -> Path:
         table += "\n\nSequential (full ranking over all items):\n\n" + seq_table(summaries)
     proto = "\n".join(x for x in (protocol_text(summaries), run_details(run_dir, summaries)) if x)
     plots = _plots(run_dir, summaries, out)
-    md = [f"# llmcf results: {run_dir.name}", "", table, "", "## Protocol", proto, ""]
-    md += [f"![{p}]({p})" for p in plots]
+    extra, extra_plots = _slices_and_studies(run_dir, summaries, out)
+    md = [f"# llmcf results: {run_dir.name}", "", table, "", "## Protocol", proto, "", *extra]
+    md += [f"![{p}]({p})" for p in plots + extra_plots]
+    plots = plots + extra_plots
+    table = "\n\n".join([table, *extra])
     atomic_write_text(out / "results.md", "\n".join(md) + "\n")
     body = "".join(f"<p><img src='{html.escape(p)}'></p>" for p in plots)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>llmcf {html.escape(run_dir.name)}</title>"

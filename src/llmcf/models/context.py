@@ -56,9 +56,9 @@ class ContextBank:
                             f"label {len(label)}, cot_row {len(cot_row)}", field="bank")
         if cot.ndim != 2:
             raise DataError(f"CoT embeddings must be [n, D], got shape {cot.shape}", field="cot")
-        if n and (cot_row.min() < 0 or cot_row.max() >= len(cot)):
-            raise DataError(f"cot_row must lie in [0, {len(cot)}), got [{cot_row.min()}, {cot_row.max()}]",
-                            field="cot_row")
+        if n and (cot_row.min() < -1 or cot_row.max() >= len(cot)):
+            raise DataError(f"cot_row must lie in [-1, {len(cot)}) (-1: a row without CoT, hybrid bank), got "
+                            f"[{cot_row.min()}, {cot_row.max()}]", field="cot_row")
         label = np.asarray(label, dtype=np.int64)
         if n and not np.isin(label, (0, 1)).all():
             raise DataError("labels must be 0 or 1", field="label")
@@ -68,8 +68,11 @@ class ContextBank:
         self._hist = np.vstack([hist, np.zeros((1, hist.shape[1]), dtype=np.int64)])
         self._label = np.append(label, 0)
         self._cot = np.vstack([cot, np.zeros((1, cot.shape[1]), dtype=np.float32)])
-        self._cot_row = np.append(cot_row, len(cot))
+        self._has_cot = np.append(cot_row >= 0, False)
+        self._cot_row = np.append(np.where(cot_row >= 0, cot_row, len(cot)), len(cot))
         self.n, self.hist_len, self.cot_dim = n, hist.shape[1], cot.shape[1]
+        self.cot_gaps = bool(n and (cot_row < 0).any())
+        """Some rows carry no CoT (a hybrid bank): the ICT then needs its learned "no CoT" token."""
 
     def __len__(self) -> int:
         return self.n
@@ -77,8 +80,8 @@ class ContextBank:
     def gather(self, ctx_idx: np.ndarray) -> dict[str, torch.Tensor]:
         """ctx_idx [B, K] bank rows (-1 = missing) -> ctx_user/ctx_item [B,K], ctx_hist [B,K,L], ctx_label [B,K]
         int64, ctx_cot [B,K,D] float32, ctx_mask [B,K] bool, ctx_row [B,K] int64 (bank row; ``n`` for a missing
-        slot — lets the ICT compute each distinct example's features once per batch); missing slots are zeros with
-        mask False."""
+        slot — lets the ICT compute each distinct example's features once per batch), and for a bank with rows
+        without CoT ctx_has_cot [B,K] bool; missing slots are zeros with mask False."""
         idx = np.asarray(ctx_idx)
         if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
             raise DataError(f"expected integer bank row ids [B, K], got {idx.dtype} {idx.shape}", field="ctx_idx")
@@ -95,6 +98,7 @@ class ContextBank:
             "ctx_cot": torch.from_numpy(self._cot[self._cot_row[rows]]),
             "ctx_mask": torch.from_numpy(mask),
             "ctx_row": torch.from_numpy(rows.astype(np.int64, copy=False)),
+            **({"ctx_has_cot": torch.from_numpy(self._has_cot[rows])} if self.cot_gaps else {}),
         }
 
     @classmethod

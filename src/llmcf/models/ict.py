@@ -17,7 +17,13 @@ Variants:
     no_cot     [f1,y1, ..., fK,yK, fq], no CoT tokens, no reconstruction loss
     mean_pool  w = MLP(mean of the present example tokens and f_q); no decoder, no reconstruction loss
 
-Hyper-parameters (defaults): dim=32, layers=2, heads=2, variant="full", dropout=0.1, field_dim=16, recon_weight=1.0.
+Options:
+    no_cot_token  a learned CoT token for examples without a CoT (``ctx_has_cot`` False: the hybrid bank); their
+                  reconstruction term is left out
+    sim_input     each example's retrieval similarity ``ctx_sim`` [B,K] enters all its tokens as ``Linear(1, dim)``
+
+Hyper-parameters (defaults): dim=32, layers=2, heads=2, variant="full", dropout=0.1, field_dim=16, recon_weight=1.0,
+no_cot_token=False, sim_input=False.
 Batch inputs: the encoded batch (user, item, hist) plus ctx_user [B,K], ctx_item [B,K], ctx_hist [B,K,L],
 ctx_label [B,K] int64, ctx_cot [B,K,D] float32 (unused by no_cot), ctx_mask [B,K] bool, and optionally ctx_row [B,K]
 int64 (bank row ids: equal ids must carry equal inputs; when scoring, their features token is computed once per
@@ -51,7 +57,7 @@ def _bag_mean(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 class ICT(nn.Module):
     def __init__(self, schema: FeatureSchema, item_text: torch.Tensor, cot_dim: int | None = None, dim: int = 32,
                  layers: int = 2, heads: int = 2, variant: str = "full", dropout: float = 0.1, field_dim: int = 16,
-                 recon_weight: float = 1.0):
+                 recon_weight: float = 1.0, no_cot_token: bool = False, sim_input: bool = False):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"ICT variant '{variant}': expected one of {', '.join(VARIANTS)}")
@@ -89,6 +95,8 @@ class ICT(nn.Module):
         if variant == "full":
             self.recon_head = _mlp(dim, 2 * dim, text_dim)
         self.tokens_per_example = 3 if self.uses_cot else 2
+        self.no_cot = nn.Parameter(torch.zeros(dim)) if no_cot_token and self.uses_cot else None
+        self.sim_proj = nn.Linear(1, dim) if sim_input else None
 
     # ---- tokens -------------------------------------------------------------------------------------------------
     def features(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
@@ -115,7 +123,9 @@ class ICT(nn.Module):
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Input sequence [B, T, dim] and key-present mask [B, T] (T = tokens_per_example·K + 1)."""
-        missing = [k for k in CTX_KEYS + (("ctx_cot",) if self.uses_cot else ()) if k not in batch]
+        need = CTX_KEYS + (("ctx_cot",) if self.uses_cot else ()) + (("ctx_sim",) if self.sim_proj else ()) + \
+            (("ctx_has_cot",) if self.no_cot is not None else ())
+        missing = [k for k in need if k not in batch]
         if missing:
             raise DataError(f"batch lacks the in-context inputs {missing}: gather them with ContextBank.gather",
                             field=missing[0])
@@ -139,10 +149,16 @@ class ICT(nn.Module):
         f_ex = (f_ex[inv] if inv is not None else f_ex).view(b, k, -1)
         parts = [f_ex]
         if self.uses_cot:
-            parts.append(self.text_mlp(batch["ctx_cot"].to(self.item_text.dtype)))
+            cot = self.text_mlp(batch["ctx_cot"].to(self.item_text.dtype))
+            if self.no_cot is not None:
+                cot = torch.where(batch["ctx_has_cot"].bool()[..., None], cot, self.no_cot)
+            parts.append(cot)
         parts.append(self.label_emb(batch["ctx_label"].long()))
         mask = batch["ctx_mask"].bool()
-        ex = torch.stack(parts, 2) * mask[:, :, None, None]  # [B, K, tpe, dim], missing examples zeroed
+        ex = torch.stack(parts, 2)
+        if self.sim_proj is not None:
+            ex = ex + self.sim_proj(batch["ctx_sim"].to(ex.dtype)[..., None])[:, :, None, :]
+        ex = ex * mask[:, :, None, None]  # [B, K, tpe, dim], missing examples zeroed
         seq = torch.cat([ex.reshape(b, k * self.tokens_per_example, -1), f_q[:, None]], 1)
         present = torch.cat([mask.repeat_interleave(self.tokens_per_example, 1),
                              torch.ones(b, 1, dtype=torch.bool, device=mask.device)], 1)
@@ -179,7 +195,10 @@ class ICT(nn.Module):
         out = self.encode(batch, need_weights=return_attention)
         losses = {}
         if self.variant == "full":
-            losses["recon"] = self.recon_loss(out["hidden"], batch["ctx_cot"], batch["ctx_mask"].bool())
+            mask = batch["ctx_mask"].bool()
+            if self.no_cot is not None:
+                mask = mask & batch["ctx_has_cot"].bool()
+            losses["recon"] = self.recon_loss(out["hidden"], batch["ctx_cot"], mask)
         if return_attention:
             return out["w"], losses, out["attention"][:, :, -1, :]
         return out["w"], losses

@@ -6,6 +6,8 @@ nothing about the target reaches the user vector. ``build_model`` picks a rankin
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -15,25 +17,40 @@ from llmcf.errors import DataError
 from llmcf.models.ict import ICT
 
 
-def build_ict(schema: FeatureSchema, item_text: torch.Tensor | None, cot_dim: int | None, cfg: ICTConfig) -> ICT:
-    """The ICT module of ``cfg`` (dim, layers, heads, variant, dropout, field_dim, recon_weight) over ``schema``.
+def build_ict(schema: FeatureSchema, item_text: torch.Tensor | None, cot_dim: int | None, cfg: ICTConfig,
+              cot_gaps: bool = False) -> ICT:
+    """The ICT module of ``cfg`` (dim, layers, heads, variant, dropout, field_dim, recon_weight, sim_input) over
+    ``schema``.
 
     item_text: [n_items, D] text embedding per item id (``llmcf.rundir.TrainedInputs.item_text``); cot_dim: D of the
-    CoT bank."""
+    CoT bank; cot_gaps: the bank has rows without CoT (hybrid bank: the ICT gets its learned "no CoT" token)."""
     if item_text is None:
         raise DataError("the ICT needs the item text matrix (run `llmcf embed`)", field="item_text")
     return ICT(schema, item_text, cot_dim, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads, variant=cfg.variant,
-               dropout=cfg.dropout, field_dim=cfg.field_dim, recon_weight=cfg.recon_weight)
+               dropout=cfg.dropout, field_dim=cfg.field_dim, recon_weight=cfg.recon_weight, no_cot_token=cot_gaps,
+               sim_input=cfg.sim_input)
+
+
+FUSIONS = ("concat", "residual")
 
 
 class LLMCFModel(nn.Module):
     """backbone(batch, extra=ICT(query)); losses = backbone losses ∪ ICT losses (the trainer adds the task loss).
 
-    The output is the backbone's (``logit`` for ranking, ``user_vec`` for sequential) with the merged losses."""
+    The output is the backbone's (``logit`` for ranking, ``user_vec`` for sequential) with the merged losses.
+    fusion="residual" (safe fusion, ranking): the backbone takes no extra input and the logit is
+    ``backbone(batch) + head(w)`` with ``head = Linear(dim, dim) → SiLU → Linear(dim, 1)`` whose last layer starts at
+    zero, so at initialisation the output equals the backbone's and the ICT's path opens only as training moves it."""
 
-    def __init__(self, backbone: nn.Module, ict: ICT, hide_target: bool = False):
+    def __init__(self, backbone: nn.Module, ict: ICT, hide_target: bool = False, fusion: str = "concat"):
         super().__init__()
-        self.backbone, self.ict, self.hide_target = backbone, ict, hide_target
+        if fusion not in FUSIONS:
+            raise ValueError(f"ict.fusion '{fusion}': expected one of {', '.join(FUSIONS)}")
+        self.backbone, self.ict, self.hide_target, self.fusion = backbone, ict, hide_target, fusion
+        if fusion == "residual":
+            self.ict_head = nn.Sequential(nn.Linear(ict.dim, ict.dim), nn.SiLU(), nn.Linear(ict.dim, 1))
+            nn.init.zeros_(self.ict_head[2].weight)
+            nn.init.zeros_(self.ict_head[2].bias)
 
     def item_vectors(self) -> torch.Tensor:
         """The backbone's item table (sequential backbones)."""
@@ -48,7 +65,11 @@ class LLMCFModel(nn.Module):
             w, ict_losses, attn = self.ict(query, return_attention=True)
         else:
             w, ict_losses = self.ict(query)
-        out = self.backbone(batch, extra=w)
+        if self.fusion == "residual":
+            out = self.backbone(batch)
+            out = {**out, "logit": out["logit"] + self.ict_head(w).squeeze(-1)}
+        else:
+            out = self.backbone(batch, extra=w)
         clash = set(out["losses"]) & set(ict_losses)
         if clash:
             raise ValueError(f"backbone and ICT both report losses named {sorted(clash)}")
@@ -59,9 +80,11 @@ class LLMCFModel(nn.Module):
 
 
 def build_model(name: str, schema: FeatureSchema, model_cfg: ModelConfig, ict_cfg: ICTConfig | None = None,
-                item_text: torch.Tensor | None = None, cot_dim: int | None = None) -> nn.Module:
+                item_text: torch.Tensor | None = None, cot_dim: int | None = None,
+                cot_gaps: bool = False) -> nn.Module:
     """The registered ranking backbone ``name`` alone (ICT off or ``ict_cfg`` None), else an ``LLMCFModel`` around
-    it. Its constructor gets embed_dim, mlp, dropout and ``model_cfg.params_for(name)``."""
+    it (``ict_cfg.fusion``: concat | residual). Its constructor gets embed_dim, mlp, dropout and
+    ``model_cfg.params_for(name)``. cot_gaps: see ``build_ict``."""
     from llmcf.models.ranking import BACKBONES
 
     cls = BACKBONES.get(name)
@@ -69,5 +92,31 @@ def build_model(name: str, schema: FeatureSchema, model_cfg: ModelConfig, ict_cf
                   **model_cfg.params_for(name))
     if ict_cfg is None or not ict_cfg.enabled:
         return cls(schema, **kwargs)
-    ict = build_ict(schema, item_text, cot_dim, ict_cfg)
+    if ict_cfg.fusion not in FUSIONS:
+        from llmcf.config import ConfigError
+
+        raise ConfigError(f"ict.fusion='{ict_cfg.fusion}': expected one of {', '.join(FUSIONS)}")
+    ict = build_ict(schema, item_text, cot_dim, ict_cfg, cot_gaps)
+    if ict_cfg.fusion == "residual":
+        return LLMCFModel(cls(schema, **kwargs), ict, fusion="residual")
     return LLMCFModel(cls(schema, extra_dim=ict.dim, **kwargs), ict)
+
+
+def warm_start_backbone(model: nn.Module, weights: Path) -> None:
+    """Load a trained base model's weights (``weights``: its model.safetensors) into ``model.backbone``; only a
+    safe-fusion model (fusion=residual) has a backbone of exactly the base model's shape."""
+    from safetensors.torch import load_file
+
+    from llmcf.errors import RunError
+
+    if not isinstance(model, LLMCFModel) or model.fusion != "residual":
+        raise RunError("ict.warm_start needs ict.fusion: residual (with concat the backbone's input layer differs "
+                       "from the base model's)")
+    if not weights.exists():
+        raise RunError(f"{weights}: missing; ict.warm_start starts from the trained base model, so train it first "
+                       "(llmcf train without --ict, same seeds)")
+    state = load_file(str(weights))
+    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    if unexpected or missing:
+        raise RunError(f"{weights}: does not fit the backbone (missing {sorted(missing)[:3]}, unexpected "
+                       f"{sorted(unexpected)[:3]}): was it trained with another model config?")

@@ -1,6 +1,7 @@
 """The in-context CoT bank and its retrieval keys.
 
-Bank = every row of ``cot/selected.parquet`` (train rows with a kept CoT). Each row has two unit keys:
+Bank = every row of ``cot/selected.parquet`` (train rows with a kept CoT), or with ``retrieval.bank: hybrid`` every
+row of ``data/train.parquet`` (cot_row -1 where the row has no kept CoT). Each row has two unit keys:
 ``h`` = re-normalised mean text embedding of its history items (zero if none) and ``t`` = its target item's text
 embedding. The score of a bank row r for a query q is ``wh·cos(h_q, h_r) + wt·cos(t_q, t_r)``, computed as ONE inner
 product of ``[sqrt(wh)·h ; sqrt(wt)·t]`` (a part whose weight is 0 is left out: ``target_weight: 0`` gives the
@@ -171,8 +172,11 @@ def _check_columns(df: pd.DataFrame, cols: Sequence[str], where: Path) -> None:
         raise DataError(f"missing column(s) {missing}; has {list(df.columns)}", file=str(where))
 
 
-def build_bank(run_dir: Path, items: ItemVectors) -> CoTBank:
-    """Bank from ``cot/selected.parquet``; histories come from it or, if absent there, from ``data/train.parquet``."""
+def build_bank(run_dir: Path, items: ItemVectors, mode: str = "cot") -> CoTBank:
+    """Bank from ``cot/selected.parquet``; histories come from it or, if absent there, from ``data/train.parquet``.
+    ``mode="hybrid"``: every train row, each carrying its CoT row when it has one (-1 otherwise)."""
+    if mode not in ("cot", "hybrid"):
+        raise ConfigError(f"retrieval.bank='{mode}': expected cot or hybrid")
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
     sel_path, cot_path = run.cot_selected, run.cot_emb
@@ -209,6 +213,30 @@ def build_bank(run_dir: Path, items: ItemVectors) -> CoTBank:
                             file=str(sel_path))
         frame["history"] = [list(h) for h in merged["history"]]
     frame["cot_row"] = np.arange(len(frame), dtype=np.int64)
+    if mode == "hybrid":
+        frame = _hybrid(run_dir, frame)
     hist = items.history_means(frame["history"].tolist())
     target = items.targets(frame["item_id"].tolist())
     return CoTBank(frame[list(BANK_FILE_COLUMNS)], hist, target)
+
+
+def _hybrid(run_dir: Path, cot_frame: pd.DataFrame) -> pd.DataFrame:
+    """Every train row as a bank row, with the cot_row of the CoT bank row of the same (user, pos, item, label),
+    else -1."""
+    train_path = run_dir / "data" / "train.parquet"
+    train = pd.read_parquet(train_path, columns=["user_id", "pos", "item_id", "label", "history"])
+    _check_columns(train, ("user_id", "pos", "item_id", "label", "history"), train_path)
+    frame = pd.DataFrame({"user_id": train["user_id"].astype(str).to_numpy(),
+                          "pos": train["pos"].astype(np.int64).to_numpy(),
+                          "item_id": train["item_id"].astype(str).to_numpy(),
+                          "label": pd.to_numeric(train["label"]).astype(np.int8).to_numpy(),
+                          "history": [list(h) if h is not None else [] for h in train["history"]]})
+    keys = ["user_id", "pos", "item_id", "label"]  # the label too: a CoT is written for its row's label
+    cot = cot_frame[keys + ["cot_row"]].drop_duplicates(keys)
+    merged = frame[keys].merge(cot, on=keys, how="left")
+    frame["cot_row"] = merged["cot_row"].fillna(-1).astype(np.int64).to_numpy()
+    lost = len(cot) - len(np.unique(frame["cot_row"][frame["cot_row"] >= 0]))
+    if lost:
+        raise DataError(f"{lost} CoT bank row(s) are not rows of {train_path}: rerun `llmcf cot score`",
+                        file=str(run_dir / "cot" / "selected.parquet"))
+    return frame

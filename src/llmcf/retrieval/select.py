@@ -53,15 +53,19 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def shuffle_rows(ctx: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """Permute each row's valid entries by its seed; -1 entries go to the end."""
+def shuffle_order(ctx: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Column order [N, k] permuting each row's valid entries by its seed, -1 entries last."""
     n, k = ctx.shape
     with np.errstate(over="ignore"):
         slots = seeds[:, None] + np.arange(1, k + 1, dtype=np.uint64)[None, :] * np.uint64(0x9E3779B97F4A7C15)
     keys = _mix(slots)
     keys[ctx < 0] = np.iinfo(np.uint64).max
-    order = np.argsort(keys, axis=1, kind="stable")
-    return np.take_along_axis(ctx, order, axis=1)
+    return np.argsort(keys, axis=1, kind="stable")
+
+
+def shuffle_rows(ctx: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Permute each row's valid entries by its seed; -1 entries go to the end."""
+    return np.take_along_axis(ctx, shuffle_order(ctx, seeds), axis=1)
 
 
 class Selector:
@@ -134,23 +138,33 @@ class Selector:
             k *= _GROWTH
         return out_r, out_s
 
-    def select_batch(self, keys: np.ndarray, ucode: np.ndarray, pos: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    def select_batch(self, keys: np.ndarray, ucode: np.ndarray, pos: np.ndarray, seeds: np.ndarray,
+                     with_scores: bool = False):
+        """[N, k] bank rows; with ``with_scores`` also their retrieval scores [N, k] float32 (0 for a missing
+        slot), in the same (shuffled) order."""
         k = int(self.cfg.k)
         if self.cfg.balanced:
-            rp, _ = self._top_valid(1, keys, ucode, pos, k - k // 2)
-            rn, _ = self._top_valid(0, keys, ucode, pos, k // 2)
-            ctx = np.concatenate([rp, rn], axis=1)
+            rp, sp = self._top_valid(1, keys, ucode, pos, k - k // 2)
+            rn, sn = self._top_valid(0, keys, ucode, pos, k // 2)
+            ctx, sc = np.concatenate([rp, rn], axis=1), np.concatenate([sp, sn], axis=1)
         else:
             rp, sp = self._top_valid(1, keys, ucode, pos, k)
             rn, sn = self._top_valid(0, keys, ucode, pos, k)
             r, s = np.concatenate([rp, rn], axis=1), np.concatenate([sp, sn], axis=1)
             order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-            ctx = np.take_along_axis(r, order, axis=1)
-        return shuffle_rows(ctx, seeds)
+            ctx, sc = np.take_along_axis(r, order, axis=1), np.take_along_axis(s, order, axis=1)
+        order = shuffle_order(ctx, seeds)
+        ctx = np.take_along_axis(ctx, order, axis=1)
+        if not with_scores:
+            return ctx
+        sc = np.take_along_axis(sc, order, axis=1)
+        return ctx, np.where(ctx >= 0, sc, 0.0).astype(np.float32)
 
     def select(self, keys: np.ndarray, users: Sequence[str | None], pos: np.ndarray,
-               targets: Sequence[str | None], progress: bool = False, desc: str = "retrieve") -> np.ndarray:
-        """[N, k] int64 bank rows for N queries (keys from ``bank.compose_keys``); -1 where a bucket is short."""
+               targets: Sequence[str | None], progress: bool = False, desc: str = "retrieve",
+               with_scores: bool = False):
+        """[N, k] int64 bank rows for N queries (keys from ``bank.compose_keys``); -1 where a bucket is short. With
+        ``with_scores``: (rows, scores [N, k] float32), a score being the key inner product (0 for a missing slot)."""
         pos = np.asarray(pos, dtype=np.int64)
         if not (len(keys) == len(users) == len(pos) == len(targets)):
             raise ValueError(f"query arrays differ in length: keys {len(keys)}, users {len(users)}, pos {len(pos)}, "
@@ -159,11 +173,12 @@ class Selector:
         ucode = self.user_codes(users)
         seeds = query_seeds(self.cfg.seed, users, pos, targets)
         out = np.full((len(keys), int(self.cfg.k)), -1, np.int64)
+        scores = np.zeros((len(keys), int(self.cfg.k)), np.float32)
         bs = int(self.cfg.query_batch)
         for a in tqdm(range(0, len(keys), bs), desc=desc, unit="batch", disable=not progress):
             b = slice(a, a + bs)
-            out[b] = self.select_batch(keys[b], ucode[b], pos[b], seeds[b])
-        return out
+            out[b], scores[b] = self.select_batch(keys[b], ucode[b], pos[b], seeds[b], with_scores=True)
+        return (out, scores) if with_scores else out
 
     def violations(self, ctx: np.ndarray, users: Sequence[str | None], pos: np.ndarray) -> int:
         """Number of selected ids that break the leakage rule (a post-check: must be 0)."""

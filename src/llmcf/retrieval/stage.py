@@ -6,6 +6,8 @@ and ``embed/cot.npy``. Writes to ``run_dir/retrieval/``:
     index_pos.faiss, index_neg.faiss                  inner-product index over the positive / negative rows' keys
     {train,valid,test}_ctx.npy                        int64 [N_split, k]: bank rows per sample row (file row order),
                                                       -1 = missing (short bucket), always at the end of a row
+    {train,valid,test}_sim.npy                        float32 [N_split, k]: each selected row's retrieval score
+                                                      (key inner product; 0 for a missing slot)
     meta.json                                         counts, config, timing, queries/s, leakage post-check
 A split whose ctx file was written under the same inputs and config is not recomputed (resumable).
 """
@@ -65,7 +67,7 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     items = ItemVectors.load(run_dir)
-    bank = build_bank(run_dir, items)
+    bank = build_bank(run_dir, items, rc.bank)
     keys = bank.keys(rc)
     labels = bank.labels
     indexes = {}
@@ -84,8 +86,8 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
     for split in SPLITS:
         df = _read_split(run.split(split))
         users, pos = df["user_id"].astype(str).tolist(), df["pos"].to_numpy(np.int64)
-        ctx_path = run.ctx(split)
-        if split in done and ctx_path.exists():
+        ctx_path, sim_path = run.ctx(split), run.ctx(split).with_name(f"{split}_sim.npy")
+        if split in done and ctx_path.exists() and sim_path.exists():
             ctx = load_npy(ctx_path)
             if ctx.shape == (len(df), rc.k):
                 print(f"[retrieve] {split}: cached ({len(df)} rows)")
@@ -94,13 +96,14 @@ def run_retrieve(run_dir: Path, cfg: Config, progress: bool = True) -> dict:
         t1 = time.perf_counter()
         stats0 = dict(selector.stats)
         qkeys = query_keys(items, df["history"].tolist(), df["item_id"].tolist(), rc)
-        ctx = selector.select(qkeys, users, pos, df["item_id"].astype(str).tolist(), progress=progress,
-                              desc=f"retrieve {split}")
+        ctx, sim = selector.select(qkeys, users, pos, df["item_id"].astype(str).tolist(), progress=progress,
+                                   desc=f"retrieve {split}", with_scores=True)
         secs = time.perf_counter() - t1
         viol = leakage_violations(ctx, bank.frame, users, pos, rc.leakage)
         if viol:
             raise RunError(f"retrieval post-check: {viol} in-context ids in {split} break the leakage rule "
                            f"'{rc.leakage}' (a bug: please report)")
+        save_npy(sim_path, sim)
         save_npy(ctx_path, ctx)
         filled = (ctx >= 0).sum(axis=1)
         ctx_labels = np.where(ctx >= 0, labels[np.maximum(ctx, 0)], -1)

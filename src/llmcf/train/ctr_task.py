@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from llmcf.config import Config, model_tag
 from llmcf.data.schema import SPLITS
+from llmcf.errors import RunError
 from llmcf.fingerprint import ctr_config_hash, model_cache_key
+from llmcf.io import save_npy
 from llmcf.rundir import RunDir
 from llmcf.train.batches import make_batches
 from llmcf.train.inputs import ContextInputs, load_context, load_model_inputs
@@ -56,12 +59,27 @@ class RunData:
         inputs, idx = self._ctx
         return inputs.bank, idx, inputs.item_text_tensor, inputs.cot_dim
 
+    def similarities(self, split: str) -> np.ndarray:
+        """retrieval/<split>_sim.npy: the retrieval score of each in-context example (ict.sim_input)."""
+        path = self.run_dir / "retrieval" / f"{split}_sim.npy"
+        if not path.exists():
+            raise RunError(f"{path}: missing (ict.sim_input needs it); rerun `llmcf retrieve --run {self.run_dir}`")
+        sim = np.load(path, allow_pickle=False)
+        want = self.context()[1][split].shape
+        if sim.shape != want:
+            raise RunError(f"{path} has shape {sim.shape}, the in-context ids {want}: rerun `llmcf retrieve --run "
+                           f"{self.run_dir}`")
+        return sim
+
     def batches(self, split: str, cfg: Config, seed: int, train: bool):
         ctx = None
+        arrays = self.arrays[split]
         if cfg.ict.enabled:
             bank, idx, _, _ = self.context()
             ctx = (idx[split], bank)
-        return make_batches(self.arrays[split], cfg.train, seed, train, ctx)
+            if cfg.ict.sim_input:
+                arrays = {**arrays, "ctx_sim": self.similarities(split)}
+        return make_batches(arrays, cfg.train, seed, train, ctx)
 
 
 def variant_tag(model_name: str, cfg: Config) -> str:
@@ -78,6 +96,7 @@ class CTRTask:
 
     def __init__(self, run: RunData, upstream: str = ""):
         self.run, self.upstream = run, upstream
+        self.model_name: str | None = None
 
     def tag(self, model_name: str, cfg: Config) -> str:
         return variant_tag(model_name, cfg)
@@ -88,19 +107,31 @@ class CTRTask:
     def build(self, model_name: str, cfg: Config) -> torch.nn.Module:
         from llmcf.models.llmcf_model import build_model
 
+        self.model_name = model_name  # fit() of the model built here finds the base weights and its folder by it
         if cfg.ict.enabled:
-            _, _, text, cot_dim = self.run.context()
-            return build_model(model_name, self.run.schema, cfg.model, cfg.ict, item_text=text, cot_dim=cot_dim)
+            bank, _, text, cot_dim = self.run.context()
+            return build_model(model_name, self.run.schema, cfg.model, cfg.ict, item_text=text, cot_dim=cot_dim,
+                               cot_gaps=bank.cot_gaps)
         return build_model(model_name, self.run.schema, cfg.model, None)
 
     def fit(self, model: torch.nn.Module, cfg: Config, seed: int, progress: bool, desc: str) -> FitResult:
-        from llmcf.train.trainer import fit
+        from llmcf.train.trainer import fit, predict
 
         run, a = self.run, self.run.arrays
-        return fit(model, run.batches("train", cfg, seed, True), run.batches("valid", cfg, seed, False),
-                   a["valid"]["label"], cfg.train, valid_users=a["valid"]["user"],
-                   test=run.batches("test", cfg, seed, False), test_labels=a["test"]["label"],
-                   test_users=a["test"]["user"], progress=progress, desc=desc)
+        warm = bool(cfg.ict.enabled and cfg.ict.warm_start)
+        if warm:
+            from llmcf.models.llmcf_model import warm_start_backbone
+
+            warm_start_backbone(model, run.rd.model(self.model_name) / f"seed_{seed}" / "model.safetensors")
+        res = fit(model, run.batches("train", cfg, seed, True), run.batches("valid", cfg, seed, False),
+                  a["valid"]["label"], cfg.train, valid_users=a["valid"]["user"],
+                  test=run.batches("test", cfg, seed, False), test_labels=a["test"]["label"],
+                  test_users=a["test"]["user"], progress=progress, desc=desc, validate_start=warm)
+        # per-row test probabilities of the best weights, for the slice tables (llmcf.slices); written before
+        # result.json, so a seed with a result always has them
+        save_npy(run.rd.model(variant_tag(self.model_name, cfg)) / f"seed_{seed}" / "test_pred.npy",
+                 predict(model, run.batches("test", cfg, seed, False)))
+        return res
 
     def protocol(self, cfg: Config) -> dict:
         stats = self.run.rd.read_stats()

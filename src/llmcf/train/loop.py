@@ -37,12 +37,19 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
                        batch_loss: Callable, validate: Callable[[torch.nn.Module], dict[str, float]],
                        stop_metric: str, max_epochs: int, patience: int, loss_name: str,
                        epoch_line: Callable[[dict, dict], str], test: Callable[[torch.nn.Module], dict] | None = None,
-                       progress: bool = True, desc: str = "train") -> FitResult:
+                       progress: bool = True, desc: str = "train", validate_start: bool = False) -> FitResult:
     """Train until ``validate(model)[stop_metric]`` has not improved for ``patience`` epochs (at most
     ``max_epochs``); the curve rows hold ``train_<loss_name>``, the auxiliary losses, ``valid_*`` and ``seconds``.
-    ``epoch_line(row, metrics)`` is the progress line printed after an epoch."""
+    ``epoch_line(row, metrics)`` is the progress line printed after an epoch. ``validate_start``: also validate the
+    weights before any training (curve row epoch 0), which early stopping may keep (best_epoch 0) — so a model
+    warm-started from a trained one never ends below it on validation."""
     best, best_epoch, best_state, best_valid = -float("inf"), -1, None, {}
     curve, epoch_secs, bad, stopped_early = [], [], 0, False
+    if validate_start:
+        metrics = validate(model)
+        curve.append({"epoch": 0, **{f"valid_{k}": v for k, v in metrics.items()}, "seconds": 0.0})
+        best, best_epoch, best_valid = metrics[stop_metric], 0, metrics
+        best_state = copy.deepcopy(model.state_dict())
     for epoch in range(max_epochs):
         model.train()
         t0 = time.perf_counter()

@@ -88,9 +88,14 @@ class SeqTask:
         run = self.run
         if not self.ict:
             return build_seq_model(model_name, run.n_items, run.vocab.n_users, run.hist_len, cfg.seq)
-        _, _, text, cot_dim, schema, _ = run.context(cfg)
+        if cfg.ict.sim_input or cfg.ict.fusion != "concat":
+            from llmcf.config import ConfigError
+
+            raise ConfigError("ict.sim_input and ict.fusion: residual are ranking-task switches; the sequential "
+                              "backbones keep their own fusion (seq.fusion_alpha)")
+        bank, _, text, cot_dim, schema, _ = run.context(cfg)
         return build_seq_model(model_name, run.n_items, run.vocab.n_users, run.hist_len, cfg.seq,
-                               ict=build_ict(schema, text, cot_dim, cfg.ict))
+                               ict=build_ict(schema, text, cot_dim, cfg.ict, cot_gaps=bank.cot_gaps))
 
     def fit(self, model: torch.nn.Module, cfg: Config, seed: int, progress: bool, desc: str) -> FitResult:
         from llmcf.train.seq_trainer import fit_seq

@@ -27,23 +27,26 @@ def evaluate(model, batches: ArrayBatches, labels: np.ndarray, users: np.ndarray
     return ctr_metrics(labels, predict(model, batches), users)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, ict_weight_decay: float) -> list[dict]:
-    """Adam parameter groups: the ICT module's parameters (names under ``ict.``) get ``ict_weight_decay``, the rest
-    ``weight_decay``. Empty groups are left out."""
+def param_groups(model: torch.nn.Module, weight_decay: float, ict_weight_decay: float,
+                 ict_lr: float | None = None) -> list[dict]:
+    """Adam parameter groups: the ICT module's parameters (names under ``ict.``, and the safe-fusion head) get ``ict_weight_decay`` (and
+    ``ict_lr`` when given), the rest ``weight_decay``. Empty groups are left out."""
     ict, rest = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (ict if name.startswith("ict.") else rest).append(p)
-    groups = [{"params": rest, "weight_decay": weight_decay}, {"params": ict, "weight_decay": ict_weight_decay}]
+            (ict if name.startswith(("ict.", "ict_head.")) else rest).append(p)
+    groups = [{"params": rest, "weight_decay": weight_decay},
+              {"params": ict, "weight_decay": ict_weight_decay, **({"lr": ict_lr} if ict_lr is not None else {})}]
     return [g for g in groups if g["params"]]
 
 
 def fit(model: torch.nn.Module, train: ArrayBatches, valid: ArrayBatches, valid_labels: np.ndarray,
         cfg: TrainConfig, *, valid_users: np.ndarray | None = None, test: ArrayBatches | None = None,
         test_labels: np.ndarray | None = None, test_users: np.ndarray | None = None,
-        progress: bool = True, desc: str = "train") -> FitResult:
-    """Train with Adam until validation AUC stops improving for ``cfg.patience`` epochs; test the best weights once."""
-    opt = torch.optim.Adam(param_groups(model, cfg.weight_decay, cfg.ict_weight_decay), lr=cfg.lr)
+        progress: bool = True, desc: str = "train", validate_start: bool = False) -> FitResult:
+    """Train with Adam until validation AUC stops improving for ``cfg.patience`` epochs; test the best weights once.
+    ``validate_start``: the untrained (e.g. warm-started) weights are a candidate too (best_epoch 0)."""
+    opt = torch.optim.Adam(param_groups(model, cfg.weight_decay, cfg.ict_weight_decay, cfg.ict_lr), lr=cfg.lr)
     return early_stopping_fit(
         model, opt, train,
         batch_loss=lambda m, batch, out: F.binary_cross_entropy_with_logits(out["logit"], batch["label"].float()),
@@ -52,4 +55,4 @@ def fit(model: torch.nn.Module, train: ArrayBatches, valid: ArrayBatches, valid_
         stop_metric="auc", max_epochs=cfg.max_epochs, patience=cfg.patience, loss_name="bce",
         epoch_line=lambda row, m: f"train bce {row['train_bce']:.4f}  valid auc {m['auc']:.4f}  "
                                   f"logloss {m['logloss']:.4f}",
-        progress=progress, desc=desc)
+        progress=progress, desc=desc, validate_start=validate_start)

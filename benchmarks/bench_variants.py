@@ -1,0 +1,200 @@
+"""Study of the in-context module's variants that need no LLM (issue 12, studies a–b, the no-LLM part): one CTR
+backbone on a real dataset, the backbone alone against LLM-CF *w/o CoT* with
+
+    nocot-bank     the default bank: ``--bank-rows`` train rows sampled at random (seeded), as many as the CoT bank
+                   of the README's results (240), K = 4 balanced, concat fusion
+    nocot-hybrid   the hybrid bank (``retrieval.bank: hybrid``): every train row is an in-context candidate
+    nocot-safe     the default bank with safe fusion (``ict.fusion: residual``: starts equal to the backbone)
+
+The w/o CoT variant reads no CoT text, so the bank rows here carry none (their CoT slot is a placeholder sentence the
+variant never reads): what differs between the rows is only which training rows can be retrieved and how the ICT
+enters the backbone. The full variant (with CoTs) needs the LLM stages; run it with bench_llmcf.py.
+
+    nice -n 10 python benchmarks/bench_variants.py --dataset ../shared/data/ml-100k --preset ml-100k --seeds 3
+
+Every variant: same split, batch, lr, early stopping (valid AUC, patience), ``--max-epochs``; seeds 0..n-1; test is
+read once per seed at the best validation epoch. Each variant trains in its own folder of the run directory (links
+to the shared data/embed/cot), so their seeds never overwrite each other. Writes
+``benchmarks/results/variants-<name>.json`` and ``.md`` after every seed (partial tables while it runs): test
+AUC / LogLoss mean ± std, valid AUC, s/epoch, wall and process CPU seconds of the last seed, and the cold /
+popularity slices. Seeds run seed-major (seed 0 of every variant first), so a cut-off run still compares them all.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model, ram_suffix  # noqa: E402
+
+from llmcf.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VARIANTS = {
+    "base": {"ict": False, "sets": {}},
+    "nocot-bank": {"ict": True, "sets": {}},
+    "nocot-hybrid": {"ict": True, "sets": {"retrieval.bank": "hybrid"}},
+    "nocot-safe": {"ict": True, "sets": {"ict.fusion": "residual"}},
+}
+PLACEHOLDER = "no chain of thought: the w/o CoT variant does not read this text"
+
+
+def prepare(cfg, run: Path, bank_rows: int, seed: int) -> None:
+    """data build, a CoT-free bank sample (cot/selected.parquet) and the embeddings, each once."""
+    from llmcf.data.build import build_run_data
+    from llmcf.data.loaders import load_dataset
+    from llmcf.embed import run_embed
+    from llmcf.io import write_parquet
+
+    if not (run / "data" / "vocab.json").exists():
+        build_run_data(load_dataset(cfg.data.dataset, cfg.data.format), cfg.data, run)
+    sel = run / "cot" / "selected.parquet"
+    if not sel.exists():
+        train = pd.read_parquet(run / "data" / "train.parquet")
+        rows = train.sample(n=min(bank_rows, len(train)), random_state=seed).reset_index(drop=True)
+        rows = rows.assign(cot=PLACEHOLDER, score=0.0)
+        write_parquet(rows[["user_id", "pos", "item_id", "label", "history", "cot", "score"]], sel)
+    if not (run / "embed" / "cot.npy").exists():
+        run_embed(run, cfg)
+
+
+def view(run: Path, name: str) -> Path:
+    """<run>/variants/<name>/ with relative links to the shared stage outputs."""
+    v = run / "variants" / name
+    v.mkdir(parents=True, exist_ok=True)
+    for sub in ("data", "embed", "cot"):
+        if not (v / sub).exists():
+            os.symlink(os.path.relpath(run / sub, v), v / sub, target_is_directory=True)
+    return v
+
+
+def run_variant(cfg, run: Path, name: str, model: str, seeds: int) -> dict:
+    from llmcf.config import save_config
+    from llmcf.retrieval.stage import run_retrieve
+    from llmcf.slices import SliceTable, load_predictions
+    from llmcf.train.stage import run_train
+    from llmcf.tune import apply_params
+
+    spec = VARIANTS[name]
+    vcfg = apply_params(cfg, {**spec["sets"], "ict.enabled": spec["ict"], "ict.variant": "no_cot"})
+    d = view(run, name)
+    save_config(vcfg, d / "config.yaml")
+    t0, c0 = time.perf_counter(), time.process_time()
+    if spec["ict"]:
+        meta = d / "retrieval" / "meta.json"
+        if not meta.exists():
+            run_retrieve(d, vcfg, progress=False)
+    vcfg.train.seeds = seeds  # seeds 0..seeds-1; the earlier ones are read back from their result.json
+    summary = run_train(d, vcfg, model, progress=False)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    table = SliceTable(d)
+    preds = load_predictions(d / "models" / summary["tag"], len(table.labels))
+    results = [json.loads((d / "models" / summary["tag"] / f"seed_{s}" / "result.json").read_text())
+               for s in summary["seeds"]]
+    rmeta = json.loads((d / "retrieval" / "meta.json").read_text()) if spec["ict"] else {}
+    return {"variant": name, "tag": summary["tag"], "seeds": summary["seeds"], "test": summary["test"],
+            "valid": summary["valid"], "seconds_per_epoch": summary["seconds_per_epoch"],
+            "best_epochs": [r["best_epoch"] for r in results], "wall_seconds_last_seed": round(wall, 1),
+            "cpu_seconds_last_seed": round(cpu, 1), "bank_rows": rmeta.get("bank_rows"),
+            "slices": table.model(preds), "edges": {k: v["edges"] for k, v in table.kinds.items()},
+            "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def fmt(ms: dict, d: int = 4) -> str:
+    return f"{ms['mean']:.{d}f} ± {ms['std']:.{d}f}" if ms.get("n", 1) > 1 else f"{ms['mean']:.{d}f}"
+
+
+def markdown(rec: dict) -> str:
+    lines = [f"# Variant study (no LLM): {rec['name']}", "", f"- command: `{rec['command']}`",
+             f"- machine: {rec['machine']}", f"- started: {rec['started']}", f"- protocol: {rec['protocol']}", "",
+             "| variant | bank rows | test AUC | test LogLoss | valid AUC | best epochs | s/epoch | last seed wall s | CPU s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rec["rows"]:
+        lines.append(f"| {r['variant']} | {r['bank_rows'] or '–'} | {fmt(r['test']['auc'])} | "
+                     f"{fmt(r['test']['logloss'])} | {fmt(r['valid']['auc'])} | {r['best_epochs']} | "
+                     f"{r['seconds_per_epoch']['mean']:.1f} | {r['wall_seconds_last_seed']} | "
+                     f"{r['cpu_seconds_last_seed']} |")
+    if rec["rows"]:
+        for kind in ("user", "item"):
+            first = rec["rows"][0]["slices"][kind]
+            lines += ["", f"Test AUC by {kind} training rows (edges {rec['rows'][0]['edges'][kind]}; mean over seeds):",
+                      "", "| bucket | rows | " + " | ".join(r["variant"] for r in rec["rows"]) + " |",
+                      "|---|---|" + "---|" * len(rec["rows"])]
+            for j, b in enumerate(first):
+                vals = " | ".join("–" if r["slices"][kind][j]["auc"] is None else f"{r['slices'][kind][j]['auc']:.4f}"
+                                  for r in rec["rows"])
+                lines.append(f"| {b['bucket']} | {b['rows']} | {vals} |")
+    pending = [v for v in rec["variants"] if v not in {r["variant"] for r in rec["rows"]}]
+    short = [f"{r['variant']} ({len(r['seeds'])} of {rec['seeds']} seeds)" for r in rec["rows"]
+             if len(r["seeds"]) < rec["seeds"]]
+    if pending or short:
+        lines += ["", f"Partial: {', '.join(short + [f'{v} (not run yet)' for v in pending])}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--preset", default="ml-100k")
+    ap.add_argument("--model", default="DIN")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--max-epochs", type=int, default=10)
+    ap.add_argument("--patience", type=int, default=2)
+    ap.add_argument("--bank-rows", type=int, default=240)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--run-dir", type=Path, default=Path("runs/bench-variants-ml-100k"))
+    ap.add_argument("--name", default=None)
+    a = ap.parse_args()
+    import torch
+
+    from llmcf.config import load_config
+
+    torch.set_num_threads(a.threads)
+    cfg = load_config(a.preset, [f"data.dataset={a.dataset}", f"train.seeds={a.seeds}",
+                                 f"train.max_epochs={a.max_epochs}", f"train.patience={a.patience}",
+                                 f"train.threads={a.threads}", "embed.batch_size=64"])
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    name = a.name or f"{Path(a.dataset).name}-{a.model}"
+    out_json, out_md = RESULTS / f"variants-{name}.json", RESULTS / f"variants-{name}.md"
+    rec = {"name": name, "command": "python benchmarks/bench_variants.py " + shlex.join(sys.argv[1:]),
+           "machine": f"{cpu_model()}, {os.cpu_count()} CPUs{ram_suffix()}, torch {torch.__version__} "
+                      f"({a.threads} thread), load average at start {os.getloadavg()[0]:.1f} (shared with other jobs)",
+           "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "protocol": f"{a.preset} preset split/label; {a.model}; batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
+                       f"early stopping on valid AUC (patience {a.patience}, max {a.max_epochs} epochs); seeds "
+                       f"0..{a.seeds - 1}; K={cfg.retrieval.k} balanced={cfg.retrieval.balanced}; default bank = "
+                       f"{a.bank_rows} random train rows (seed 0)",
+           "variants": variants, "seeds": a.seeds, "rows": []}
+    prepare(cfg, a.run_dir, a.bank_rows, seed=0)
+    # seed-major: seed 0 of every variant first, so a cut-off run still compares them all on one seed
+    for n in range(1, a.seeds + 1):
+        for v in variants:
+            print(f"=== {v}, seeds 0..{n - 1} ===", flush=True)
+            row = run_variant(cfg, a.run_dir, v, a.model, n)
+            rows = {r["variant"]: r for r in rec["rows"]}
+            rows[v] = row
+            rec["rows"] = [rows[x] for x in variants if x in rows]
+            atomic_write_json(out_json, rec)
+            atomic_write_text(out_md, markdown(rec))
+    print(markdown(rec), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""`llmcf tune`: hyper-parameter search (Optuna TPE, seeded) of one backbone, or of LLM-CF, on validation AUC only.
+
+    llmcf tune --run R --model DIN [--ict] [--variant V] [--trials N]
+
+The search space is the ``tune`` section of the config (``TuneConfig``): ``space`` (every backbone) ∪
+``models[<backbone>]`` ∪, with ``--ict``, ``ict`` (ICT size, depth, learning rate, reconstruction weight, K). Each
+trial trains one seed (``train.seed``) through the training stage (``llmcf.train.stage.run_train``) with the trial's
+values set on the run's config, under the same early-stopping rule as ``llmcf train``; its objective is the best
+validation AUC. Test rows are scored by the training stage as always but never read here.
+
+Files, in ``run_dir/tune/<tag>/`` (tag as in models/: DIN, DIN+llmcf, ...):
+    study.db             the Optuna study (SQLite): resumable — rerun the same command after Ctrl-C or a kill and
+                         it runs only the missing trials; an interrupted trial is run again with the same values
+    trials/<n>/          trial n's training outputs (models/<tag>/seed_<s>/...)
+    best.yaml            the run's config with the best trial's values: ``llmcf train --run R --config best.yaml``
+    summary.json         best trial, every finished trial, parameter importances (read by ``llmcf report``)
+A trial whose values change the retrieval (``retrieval.k`` etc.) reads in-context ids from
+``run_dir/tune/_retrieval/<hash>/``, a view of the run (links to data/, embed/, cot/) with its own retrieval stage.
+Give the backbone and LLM-CF the same ``--trials`` when comparing them: every comparison is tuned-vs-tuned.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from llmcf.config import Config, ConfigError, config_from_dict, save_config
+from llmcf.fingerprint import digest, without_added_defaults
+from llmcf.errors import RunError
+from llmcf.io import atomic_write_json
+
+NOT_TUNABLE = ("data.", "tune.", "llm.", "recgen.", "cot.", "embed.", "serve.", "seq.")
+"""Config sections a trial may not change (they belong to other stages or to the study itself)."""
+
+
+# ---- search space ---------------------------------------------------------------------------------------------
+def search_space(cfg: Config, model_name: str, ict: bool) -> dict[str, dict]:
+    """The merged, validated space of one study: {dotted field: distribution spec}."""
+    t = cfg.tune
+    merged: dict[str, Any] = {}
+    for where, part in (("tune.space", t.space), (f"tune.models.{model_name}", t.models.get(model_name) or {}),
+                        *((("tune.ict", t.ict),) if ict else ())):
+        if not isinstance(part, dict):
+            raise ConfigError(f"{where}: expected a mapping of config field -> distribution, got {part!r}")
+        for key, spec in part.items():
+            if spec is None:
+                merged.pop(key, None)
+                continue
+            _check_spec(cfg, f"{where}.{key}", key, spec)
+            merged[key] = spec
+    if not merged:
+        raise ConfigError(f"tune: the search space of {model_name} is empty")
+    return merged
+
+
+def _check_spec(cfg: Config, where: str, key: str, spec: Any) -> None:
+    if key.startswith(NOT_TUNABLE):
+        raise ConfigError(f"{where}: '{key}' cannot be tuned (only model.*, train.*, ict.*, retrieval.*)")
+    try:
+        apply_params(cfg, {key: _example(spec)})
+    except (ConfigError, KeyError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected {{low, high[, log, step]}} or {{choices: [...]}}, got {spec!r}")
+    if "choices" in spec:
+        if not isinstance(spec["choices"], list) or not spec["choices"] or set(spec) - {"choices"}:
+            raise ConfigError(f"{where}: 'choices' must be a non-empty list (and alone)")
+        return
+    extra = set(spec) - {"low", "high", "log", "step"}
+    if extra or "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{where}: expected {{low, high[, log, step]}} or {{choices: [...]}}, got {spec!r}")
+    lo, hi = spec["low"], spec["high"]
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi)) or lo > hi:
+        raise ConfigError(f"{where}: low and high must be numbers with low <= high, got {lo!r}, {hi!r}")
+    if spec.get("log") and lo <= 0:
+        raise ConfigError(f"{where}: a log scale needs low > 0, got {lo!r}")
+
+
+def _example(spec: Any) -> Any:
+    if isinstance(spec, dict) and spec.get("choices"):
+        return spec["choices"][0]
+    if isinstance(spec, dict) and "low" in spec:
+        return spec["low"]
+    return spec
+
+
+def suggest(trial, key: str, spec: dict) -> Any:
+    """One value of ``spec`` from an Optuna trial. Choices are suggested as their JSON text, so lists (e.g. MLP
+    sizes) work; integer bounds give integers."""
+    if "choices" in spec:
+        texts = [json.dumps(c) for c in spec["choices"]]
+        return json.loads(trial.suggest_categorical(key, texts))
+    lo, hi = spec["low"], spec["high"]
+    if isinstance(lo, int) and isinstance(hi, int) and not spec.get("log") and not isinstance(spec.get("step"), float):
+        return trial.suggest_int(key, lo, hi, step=int(spec.get("step") or 1))
+    return trial.suggest_float(key, float(lo), float(hi), log=bool(spec.get("log")),
+                               step=None if spec.get("log") or spec.get("step") is None else float(spec["step"]))
+
+
+def decode(space: dict[str, dict], params: dict[str, Any]) -> dict[str, Any]:
+    """Optuna's stored params -> config values (JSON text of choices decoded)."""
+    return {k: json.loads(v) if "choices" in space.get(k, {}) and isinstance(v, str) else v for k, v in params.items()}
+
+
+def apply_params(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with dotted fields set (typed and checked like the YAML config)."""
+    tree = copy.deepcopy(cfg.to_dict())
+    for key, val in values.items():
+        parts = key.split(".")
+        node = tree
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"'{key}': no config section '{p}'")
+            node = node[p]
+        # backbone constructor arguments (model.params.*) are free-form; every other field must exist
+        if parts[:-1] != ["model", "params"] and parts[-1] not in node:
+            raise ConfigError(f"'{key}': unknown config field")
+        node[parts[-1]] = val
+    return config_from_dict(tree)
+
+
+# ---- one trial ------------------------------------------------------------------------------------------------
+def study_tag(model_name: str, cfg: Config) -> str:
+    from llmcf.train.stage import variant_tag
+
+    return variant_tag(model_name, cfg)
+
+
+def retrieval_dir(run_dir: Path, cfg: Config) -> Path:
+    """The run itself when its retrieval config equals ``cfg.retrieval``, else a view of it under
+    tune/_retrieval/<hash>/ whose retrieval stage is run once (and kept) with ``cfg.retrieval``."""
+    meta = run_dir / "retrieval" / "meta.json"
+    rc = asdict(cfg.retrieval)
+    if meta.exists() and _same_retrieval(json.loads(meta.read_text()).get("config"), rc):
+        return run_dir
+    view = run_dir / "tune" / "_retrieval" / digest(without_added_defaults("retrieval", rc))
+    view.mkdir(parents=True, exist_ok=True)
+    for name in ("data", "embed", "cot"):
+        link = view / name
+        if not (run_dir / name).exists():
+            raise RunError(f"{run_dir / name}: missing; tuning the retrieval needs the run's {name}/ stage outputs")
+        if not link.exists():
+            os.symlink(os.path.relpath(run_dir / name, view), link, target_is_directory=True)
+    done = view / "retrieval" / "meta.json"
+    if not done.exists() or not _same_retrieval(json.loads(done.read_text()).get("config"), rc):
+        from llmcf.retrieval.stage import run_retrieve
+
+        run_retrieve(view, cfg, progress=False)
+    return view
+
+
+def _same_retrieval(saved: dict | None, rc: dict) -> bool:
+    return saved is not None and without_added_defaults("retrieval", saved) == without_added_defaults("retrieval", rc)
+
+
+def train_trial(run_dir: Path, trial_dir: Path, cfg: Config, model_name: str, cache: dict) -> float:
+    """Train one trial's config through the training stage; returns its best validation AUC."""
+    from llmcf.train.stage import RunData, run_train
+
+    src = retrieval_dir(run_dir, cfg) if cfg.ict.enabled else run_dir
+    key = (str(src), cfg.data.history_len)
+    if key not in cache:
+        cache[key] = RunData(src, cfg)
+    summary = run_train(trial_dir, cfg, model_name, run=cache[key], progress=False)
+    return float(summary["valid"]["auc"]["mean"])
+
+
+# ---- the study ------------------------------------------------------------------------------------------------
+def _finished(study) -> list:
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))]
+
+
+def _recover_interrupted(study) -> int:
+    """Mark trials left RUNNING by a kill as failed and queue every interrupted trial's values again (once; the
+    numbers already queued are kept in the study's ``requeued`` attribute, finished trials being read-only)."""
+    from optuna.trial import TrialState
+
+    storage, queued = study._storage, list(study.user_attrs.get("requeued", []))
+    n = 0
+    for t in study.get_trials(deepcopy=False):
+        stale = t.state == TrialState.RUNNING
+        if stale:
+            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if (stale or (t.state == TrialState.FAIL and t.user_attrs.get("interrupted"))) and t.number not in queued:
+            queued.append(t.number)
+            if t.params:
+                study.enqueue_trial(t.params, skip_if_exists=False)
+            n += 1
+    study.set_user_attr("requeued", queued)
+    return n
+
+
+def run_tune(run_dir: Path, cfg: Config, model_name: str, trials: int | None = None,
+             trainer=train_trial) -> dict:
+    """Run (or resume) the study of ``model_name`` (``cfg.ict.enabled``: LLM-CF) until it has ``trials`` finished
+    trials; writes best.yaml and summary.json and returns the summary. ``trainer(run_dir, trial_dir, cfg, name,
+    cache) -> valid AUC`` trains one trial (the training stage; replaceable in tests)."""
+    try:
+        import optuna
+    except ImportError as e:
+        raise RunError("llmcf tune needs Optuna: pip install 'llmcf[tune]' (or `make install`)") from e
+    from llmcf.models.ranking import BACKBONES
+    from llmcf.pipeline import check_names
+
+    check_names([model_name], BACKBONES, "--model")
+    run_dir = Path(run_dir)
+    if not (run_dir / "data" / "vocab.json").exists():
+        raise RunError(f"{run_dir / 'data'}: no samples here; run `llmcf data build --out {run_dir}` first")
+    n_trials = int(trials if trials is not None else cfg.tune.trials)
+    if n_trials < 1:
+        raise ConfigError(f"tune: --trials must be >= 1, got {n_trials}")
+    ict = bool(cfg.ict.enabled)
+    if ict and cfg.ict.warm_start:
+        raise ConfigError("tune: ict.warm_start is not supported (a trial's backbone hyper-parameters differ from "
+                          "the trained base model's); tune with warm_start false")
+    space = search_space(cfg, model_name, ict)
+    base = copy.deepcopy(cfg)
+    base.train.seeds = 1
+    base.models = [model_name]
+    tag = study_tag(model_name, base)
+    out = run_dir / "tune" / tag
+    out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{out / 'study.db'}"
+    study = optuna.create_study(study_name=tag, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed))
+    prev_space = study.user_attrs.get("space")
+    if prev_space is not None and prev_space != space:
+        raise ConfigError(f"{out / 'study.db'}: this study was started with another search space; delete "
+                          f"{out} to start over, or restore the tune section it used")
+    study.set_user_attr("space", space)
+    requeued = _recover_interrupted(study)
+    done = len(_finished(study))
+    # the sampler's random stream restarts on resume: reseed it by progress so a resumed study stays reproducible
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed + done,
+                                               n_startup_trials=cfg.tune.startup_trials)
+    print(f"[tune] {tag}: {done}/{n_trials} trials finished" + (f", {requeued} interrupted one(s) queued again"
+                                                                 if requeued else "") + f" -> {out}")
+    cache: dict = {}
+
+    def objective(trial) -> float:
+        values = {k: suggest(trial, k, spec) for k, spec in space.items()}
+        tcfg = apply_params(base, values)
+        try:
+            auc = trainer(run_dir, out / "trials" / str(trial.number), tcfg, model_name, cache)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+        print(f"[tune] {tag} trial {trial.number}: valid AUC {auc:.4f}  {values}", flush=True)
+        return auc
+
+    while len(_finished(study)) < n_trials:
+        study.optimize(objective, n_trials=n_trials - len(_finished(study)), catch=(RuntimeError, ValueError))
+    return write_outputs(study, base, space, out, tag, model_name)
+
+
+def write_outputs(study, base: Config, space: dict, out: Path, tag: str, model_name: str) -> dict:
+    import optuna
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise RunError(f"{out}: no trial finished (see the errors above)")
+    best = max(complete, key=lambda t: t.value)
+    best_values = decode(space, best.params)
+    save_config(apply_params(base, best_values), out / "best.yaml")
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=base.tune.seed)
+        imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        importance = {k: float(v) for k, v in imp.items()}
+    except (RuntimeError, ValueError, ZeroDivisionError):  # too few trials, or no parameter varied
+        importance = {}
+    summary = {"tag": tag, "model": model_name, "ict": bool(base.ict.enabled), "objective": "valid AUC",
+               "sampler": f"TPE seed {base.tune.seed}, {base.tune.startup_trials} random start-up trials",
+               "trials": len(complete), "space": space,
+               "best": {"number": best.number, "valid_auc": best.value, "params": best_values},
+               "importance": importance, "best_config": "best.yaml",
+               "all": [{"number": t.number, "valid_auc": t.value, "params": decode(space, t.params)}
+                       for t in complete]}
+    atomic_write_json(out / "summary.json", summary)
+    print(f"[tune] {tag}: best trial {best.number} valid AUC {best.value:.4f} {best_values}\n"
+          f"  config: {out / 'best.yaml'}  (llmcf train --run {out.parent.parent} --config {out / 'best.yaml'})")
+    return summary
+
+
+# ---- report ---------------------------------------------------------------------------------------------------
+def load_tune_summaries(run_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "tune").glob("*/summary.json"))]
+
+
+def tune_markdown(summaries: list[dict]) -> str:
+    """Best trial of every study and the trial-budget line (readable without Optuna installed)."""
+    if not summaries:
+        return ""
+    rows = ["| study | trials | best trial | best valid AUC | best values | most important |", "|---|---|---|---|---|---|"]
+    for s in summaries:
+        vals = ", ".join(f"{k}={_short(v)}" for k, v in s["best"]["params"].items())
+        imp = ", ".join(f"{k} {v:.2f}" for k, v in list(s["importance"].items())[:3]) or "–"
+        rows.append(f"| {s['tag']} | {s['trials']} | {s['best']['number']} | {s['best']['valid_auc']:.4f} | {vals} | "
+                    f"{imp} |")
+    budgets = sorted({s["trials"] for s in summaries})
+    note = ("equal trial budgets" if len(budgets) == 1 else
+            f"UNEQUAL trial budgets ({', '.join(map(str, budgets))}): tuned comparisons between these are not fair")
+    return "\n".join(rows) + f"\n\nObjective: validation AUC only (one seed per trial); {note}."
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else json.dumps(v)
+
+
+def tune_plots(summaries: list[dict], out: Path) -> list[str]:
+    """One bar chart of parameter importances per study (studies without importances are skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from llmcf.io import atomic_path
+
+    files = []
+    for s in summaries:
+        imp = s.get("importance") or {}
+        if not imp:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 0.4 * len(imp) + 1.2))
+        names = list(imp)[::-1]
+        ax.barh(names, [imp[n] for n in names], color="#55A868")
+        ax.set_xlabel("importance (share of valid-AUC variance, fANOVA)")
+        ax.set_title(f"tune {s['tag']}: {s['trials']} trials", fontsize=9)
+        fig.tight_layout()
+        name = f"tune-{s['tag'].replace('+', '_')}.png"
+        with atomic_path(out / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+        files.append(name)
+    return files

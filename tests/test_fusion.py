@@ -1,0 +1,74 @@
+"""Safe fusion (ict.fusion: residual): LLM-CF starts equal to its backbone, learns away from it, warm-starts."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from llmcf.config import ICTConfig, ModelConfig
+from llmcf.errors import RunError
+from llmcf.models.llmcf_model import LLMCFModel, build_model, warm_start_backbone
+from llmcf.models.ranking import BACKBONES
+from test_ict import D, make_batch, make_schema, make_text
+
+torch.set_num_threads(1)
+MCFG = ModelConfig(embed_dim=8, mlp=[16], dropout=0.0)
+
+
+def _pair(name: str, fusion: str = "residual"):
+    schema, text = make_schema(), make_text()
+    torch.manual_seed(0)
+    base = build_model(name, schema, MCFG, None).eval()
+    icfg = ICTConfig(enabled=True, dim=8, field_dim=4, layers=1, heads=2, fusion=fusion)
+    torch.manual_seed(1)
+    model = build_model(name, schema, MCFG, icfg, item_text=text, cot_dim=D).eval()
+    return base, model
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_at_init_safe_fusion_equals_the_backbone_with_the_same_weights(name):
+    base, model = _pair(name)
+    assert isinstance(model, LLMCFModel) and model.fusion == "residual"
+    model.backbone.load_state_dict(base.state_dict())  # same shapes: the backbone takes no extra input
+    batch = make_batch(b=6, mask_p=0.3)
+    with torch.no_grad():
+        assert torch.equal(model(batch)["logit"], base(batch)["logit"]), name
+    # the concat fusion (the paper's) does not start equal: its backbone has another input layer
+    _, concat = _pair(name, "concat")
+    with pytest.raises(RuntimeError):
+        concat.backbone.load_state_dict(base.state_dict())
+
+
+def test_safe_fusion_gate_opens_under_training():
+    base, model = _pair("DIN")
+    model.train()
+    batch = make_batch(b=8)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(3):
+        out = model(batch)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
+        opt.zero_grad()
+        (loss + sum(out["losses"].values())).backward()
+        opt.step()
+    assert model.ict_head[2].weight.abs().sum() > 0  # the zero-initialised layer moved
+    assert model.ict.feat_mlp[0].weight.grad.abs().sum() > 0  # and gradients reach the ICT through it
+
+
+def test_warm_start_loads_the_base_weights_and_checks_the_fusion(tmp_path):
+    base, model = _pair("DCN")
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(path))
+    warm_start_backbone(model, path)
+    batch = make_batch(b=5)
+    with torch.no_grad():
+        assert torch.equal(model(batch)["logit"], base(batch)["logit"])
+    with pytest.raises(RunError, match="train it first"):
+        warm_start_backbone(model, tmp_path / "nope.safetensors")
+    _, concat = _pair("DCN", "concat")
+    with pytest.raises(RunError, match="fusion: residual"):
+        warm_start_backbone(concat, path)
+
+
+def test_unknown_fusion_is_rejected():
+    with pytest.raises(ValueError, match="ict.fusion"):  # ConfigError is a ValueError
+        _pair("DIN", "sum")

@@ -1,0 +1,122 @@
+"""`llmcf tune`: search space checks, resume after an interruption, and a real tiny study through the CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from llmcf.cli import main
+from llmcf.config import ConfigError, load_config
+from llmcf.tune import apply_params, run_tune, search_space
+from test_cli import _write_atomic
+
+optuna = pytest.importorskip("optuna")  # an extra (llmcf[tune]); `make install` installs it
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    _write_atomic(tmp_path / "toy", n_users=20, n_items=15, per_user=8)
+    run = tmp_path / "run"
+    assert main(["data", "build", "--dataset", str(tmp_path / "toy"), "--out", str(run),
+                 "--set", "data.label=rating", "--set", "data.history_len=5"]) == 0
+    return run
+
+
+def test_search_space_merges_sections_and_rejects_bad_specs():
+    cfg = load_config(None, ["tune.models={DIN: {model.params.attention_mlp: {choices: [[8, 4]]}, "
+                             "model.dropout: null}}"])
+    space = search_space(cfg, "DIN", ict=True)
+    assert "model.params.attention_mlp" in space and "model.dropout" not in space
+    assert "retrieval.k" in space and "ict.dim" in space and "train.lr" in space
+    assert "retrieval.k" not in search_space(cfg, "DIN", ict=False)
+    for bad, msg in (({"train.nope": {"low": 1, "high": 2}}, "unknown config field"),
+                     ({"data.history_len": {"low": 1, "high": 2}}, "cannot be tuned"),
+                     ({"train.lr": {"low": 0.0, "high": 1.0, "log": True}}, "log scale"),
+                     ({"train.lr": {"low": 1.0}}, "expected"),
+                     ({"train.batch_size": {"choices": ["x"]}}, "integer")):
+        cfg = load_config(None)
+        cfg.tune.space = bad
+        with pytest.raises(ConfigError, match=msg):
+            search_space(cfg, "DIN", ict=False)
+    assert apply_params(load_config(None), {"model.params.cross_layers": 2}).model.params == {"cross_layers": 2}
+
+
+def test_interrupted_study_resumes_without_repeating_finished_trials(run_dir, capsys):
+    cfg = load_config(None, ["tune.startup_trials=2", "tune.space={train.lr: {low: 0.001, high: 0.1, log: true}, "
+                                                      "model.embed_dim: {choices: [4, 8, 16]}}"])
+    calls = []
+
+    def trainer(run, trial_dir, tcfg, name, cache):
+        calls.append((trial_dir.name, tcfg.train.lr, tcfg.model.embed_dim))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the third trial
+        return 0.5 + tcfg.train.lr  # a deterministic objective of the trial's values
+
+    with pytest.raises(KeyboardInterrupt):
+        run_tune(run_dir, cfg, "DIN", trials=5, trainer=trainer)
+    assert len(calls) == 3
+    summary = run_tune(run_dir, cfg, "DIN", trials=5, trainer=trainer)
+    # resumed: the interrupted trial ran once more with the same values, the two finished ones never again
+    assert len(calls) == 3 + 1 + 2
+    assert calls[3][1:] == calls[2][1:]
+    done = [c[1:] for c in calls[:2]]
+    assert all(c[1:] not in done for c in calls[3:])
+    assert summary["trials"] == 5 and len({a["number"] for a in summary["all"]}) == 5
+    best = max(summary["all"], key=lambda a: a["valid_auc"])
+    assert summary["best"]["number"] == best["number"]
+    # the best config is a config `llmcf train --config` takes, carrying the best values
+    out = run_dir / "tune" / "DIN"
+    best_cfg = load_config(out / "best.yaml")
+    assert best_cfg.train.lr == pytest.approx(best["params"]["train.lr"])
+    assert best_cfg.model.embed_dim == best["params"]["model.embed_dim"] and best_cfg.models == ["DIN"]
+    # a third run has nothing left to do
+    assert run_tune(run_dir, cfg, "DIN", trials=5, trainer=trainer)["trials"] == 5 and len(calls) == 6
+    # another space on the same study is refused rather than mixed in
+    cfg.tune.space = {"train.lr": {"low": 0.01, "high": 0.02}}
+    with pytest.raises(ConfigError, match="another search space"):
+        run_tune(run_dir, cfg, "DIN", trials=6, trainer=trainer)
+
+
+def test_a_killed_trial_left_running_is_run_again(run_dir):
+    cfg = load_config(None, ["tune.space={train.lr: {low: 0.001, high: 0.1}}"])
+    seen = []
+
+    def trainer(run, trial_dir, tcfg, name, cache):
+        seen.append(tcfg.train.lr)
+        return tcfg.train.lr
+
+    run_tune(run_dir, cfg, "DCN", trials=1, trainer=trainer)
+    # a kill -9 mid-trial leaves the trial RUNNING in the database
+    study = optuna.load_study(study_name="DCN", storage=f"sqlite:///{run_dir / 'tune' / 'DCN' / 'study.db'}")
+    stale = study.ask({"train.lr": optuna.distributions.FloatDistribution(0.001, 0.1)})
+    summary = run_tune(run_dir, cfg, "DCN", trials=2, trainer=trainer)
+    assert seen[-1] == pytest.approx(stale.params["train.lr"]) and summary["trials"] == 2
+
+
+def test_real_tiny_study_through_the_cli_and_the_report(run_dir, capsys):
+    space = yaml.safe_dump({"train.lr": {"low": 0.001, "high": 0.05, "log": True},
+                            "model.dropout": {"low": 0.0, "high": 0.3}}, default_flow_style=True).strip()
+    common = ["--set", "train.max_epochs=1", "--set", "train.batch_size=32", "--set", "model.embed_dim=4",
+              "--set", "model.mlp=[8]", "--set", "tune.startup_trials=2", "--set", f"tune.space={space}",
+              "--set", "tune.models={}"]
+    assert main(["tune", "--run", str(run_dir), "--model", "DCN", "--trials", "3", *common]) == 0
+    out = run_dir / "tune" / "DCN"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"] == 3 and 0.0 <= summary["best"]["valid_auc"] <= 1.0
+    # every trial trained for real through the training stage, one seed each
+    assert len(list((out / "trials").glob("*/models/DCN/seed_0/result.json"))) == 3
+    assert set(summary["importance"]) <= {"train.lr", "model.dropout"}
+    capsys.readouterr()
+    assert main(["train", "--run", str(run_dir), "--config", str(out / "best.yaml"), "--quiet"]) == 0
+    trained = json.loads((run_dir / "models" / "DCN" / "seed_0" / "result.json").read_text())
+    assert trained["valid"]["auc"] == pytest.approx(summary["best"]["valid_auc"])  # same config, same seed
+    assert main(["report", "--run", str(run_dir)]) == 0
+    md = (run_dir / "report" / "results.md").read_text()
+    assert "## Tuning studies" in md and "| DCN | 3 |" in md and "## Slices" in md
+    assert (run_dir / "models" / "DCN" / "seed_0" / "test_pred.npy").exists()
+
+
+def test_tune_rejects_unknown_models(run_dir, capsys):
+    assert main(["tune", "--run", str(run_dir), "--model", "NotAModel", "--trials", "1"]) == 1
+    assert "NotAModel" in capsys.readouterr().err

@@ -40,6 +40,10 @@ def test_search_space_merges_sections_and_rejects_bad_specs():
         with pytest.raises(ConfigError, match=msg):
             search_space(cfg, "DIN", ict=False)
     assert apply_params(load_config(None), {"model.params.cross_layers": 2}).model.params == {"cross_layers": 2}
+    keyed = apply_params(load_config(None), {"model.params.DCN.cross_layers": 2, "model.params.DCN.init_std": 0.1})
+    assert keyed.model.params == {"DCN": {"cross_layers": 2, "init_std": 0.1}}
+    assert keyed.model.params_for("DCN")["cross_layers"] == 2 and keyed.model.params_for("DIN") == {}
+    assert "model.params.DCN.cross_layers" in search_space(load_config(None), "DCN", ict=False)
 
 
 def test_interrupted_study_resumes_without_repeating_finished_trials(run_dir, capsys):

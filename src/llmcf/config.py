@@ -314,12 +314,12 @@ def _tune_space() -> dict[str, Any]:
 
 def _tune_models() -> dict[str, Any]:
     return {"DeepFM": {"model.mlp": {"choices": [[200, 80], [256, 128, 64], [128, 64]]}},
-            "xDeepFM": {"model.params.cin_layers": {"choices": [[100, 100], [64, 64], [128, 128, 128]]}},
-            "DCN": {"model.params.cross_layers": {"low": 1, "high": 4}},
-            "DCNv2": {"model.params.cross_layers": {"low": 1, "high": 4}},
-            "AutoInt": {"model.params.attention_layers": {"low": 1, "high": 3},
-                        "model.params.num_heads": {"choices": [1, 2, 4]}},
-            "DIN": {"model.params.attention_mlp": {"choices": [[80, 40], [64, 32], [128, 64]]}}}
+            "xDeepFM": {"model.params.xDeepFM.cin_layers": {"choices": [[100, 100], [64, 64], [128, 128, 128]]}},
+            "DCN": {"model.params.DCN.cross_layers": {"low": 1, "high": 4}},
+            "DCNv2": {"model.params.DCNv2.cross_layers": {"low": 1, "high": 4}},
+            "AutoInt": {"model.params.AutoInt.attention_layers": {"low": 1, "high": 3},
+                        "model.params.AutoInt.num_heads": {"choices": [1, 2, 4]}},
+            "DIN": {"model.params.DIN.attention_mlp": {"choices": [[80, 40], [64, 32], [128, 64]]}}}
 
 
 def _tune_ict() -> dict[str, Any]:

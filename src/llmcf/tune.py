@@ -110,13 +110,22 @@ def apply_params(cfg: Config, values: dict[str, Any]) -> Config:
     tree = copy.deepcopy(cfg.to_dict())
     for key, val in values.items():
         parts = key.split(".")
+        if parts[:2] == ["model", "params"] and len(parts) in (3, 4):
+            # backbone constructor arguments are free-form: model.params.<arg> (every backbone) or
+            # model.params.<Backbone>.<arg> (that backbone only)
+            node = tree["model"]["params"]
+            if len(parts) == 4:
+                node = node.setdefault(parts[2], {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"'{key}': model.params.{parts[2]} is not a mapping")
+            node[parts[-1]] = val
+            continue
         node = tree
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
                 raise ConfigError(f"'{key}': no config section '{p}'")
             node = node[p]
-        # backbone constructor arguments (model.params.*) are free-form; every other field must exist
-        if parts[:-1] != ["model", "params"] and parts[-1] not in node:
+        if parts[-1] not in node:
             raise ConfigError(f"'{key}': unknown config field")
         node[parts[-1]] = val
     return config_from_dict(tree)

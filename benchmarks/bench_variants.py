@@ -5,6 +5,7 @@ backbone on a real dataset, the backbone alone against LLM-CF *w/o CoT* with
                    of the README's results (240), K = 4 balanced, concat fusion
     nocot-hybrid   the hybrid bank (``retrieval.bank: hybrid``): every train row is an in-context candidate
     nocot-safe     the default bank with safe fusion (``ict.fusion: residual``: starts equal to the backbone)
+    (and, with ``--variants``, hybrid + safe, similarity input, K = 2 / 8, unbalanced, history-only keys)
 
 The w/o CoT variant reads no CoT text, so the bank rows here carry none (their CoT slot is a placeholder sentence the
 variant never reads): what differs between the rows is only which training rows can be retrieved and how the ICT
@@ -47,7 +48,16 @@ VARIANTS = {
     "nocot-bank": {"ict": True, "sets": {}},
     "nocot-hybrid": {"ict": True, "sets": {"retrieval.bank": "hybrid"}},
     "nocot-safe": {"ict": True, "sets": {"ict.fusion": "residual"}},
+    # more switches, one at a time against nocot-bank (pick them with --variants)
+    "nocot-hybrid-safe": {"ict": True, "sets": {"retrieval.bank": "hybrid", "ict.fusion": "residual"}},
+    "nocot-sim": {"ict": True, "sets": {"ict.sim_input": True}},
+    "nocot-hybrid-sim": {"ict": True, "sets": {"retrieval.bank": "hybrid", "ict.sim_input": True}},
+    "nocot-k2": {"ict": True, "sets": {"retrieval.k": 2}},
+    "nocot-k8": {"ict": True, "sets": {"retrieval.k": 8}},
+    "nocot-unbalanced": {"ict": True, "sets": {"retrieval.balanced": False}},
+    "nocot-history-only": {"ict": True, "sets": {"retrieval.history_weight": 1.0, "retrieval.target_weight": 0.0}},
 }
+DEFAULT_VARIANTS = ("base", "nocot-bank", "nocot-hybrid", "nocot-safe")
 PLACEHOLDER = "no chain of thought: the w/o CoT variant does not read this text"
 
 
@@ -149,7 +159,8 @@ def main() -> int:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--preset", default="ml-100k")
     ap.add_argument("--model", default="DIN")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help=f"comma-separated, from: {', '.join(VARIANTS)}")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--max-epochs", type=int, default=10)
     ap.add_argument("--patience", type=int, default=2)

@@ -197,10 +197,13 @@ def test_new_switches_at_their_default_keep_old_hashes():
 
     cfg = Config()
     cfg.ict.enabled = True
-    old = {n: dict(cfg.to_dict()[n]) for n in ("data", "model", "train", "ict", "retrieval")}
+    from llmcf.fingerprint import CTR_SECTIONS, NOT_HASHED
+
+    # the payload as it was before the switches existed: every field of the sections, less NOT_HASHED ones
+    old = {n: {k: v for k, v in cfg.to_dict()[n].items() if k not in NOT_HASHED.get(n, ())} for n in CTR_SECTIONS}
+    old["model"]["params"] = cfg.model.params_for(cfg.model.name)
     for sec, f in ADDED_AT_DEFAULT:
         old[sec].pop(f)
-    old["model"]["params"] = {}
     assert config_hash(cfg) == seed_hash(old)
     # the stage stamps of `llmcf run` too: an old run's retrieve stage is not rerun
     assert Config().section_hash("retrieval") == digest({"retrieval": old["retrieval"]})

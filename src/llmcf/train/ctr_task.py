@@ -18,7 +18,6 @@ from llmcf.config import Config, model_tag
 from llmcf.data.schema import SPLITS
 from llmcf.errors import RunError
 from llmcf.fingerprint import ctr_config_hash, model_cache_key
-from llmcf.io import save_npy
 from llmcf.rundir import RunDir
 from llmcf.train.batches import make_batches
 from llmcf.train.inputs import ContextInputs, load_context, load_model_inputs
@@ -127,11 +126,15 @@ class CTRTask:
                   a["valid"]["label"], cfg.train, valid_users=a["valid"]["user"],
                   test=run.batches("test", cfg, seed, False), test_labels=a["test"]["label"],
                   test_users=a["test"]["user"], progress=progress, desc=desc, validate_start=warm)
-        # per-row test probabilities of the best weights, for the slice tables (llmcf.slices); written before
-        # result.json, so a seed with a result always has them
-        save_npy(run.rd.model(variant_tag(self.model_name, cfg)) / f"seed_{seed}" / "test_pred.npy",
-                 predict(model, run.batches("test", cfg, seed, False)))
+        # per-row test probabilities of the best weights, for the slice tables: the stage writes them into the seed's
+        # folder with its weights (``seed_files``), so a seed with a result always has them
+        self._test_pred = {seed: predict(model, run.batches("test", cfg, seed, False))}
         return res
+
+    def seed_files(self, seed: int) -> dict:
+        """test_pred.npy: per-row test probabilities of the seed just fitted, for the slice tables (llmcf.slices)."""
+        pred = getattr(self, "_test_pred", {}).get(seed)
+        return {} if pred is None else {"test_pred.npy": pred}
 
     def protocol(self, cfg: Config) -> dict:
         stats = self.run.rd.read_stats()

@@ -21,7 +21,7 @@ import torch
 
 from llmcf.config import Config, save_config
 from llmcf.estimate import trained
-from llmcf.io import atomic_path, atomic_write_json
+from llmcf.io import atomic_path, atomic_write_json, save_npy
 from llmcf.resources import PeakMemory
 from llmcf.train.loop import FitResult
 
@@ -63,11 +63,12 @@ def recover_seed_dirs(out_dir: Path) -> None:
 def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: range,
                 train_one: Callable[[int], tuple[torch.nn.Module, FitResult]],
                 cached_line: Callable[[dict], str], done_line: Callable[[FitResult], str],
-                cfg: Config | None = None) -> list[dict]:
+                cfg: Config | None = None, seed_files: Callable[[int], dict] | None = None) -> list[dict]:
     """Records of every seed in ``seeds``, training the missing ones with ``train_one(seed) -> (model, result)``
     after seeding torch and numpy. A seed is cached when its ``result.json`` has ``config_hash`` equal to ``chash``
     (``llmcf.fingerprint.model_cache_key``). ``cached_line(record)`` / ``done_line(result)`` finish the printed status lines.
-    ``cfg``: written as each seed's config.yaml."""
+    ``cfg``: written as each seed's config.yaml. ``seed_files(seed) -> {file name: array}``: extra .npy files of a
+    freshly trained seed (e.g. its per-row test predictions), written into the seed folder with its weights."""
     from safetensors.torch import save_file
 
     recover_seed_dirs(out_dir)
@@ -95,6 +96,8 @@ def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: ran
             save_file(state, str(tmp))
         if cfg is not None:
             save_config(cfg, staging / "config.yaml")
+        for name, arr in (seed_files(seed) if seed_files else {}).items():
+            save_npy(staging / name, arr)
         record = {"model": model_name, "tag": tag, "seed": seed, "config_hash": chash, **asdict(res),
                   "wall_seconds": time.perf_counter() - t0,
                   "params": int(sum(p.numel() for p in model.parameters()))}

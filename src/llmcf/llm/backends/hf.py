@@ -159,10 +159,16 @@ class HFBackend:
         return res
 
     def score_yes_no(self, prompts: list[Prompt]) -> np.ndarray:
-        texts = [render_chat(self.tokenizer, p) for p in prompts]
-        ids = [first_token_id(self.tokenizer, "Yes"), first_token_id(self.tokenizer, "No")]
-        logits = self.next_token_logits(texts, ids, desc="p(Yes)")
-        return yes_probability(logits[:, 0], logits[:, 1])
+        return score_yes_no(self, prompts)
+
+
+def score_yes_no(backend, prompts: list[Prompt]) -> np.ndarray:
+    """p(Yes) per prompt from one forward of ``backend`` (hf or llamacpp): softmax over the next-token logits of the
+    first token of "Yes" and of "No", after the chat-rendered prompt."""
+    texts = [render_chat(backend.tokenizer, p) for p in prompts]
+    ids = [first_token_id(backend.tokenizer, "Yes"), first_token_id(backend.tokenizer, "No")]
+    logits = backend.next_token_logits(texts, ids, desc="p(Yes)")
+    return yes_probability(logits[:, 0], logits[:, 1])
 
 
 def cut_at_stop(text: str, stop) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 from llmcf.errors import LLMCFError
 from llmcf.io import atomic_write_json
 from llmcf.llm.backends.base import BACKENDS, Prompt, SamplingParams
-from llmcf.llm.backends.hf import cut_at_stop, first_token_id, render_chat, yes_probability
+from llmcf.llm.backends.hf import cut_at_stop, render_chat, score_yes_no
 
 
 def llama_cpp_available() -> bool:
@@ -204,7 +204,4 @@ class LlamaCppBackend:
         return res
 
     def score_yes_no(self, prompts: list[Prompt]) -> np.ndarray:
-        texts = [render_chat(self.tokenizer, p) for p in prompts]
-        ids = [first_token_id(self.tokenizer, "Yes"), first_token_id(self.tokenizer, "No")]
-        logits = self.next_token_logits(texts, ids, desc="p(Yes)")
-        return yes_probability(logits[:, 0], logits[:, 1])
+        return score_yes_no(self, prompts)

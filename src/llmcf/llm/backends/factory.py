@@ -52,8 +52,8 @@ def engine_line(cfg: LLMConfig) -> str:
     except PackageNotFoundError:
         ver = f"{pkg} not installed"
     how = {"llamacpp": "GGUF on CPU", "hf": "torch " + cfg.dtype, "openai": f"endpoint {cfg.endpoint}"}.get(name, "")
-    auto = " (llm.backend=auto" + ("" if name == "llamacpp" else "; pip install 'llmcf[llamacpp]' for the faster "
-                                     "llama.cpp engine") + ")" if str(cfg.backend).lower() == "auto" else ""
+    auto = " (llm.backend=auto" + ("" if name == "llamacpp" else "; pip install 'llmcf[llamacpp]' for the llama.cpp "
+                                     "engine: less memory, not faster on a 2-core CPU here") + ")" if str(cfg.backend).lower() == "auto" else ""
     return f"LLM engine: {name} ({', '.join(x for x in (ver, how) if x)}){auto}"
 
 

@@ -33,3 +33,11 @@ class GenerationBackend(Protocol):
 
 
 BACKENDS: Registry = Registry("generation backend")
+
+
+def generation_stats(new_tokens: int, t0: float, prompts: int) -> dict:
+    """A backend's ``last_stats`` after a generate call that started at ``time.perf_counter() == t0``."""
+    import time
+
+    dt = time.perf_counter() - t0
+    return {"new_tokens": new_tokens, "seconds": dt, "tokens_per_s": new_tokens / max(dt, 1e-9), "prompts": prompts}

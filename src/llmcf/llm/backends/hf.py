@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from llmcf.errors import LLMCFError
-from llmcf.llm.backends.base import BACKENDS, Prompt, SamplingParams
+from llmcf.llm.backends.base import BACKENDS, Prompt, SamplingParams, generation_stats
 
 
 def _pick_device(device: str):
@@ -134,9 +134,7 @@ class HFBackend:
                 bar.update(len(idx))
                 bar.set_postfix(tok_s=f"{new_tokens / max(dt, 1e-9):.1f}")
         bar.close()
-        dt = time.perf_counter() - t0
-        self.last_stats = {"new_tokens": new_tokens, "seconds": dt, "tokens_per_s": new_tokens / max(dt, 1e-9),
-                           "prompts": len(texts)}
+        self.last_stats = generation_stats(new_tokens, t0, len(texts))
         return out
 
     # ---------------------------------------------------------------- scoring

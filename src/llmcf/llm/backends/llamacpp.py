@@ -32,7 +32,7 @@ import numpy as np
 
 from llmcf.errors import LLMCFError
 from llmcf.io import atomic_write_json
-from llmcf.llm.backends.base import BACKENDS, Prompt, SamplingParams
+from llmcf.llm.backends.base import BACKENDS, Prompt, SamplingParams, generation_stats
 from llmcf.llm.backends.hf import cut_at_stop, render_chat, score_yes_no
 
 
@@ -170,9 +170,7 @@ class LlamaCppBackend:
             bar.update(1)
             bar.set_postfix(tok_s=f"{new_tokens / max(time.perf_counter() - t0, 1e-9):.1f}")
         bar.close()
-        dt = time.perf_counter() - t0
-        self.last_stats = {"new_tokens": new_tokens, "seconds": dt, "tokens_per_s": new_tokens / max(dt, 1e-9),
-                           "prompts": len(prompts)}
+        self.last_stats = generation_stats(new_tokens, t0, len(prompts))
         return out
 
     def count_tokens(self, text: str) -> int:

@@ -171,6 +171,44 @@ def test_shared_bank_rows_computed_once_give_same_output_and_grads(variant):
         assert torch.allclose(g, outs[1][1][name], atol=1e-5), name
 
 
+@pytest.mark.parametrize("variant,gaps", [("full", False), ("full", True), ("no_cot", False), ("mean_pool", False)])
+def test_cached_bank_examples_score_like_the_full_inputs(variant, gaps):
+    """Scoring with the bank's example tokens computed once (cache_examples + ctx_row/ctx_mask alone) gives the
+    numbers of the full ctx_* inputs; a weight change refreshes the cache; training never uses it."""
+    rng = np.random.default_rng(4)
+    n_bank, b, k = 6, 5, 4
+    cot_row = np.where(np.arange(n_bank) % 2 == 0, np.arange(n_bank), -1) if gaps else np.arange(n_bank)
+    bank = ContextBank(user=rng.integers(2, N_USERS, n_bank), item=rng.integers(2, N_ITEMS, n_bank),
+                       hist=rng.integers(0, N_ITEMS, (n_bank, L)), label=rng.integers(0, 2, n_bank),
+                       cot=rng.normal(size=(n_bank, D)).astype(np.float32), cot_row=cot_row)
+    idx = rng.integers(-1, n_bank, (b, k))
+    query = make_batch(b=b, k=k)
+    full = {**query, **bank.gather(idx)}
+    light = {**{key: query[key] for key in ("user", "item", "hist", "hist_len", "label")}, **bank.gather_rows(idx)}
+    ict = make_ict(variant, no_cot_token=gaps)
+    with torch.no_grad():
+        want = ict(full)[0]
+        ict.cache_examples(bank.all_rows())
+        got = ict(light)[0]
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+        for p in ict.parameters():  # new weights: the cache follows them
+            p.add_(0.1)
+        ict.cache_examples(None)
+        want2 = ict(full)[0]
+        ict.cache_examples(bank.all_rows())
+        ict(light)
+        for p in ict.parameters():
+            p.add_(-0.1)
+        ict.cache_examples(None)
+        want3 = ict(full)[0]
+        ict.cache_examples(bank.all_rows())
+        torch.testing.assert_close(ict(light)[0], want3, atol=1e-6, rtol=0)
+    assert not torch.allclose(want2, want3)
+    ict.train()
+    with pytest.raises(DataError, match="ctx_user"):  # training reads the full inputs, never the cache
+        ict(light)
+
+
 def test_reconstruction_loss_matches_hand_computation():
     ict, batch = make_ict("full", recon_weight=2.5), make_batch(b=5, mask_p=0.4)
     assert batch["ctx_mask"].any() and not batch["ctx_mask"].all()

@@ -101,6 +101,24 @@ class ContextBank:
             **({"ctx_has_cot": torch.from_numpy(self._has_cot[rows])} if self.cot_gaps else {}),
         }
 
+    def all_rows(self) -> dict[str, torch.Tensor]:
+        """``gather`` of every bank row and then the missing-slot row, as [n + 1, 1] tensors: row r of each is what a
+        slot with ctx_row r carries (the ICT's ``cache_examples`` input)."""
+        return self.gather(np.append(np.arange(self.n), -1)[:, None])
+
+    def gather_rows(self, ctx_idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """The slots alone: ctx_row [B,K] int64 (``n`` for a missing slot) and ctx_mask [B,K] bool — what an ICT
+        with cached example tokens (``ICT.cache_examples``) reads."""
+        idx = np.asarray(ctx_idx)
+        if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
+            raise DataError(f"expected integer bank row ids [B, K], got {idx.dtype} {idx.shape}", field="ctx_idx")
+        if idx.size and (idx.min() < -1 or idx.max() >= self.n):
+            raise DataError(f"bank row ids must lie in [-1, {self.n}), got [{idx.min()}, {idx.max()}]: the "
+                            "in-context ids belong to another bank; rerun `llmcf retrieve`", field="ctx_idx")
+        mask = idx >= 0
+        return {"ctx_row": torch.from_numpy(np.where(mask, idx, self.n).astype(np.int64, copy=False)),
+                "ctx_mask": torch.from_numpy(mask)}
+
     @classmethod
     def from_run(cls, run_dir: str | Path, vocab=None, hist_len: int = 20) -> "ContextBank":
         """The bank of a run (retrieval/bank.parquet and embed/cot.npy, read by ``llmcf.rundir``), with ids encoded

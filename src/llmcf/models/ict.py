@@ -97,6 +97,7 @@ class ICT(nn.Module):
         self.tokens_per_example = 3 if self.uses_cot else 2
         self.no_cot = nn.Parameter(torch.zeros(dim)) if no_cot_token and self.uses_cot else None
         self.sim_proj = nn.Linear(1, dim) if sim_input else None
+        self._example_bank, self._example_cache, self._example_versions = None, None, None  # cache_examples
 
     # ---- tokens -------------------------------------------------------------------------------------------------
     def features(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
@@ -121,41 +122,80 @@ class ICT(nn.Module):
             self.text_mlp(_bag_mean(hist, self.item_text)),
         ], -1))
 
+    def _examples(self, f_ex: torch.Tensor, ctx_cot: torch.Tensor | None, ctx_label: torch.Tensor,
+                  ctx_has_cot: torch.Tensor | None) -> torch.Tensor:
+        """The tokens of each example [B, K, tokens_per_example, dim] from its features tokens f_ex [B, K, dim]."""
+        parts = [f_ex]
+        if self.uses_cot:
+            cot = self.text_mlp(ctx_cot.to(self.item_text.dtype))
+            if self.no_cot is not None:
+                cot = torch.where(ctx_has_cot.bool()[..., None], cot, self.no_cot)
+            parts.append(cot)
+        parts.append(self.label_emb(ctx_label.long()))
+        return torch.stack(parts, 2)
+
+    def cache_examples(self, bank: dict[str, torch.Tensor] | None) -> None:
+        """Compute every bank row's example tokens once (scoring only: eval mode, no dropout) from
+        ``bank`` = ``ContextBank.all_rows()`` (the ctx_* tensors of each row as [n + 1, 1], ctx_row = 0..n); a batch
+        with ``ctx_row`` then gathers them instead of recomputing them, and needs no other ctx_* input than
+        ctx_row and ctx_mask (and ctx_sim). The cache belongs to the weights it was computed with: if any
+        parameter changes in place (an optimiser step, ``load_state_dict``) it is recomputed on next use, and
+        it is never used in training mode. ``None`` drops it."""
+        if bank is None:
+            self._example_bank = self._example_cache = None
+            return
+        self._example_bank = {k: v for k, v in bank.items() if k != "ctx_row"}
+        self._example_cache = None
+        self._example_versions = None
+
+    def _cached_examples(self) -> torch.Tensor | None:
+        bank = self._example_bank
+        if bank is None or self.training:
+            return None
+        versions = tuple(p._version for p in self.parameters())
+        if self._example_cache is None or versions != self._example_versions:
+            hist_len = bank["ctx_hist"].shape[-1]
+            with torch.no_grad():
+                f = self.features(bank["ctx_user"].reshape(-1), bank["ctx_item"].reshape(-1),
+                                  bank["ctx_hist"].reshape(-1, hist_len))
+                ex = self._examples(f[:, None], bank.get("ctx_cot"), bank["ctx_label"], bank.get("ctx_has_cot"))
+            self._example_cache, self._example_versions = ex[:, 0], versions  # [n + 1, tpe, dim]
+        return self._example_cache
+
     def tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Input sequence [B, T, dim] and key-present mask [B, T] (T = tokens_per_example·K + 1)."""
-        need = CTX_KEYS + (("ctx_cot",) if self.uses_cot else ()) + (("ctx_sim",) if self.sim_proj else ()) + \
-            (("ctx_has_cot",) if self.no_cot is not None else ())
+        cache = self._cached_examples() if "ctx_row" in batch else None
+        need = ("ctx_row", "ctx_mask") if cache is not None else \
+            CTX_KEYS + (("ctx_cot",) if self.uses_cot else ()) + (("ctx_has_cot",) if self.no_cot is not None else ())
+        need = need + (("ctx_sim",) if self.sim_proj else ())
         missing = [k for k in need if k not in batch]
         if missing:
             raise DataError(f"batch lacks the in-context inputs {missing}: gather them with ContextBank.gather",
                             field=missing[0])
-        b, k = batch["ctx_item"].shape
-        hist_len = batch["hist"].shape[1]
-        c_user, c_item = batch["ctx_user"].reshape(-1), batch["ctx_item"].reshape(-1)
-        c_hist = batch["ctx_hist"].reshape(-1, hist_len)
-        inv = None
-        if "ctx_row" in batch and not self.training:
-            # scoring (evaluation, serving): a bank row recurs across a batch (a user's candidates share most of
-            # their examples), so compute its features once. Not in training, where each slot keeps its own
-            # dropout mask.
-            uniq, inv = torch.unique(batch["ctx_row"].reshape(-1), return_inverse=True)
-            first = torch.empty(len(uniq), dtype=torch.long, device=inv.device)
-            first.scatter_(0, inv, torch.arange(len(inv), device=inv.device))  # one slot holding each bank row
-            c_user, c_item, c_hist = c_user[first], c_item[first], c_hist[first]
-        feats = self.features(torch.cat([c_user, batch["user"]]), torch.cat([c_item, batch["item"]]),
-                              torch.cat([c_hist, batch["hist"]]))
-        n_ctx = len(c_user)
-        f_ex, f_q = feats[:n_ctx], feats[n_ctx:]
-        f_ex = (f_ex[inv] if inv is not None else f_ex).view(b, k, -1)
-        parts = [f_ex]
-        if self.uses_cot:
-            cot = self.text_mlp(batch["ctx_cot"].to(self.item_text.dtype))
-            if self.no_cot is not None:
-                cot = torch.where(batch["ctx_has_cot"].bool()[..., None], cot, self.no_cot)
-            parts.append(cot)
-        parts.append(self.label_emb(batch["ctx_label"].long()))
+        b, k = batch["ctx_mask"].shape
+        if cache is not None:  # scoring with the bank's example tokens precomputed (cache_examples)
+            ex = cache[batch["ctx_row"]]
+            f_q = self.features(batch["user"], batch["item"], batch["hist"])
+        else:
+            hist_len = batch["hist"].shape[1]
+            c_user, c_item = batch["ctx_user"].reshape(-1), batch["ctx_item"].reshape(-1)
+            c_hist = batch["ctx_hist"].reshape(-1, hist_len)
+            inv = None
+            if "ctx_row" in batch and not self.training:
+                # scoring (evaluation, serving): a bank row recurs across a batch (a user's candidates share most
+                # of their examples), so compute its features once. Not in training, where each slot keeps its own
+                # dropout mask.
+                uniq, inv = torch.unique(batch["ctx_row"].reshape(-1), return_inverse=True)
+                first = torch.empty(len(uniq), dtype=torch.long, device=inv.device)
+                first.scatter_(0, inv, torch.arange(len(inv), device=inv.device))  # one slot holding each bank row
+                c_user, c_item, c_hist = c_user[first], c_item[first], c_hist[first]
+            feats = self.features(torch.cat([c_user, batch["user"]]), torch.cat([c_item, batch["item"]]),
+                                  torch.cat([c_hist, batch["hist"]]))
+            n_ctx = len(c_user)
+            f_ex, f_q = feats[:n_ctx], feats[n_ctx:]
+            f_ex = (f_ex[inv] if inv is not None else f_ex).view(b, k, -1)
+            ex = self._examples(f_ex, batch.get("ctx_cot"), batch["ctx_label"], batch.get("ctx_has_cot"))
         mask = batch["ctx_mask"].bool()
-        ex = torch.stack(parts, 2)
         if self.sim_proj is not None:
             ex = ex + self.sim_proj(batch["ctx_sim"].to(ex.dtype)[..., None])[:, :, None, :]
         ex = ex * mask[:, :, None, None]  # [B, K, tpe, dim], missing examples zeroed
@@ -194,7 +234,7 @@ class ICT(nn.Module):
         position over the tokens [B, H, T] when ``return_attention`` (names: ``token_names(K)``)."""
         out = self.encode(batch, need_weights=return_attention)
         losses = {}
-        if self.variant == "full":
+        if self.variant == "full" and (self.training or "ctx_cot" in batch):  # scoring may gather ctx_row only
             mask = batch["ctx_mask"].bool()
             if self.no_cot is not None:
                 mask = mask & batch["ctx_has_cot"].bool()

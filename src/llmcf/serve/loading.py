@@ -135,7 +135,10 @@ def load_served(run_dir: str | Path, tag: str, seed: int | None = None) -> Serve
     if missing or unexpected:
         raise RunError(f"{wpath}: weights do not match {model_name} (missing {missing[:3]}, unexpected "
                        f"{unexpected[:3]}): retrain with `llmcf train`")
-    return Served(run.root, tag, seed, cfg, seed_, result, model_name, model.eval(), inputs, fingerprint,
+    model.eval()
+    if ict:  # every bank row's example tokens (features, CoT, label) computed once here, not per request
+        model.ict.cache_examples(context.bank.all_rows())
+    return Served(run.root, tag, seed, cfg, seed_, result, model_name, model, inputs, fingerprint,
                   retriever, context, cot_texts, warnings, time.time())
 
 

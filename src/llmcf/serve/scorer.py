@@ -5,7 +5,9 @@ What a request goes through (the whole online path of LLM-CF; the LLM is never c
        of its own and no text embedding, and the result says so per candidate);
     2. for an LLM-CF model, retrieval of K in-context examples per (user, candidate) pair from the saved bank and
        FAISS indexes, batched over the candidates of the request (the same selection as ``llmcf retrieve``);
-    3. one forward pass of backbone + ICT over all candidates; scores are sigmoid(logit), as in evaluation.
+    3. one forward pass of backbone + ICT over all candidates; scores are sigmoid(logit), as in evaluation. The bank
+       rows' example tokens (features, CoT, label) are computed once at load (``ICT.cache_examples``), so a request
+       computes only its own candidates' features tokens and the decoder.
 
 Position and the leakage rule: bank rows are train rows; the rule forbids a row of the same user at the same or a
 later position than the query. An online request comes after every logged interaction of its user, so its default
@@ -130,7 +132,7 @@ class Scorer:
     @torch.inference_mode()
     def _forward(self, batch: dict, ctx: np.ndarray | None, attention: bool = False) -> dict:
         if ctx is not None:
-            batch = {**batch, **self.context.gather(ctx)}
+            batch = {**batch, **self.context.gather_rows(ctx)}  # the ICT holds the bank's example tokens
         out = self.model(batch, return_attention=True) if attention else self.model(batch)
         return {"scores": torch.sigmoid(out["logit"]).float().numpy(),
                 "attention": out["attention"].float().numpy() if attention else None}

@@ -89,6 +89,14 @@ class Server:
             time.sleep(0.5)
         raise RuntimeError(f"server not up after {timeout}s; see {self.log.name}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server process has used so far (from /proc; NaN where unavailable)."""
+        try:
+            f = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -137,7 +145,8 @@ def summarise(parts: list[dict]) -> dict:
     return {"requests": len(lat) + len(errors), "errors": len(errors), "first_error": errors[0] if errors else "",
             "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-            "rps": len(lat) / wall if wall > 0 else float("nan"), "seconds": wall}
+            "rps": len(lat) / wall if wall > 0 else float("nan"), "seconds": wall,
+            "cpu_ms": 1000 * sum(p.get("cpu", float("nan")) for p in parts) / max(len(lat) + len(errors), 1)}
 
 
 def in_process(run: Path, tag: str, bodies: list[dict], n: int, threads: int) -> dict:
@@ -184,6 +193,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads of each server")
     ap.add_argument("--in-process", type=int, default=200, help="Scorer.score calls per model (0 = skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--note", default="", help="what code state this is (e.g. 'before', 'after'), in the heading")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve.md")
     args = ap.parse_args()
     run = args.run
@@ -207,11 +217,14 @@ def main() -> None:
         for rnd in range(args.rounds):
             for c in levels:
                 for tag in (args.base, args.llmcf):  # alternate: same background load for both
+                    cpu0 = servers[tag].cpu_seconds()
                     r = asyncio.run(drive(servers[tag].url, bodies, c, args.requests, args.duration))
+                    r["cpu"] = servers[tag].cpu_seconds() - cpu0
                     parts.setdefault((tag, c), []).append(r)
                     x = summarise([r])
                     print(f"round {rnd + 1} {tag:<12} c={c:<3} {x['requests']:>5} req  err {x['errors']}  "
-                          f"p50 {x['p50']:7.1f} ms  p99 {x['p99']:7.1f} ms  {x['rps']:7.1f} req/s", flush=True)
+                          f"p50 {x['p50']:7.1f} ms  p99 {x['p99']:7.1f} ms  {x['rps']:7.1f} req/s  "
+                          f"server CPU {x['cpu_ms']:.1f} ms/req", flush=True)
         cells = {k: summarise(v) for k, v in parts.items()}
     finally:
         for s in servers.values():
@@ -230,7 +243,8 @@ def write(args, run, levels, cells, proc, infos, started, load0, load1) -> None:
     b, m = args.base, args.llmcf
     bank = infos[m].get("bank", {})
     cmd = ".venv/bin/python " + " ".join(shlex.quote(a) for a in sys.argv)
-    lines = [f"## {started:%Y-%m-%d %H:%M}: {b} vs {m}, {args.candidates} candidates x history {args.history}",
+    lines = [f"## {started:%Y-%m-%d %H:%M}: {b} vs {m}, {args.candidates} candidates x history {args.history}"
+             + (f" ({args.note})" if args.note else ""),
              "",
              f"- command: `{cmd}`",
              f"- machine: {machine()}",
@@ -245,18 +259,19 @@ def write(args, run, levels, cells, proc, infos, started, load0, load1) -> None:
              f"{args.duration:.0f} s, {args.rounds} round(s) pooled, after {args.warmup} warm-up requests; the "
              "models alternate cell by cell",
              "",
-             "| model | clients | requests | errors | p50 ms | p99 ms | requests/s |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | clients | requests | errors | p50 ms | p99 ms | requests/s | server CPU ms/request |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in levels:
         for tag in (b, m):
             r = cells[tag, c]
             lines.append(f"| {tag} | {c} | {r['requests']} | {r['errors']} | {r['p50']:.1f} | {r['p99']:.1f} | "
-                         f"{r['rps']:.1f} |")
+                         f"{r['rps']:.1f} | {r['cpu_ms']:.1f} |")
     lines += ["", f"Ratio LLM-CF / backbone ({m} / {b}):", "",
-              "| clients | p50 latency | p99 latency | requests/s |", "|---|---|---|---|"]
+              "| clients | p50 latency | p99 latency | requests/s | server CPU/request |", "|---|---|---|---|---|"]
     for c in levels:
         x, y = cells[b, c], cells[m, c]
-        lines.append(f"| {c} | {y['p50'] / x['p50']:.2f}x | {y['p99'] / x['p99']:.2f}x | {y['rps'] / x['rps']:.2f}x |")
+        lines.append(f"| {c} | {y['p50'] / x['p50']:.2f}x | {y['p99'] / x['p99']:.2f}x | {y['rps'] / x['rps']:.2f}x | "
+                     f"{y['cpu_ms'] / x['cpu_ms']:.2f}x |")
     if proc:
         lines += ["", "In-process `Scorer.score` (Python API, no HTTP/JSON, one request at a time; retrieval = the "
                   "in-context selection step alone for the same request):", "",

@@ -104,6 +104,13 @@ class TrainConfig:
     attention) on ml-100k, so the default is none."""
     ict_lr: float | None = None
     """Adam learning rate of the ICT module's own parameters (None = ``lr``)."""
+    device: str = "auto"
+    """Where training and evaluation run (model, batches, buffers such as the ICT's item-text matrix): auto (cuda
+    when available, else cpu) | cpu | cuda | cuda:N. Asking for cuda without it is an error, never a fallback."""
+    amp: bool = False
+    """Mixed precision (torch.autocast: float16 with a gradient scaler on cuda, bfloat16 on cpu)."""
+    grad_clip: float | None = None
+    """Clip the global gradient L2 norm to this value before each optimiser step (None = no clipping)."""
 
 
 @dataclass
@@ -295,6 +302,9 @@ class ServeConfig:
     (0 = off; POST /v1/admin/reload swaps on demand)."""
     threads: int | None = None
     """torch CPU threads of the server (None = torch default)."""
+    device: str = "cpu"
+    """Where the served model scores: cpu | cuda | cuda:N | auto (cuda when available). Asking for cuda without it
+    is an error, never a fallback."""
     admin_max_failures: int = 5
     """Wrong admin tokens one client may send within admin_failure_window seconds before it gets 429s."""
     admin_failure_window: float = 60.0

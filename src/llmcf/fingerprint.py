@@ -17,13 +17,15 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-NOT_HASHED: dict[str, tuple[str, ...]] = {"recgen": ("micro_batch",), "data": ("on_duplicate",)}
+NOT_HASHED: dict[str, tuple[str, ...]] = {"recgen": ("micro_batch",), "data": ("on_duplicate",),
+                                          "train": ("device",)}
 """Settings that change how a stage runs (memory, whether it refuses some input), not what it writes: left out of the
 stage and model hashes."""
 
 ADDED_AT_DEFAULT: dict[tuple[str, str], object] = {("train", "ict_lr"): None, ("ict", "fusion"): "concat",
                                                    ("ict", "warm_start"): False, ("ict", "sim_input"): False,
-                                                   ("retrieval", "bank"): "cot"}
+                                                   ("retrieval", "bank"): "cot", ("train", "amp"): False,
+                                                   ("train", "grad_clip"): None}
 """Config fields added after results were recorded: left out of every hash while at their default (the behaviour
 before they existed), so adding a switch neither reruns a stage nor retrains a cached seed."""
 
@@ -142,7 +144,7 @@ def seed_hash(payload: dict) -> str:
 
 
 CTR_SECTIONS = ("data", "model", "train", "ict", "retrieval")
-SEQ_TRAIN_FIELDS = ("batch_size", "eval_batch_size", "patience", "max_steps_per_epoch")
+SEQ_TRAIN_FIELDS = ("batch_size", "eval_batch_size", "patience", "max_steps_per_epoch", "amp", "grad_clip")
 """The train.* fields the sequential task reads (plus ``ict_weight_decay`` with the ICT); every other training
 setting of the sequential task is in the ``seq`` section."""
 

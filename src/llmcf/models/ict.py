@@ -152,9 +152,10 @@ class ICT(nn.Module):
         bank = self._example_bank
         if bank is None or self.training:
             return None
-        versions = tuple(p._version for p in self.parameters())
+        versions = (self.item_text.device, *(p._version for p in self.parameters()))  # moved or changed: redo
         if self._example_cache is None or versions != self._example_versions:
             hist_len = bank["ctx_hist"].shape[-1]
+            bank = {key: v.to(self.item_text.device) for key, v in bank.items()}  # where the model is now
             with torch.no_grad():
                 f = self.features(bank["ctx_user"].reshape(-1), bank["ctx_item"].reshape(-1),
                                   bank["ctx_hist"].reshape(-1, hist_len))

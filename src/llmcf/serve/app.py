@@ -317,7 +317,7 @@ def serve(run_dir: str | Path, cfg: Config, model: str, host: str = "127.0.0.1",
     if cfg.serve.threads:
         torch.set_num_threads(int(cfg.serve.threads))
     t0 = time.perf_counter()
-    scorer = Scorer.load(run_dir, model, seed)
+    scorer = Scorer.load(run_dir, model, seed, device=cfg.serve.device)
     for w in scorer.warnings:
         print(f"[serve] warning: {w}")
     bank = f", bank {len(scorer.bank_frame)} rows, K={scorer.retriever.cfg.k}" if scorer.ict else ""

@@ -85,7 +85,8 @@ def watched_files(run_dir: Path, tag: str, seed: int, requested_seed: int | None
     return files
 
 
-def load_served(run_dir: str | Path, tag: str, seed: int | None = None) -> Served:
+def load_served(run_dir: str | Path, tag: str, seed: int | None = None, device: str = "cpu") -> Served:
+    """``device``: where the model scores (``serve.device``: cpu | cuda | cuda:N | auto)."""
     from safetensors.torch import load_file
 
     from llmcf.models.llmcf_model import build_model
@@ -135,7 +136,9 @@ def load_served(run_dir: str | Path, tag: str, seed: int | None = None) -> Serve
     if missing or unexpected:
         raise RunError(f"{wpath}: weights do not match {model_name} (missing {missing[:3]}, unexpected "
                        f"{unexpected[:3]}): retrain with `llmcf train`")
-    model.eval()
+    from llmcf.train.device import resolve_device
+
+    model.to(resolve_device(device, "serve.device")).eval()
     if ict:  # every bank row's example tokens (features, CoT, label) computed once here, not per request
         model.ict.cache_examples(context.bank.all_rows())
     return Served(run.root, tag, seed, cfg, seed_, result, model_name, model, inputs, fingerprint,

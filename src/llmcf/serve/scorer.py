@@ -62,11 +62,11 @@ class ScoreResult:
 class Scorer:
     """One loaded model; immutable once built (a refresh builds a new Scorer: see ``reload``)."""
 
-    def __init__(self, run_dir: str | Path, model_tag: str, seed: int | None = None):
+    def __init__(self, run_dir: str | Path, model_tag: str, seed: int | None = None, device: str = "cpu"):
         """Load models/<model_tag>/seed_<seed> of ``run_dir`` (tags: ``DIN``, ``DIN+llmcf``, ``DIN+llmcf-no_cot``,
         ...; seed None = the seed with the best validation AUC). Same as ``Scorer.load``."""
-        m = load_served(run_dir, model_tag, seed)
-        self.served = m
+        m = load_served(run_dir, model_tag, seed, device)
+        self.served, self.device_name = m, device
         self.run_dir, self.tag, self.requested_seed, self.cfg = m.run_dir, m.tag, m.requested_seed, m.cfg
         self.seed, self.result, self.model_name, self.model = m.seed, m.result, m.model_name, m.model
         self.warnings, self.ict, self.loaded_at = m.warnings, m.ict, m.loaded_at
@@ -83,13 +83,13 @@ class Scorer:
         self._explainer = None
 
     @classmethod
-    def load(cls, run_dir: str | Path, model_tag: str, seed: int | None = None) -> "Scorer":
-        """Load a trained model of a run directory (see ``__init__``)."""
-        return cls(run_dir, model_tag, seed)
+    def load(cls, run_dir: str | Path, model_tag: str, seed: int | None = None, device: str = "cpu") -> "Scorer":
+        """Load a trained model of a run directory (see ``__init__``; ``device``: ``serve.device``)."""
+        return cls(run_dir, model_tag, seed, device)
 
     def reload(self) -> "Scorer":
         """A new Scorer from the same run, tag and seed choice, reading the files as they are now."""
-        return type(self)(self.run_dir, self.tag, self.requested_seed)
+        return type(self)(self.run_dir, self.tag, self.requested_seed, self.device_name)
 
     def watched_files(self) -> list[Path]:
         """Files whose change means a new model or bank: the model's weights and the retrieval stage's outputs."""
@@ -133,9 +133,12 @@ class Scorer:
     def _forward(self, batch: dict, ctx: np.ndarray | None, attention: bool = False) -> dict:
         if ctx is not None:
             batch = {**batch, **self.context.gather_rows(ctx)}  # the ICT holds the bank's example tokens
+        from llmcf.train.device import model_device, to_device
+
+        batch = to_device(batch, model_device(self.model))
         out = self.model(batch, return_attention=True) if attention else self.model(batch)
-        return {"scores": torch.sigmoid(out["logit"]).float().numpy(),
-                "attention": out["attention"].float().numpy() if attention else None}
+        return {"scores": torch.sigmoid(out["logit"]).float().cpu().numpy(),
+                "attention": out["attention"].float().cpu().numpy() if attention else None}
 
     def score_rows(self, users: Sequence[str | None], histories: Sequence[Sequence[str]], items: Sequence[str],
                    pos: Sequence[int] | np.ndarray | None = None) -> np.ndarray:

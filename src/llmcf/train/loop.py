@@ -37,12 +37,21 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
                        batch_loss: Callable, validate: Callable[[torch.nn.Module], dict[str, float]],
                        stop_metric: str, max_epochs: int, patience: int, loss_name: str,
                        epoch_line: Callable[[dict, dict], str], test: Callable[[torch.nn.Module], dict] | None = None,
-                       progress: bool = True, desc: str = "train", validate_start: bool = False) -> FitResult:
+                       progress: bool = True, desc: str = "train", validate_start: bool = False,
+                       device: torch.device | None = None, grad_clip: float | None = None,
+                       amp: bool = False) -> FitResult:
     """Train until ``validate(model)[stop_metric]`` has not improved for ``patience`` epochs (at most
     ``max_epochs``); the curve rows hold ``train_<loss_name>``, the auxiliary losses, ``valid_*`` and ``seconds``.
     ``epoch_line(row, metrics)`` is the progress line printed after an epoch. ``validate_start``: also validate the
     weights before any training (curve row epoch 0), which early stopping may keep (best_epoch 0) — so a model
-    warm-started from a trained one never ends below it on validation."""
+    warm-started from a trained one never ends below it on validation. ``device``: the model and every batch are
+    moved there (None: where the model is); ``grad_clip``: clip the global gradient norm before each step;
+    ``amp``: torch.autocast (``llmcf.train.device.amp_dtype``; a gradient scaler on cuda)."""
+    from llmcf.train.device import amp_dtype, model_device, to_device
+
+    device = model_device(model) if device is None else device
+    model.to(device)
+    scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
     best, best_epoch, best_state, best_valid = -float("inf"), -1, None, {}
     curve, epoch_secs, bad, stopped_early = [], [], 0, False
     if validate_start:
@@ -56,15 +65,27 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
         losses, aux_sums = [], {}
         bar = tqdm(train, desc=f"{desc} epoch {epoch + 1}", disable=not progress, leave=False, mininterval=1.0)
         for batch in bar:
-            out = model(batch)
-            loss = batch_loss(model, batch, out)
-            total = loss
-            for name, aux in out.get("losses", {}).items():
-                total = total + aux
-                aux_sums[name] = aux_sums.get(name, 0.0) + float(aux.detach())
+            batch = to_device(batch, device)
+            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+                out = model(batch)
+                loss = batch_loss(model, batch, out)
+                total = loss
+                for name, aux in out.get("losses", {}).items():
+                    total = total + aux
+                    aux_sums[name] = aux_sums.get(name, 0.0) + float(aux.detach())
             opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(total).backward()
+                if grad_clip:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                total.backward()
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                opt.step()
             losses.append(float(loss.detach()))
             if len(losses) % 50 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")

@@ -105,7 +105,8 @@ class SeqTask:
                        lr=s.lr, weight_decay=s.weight_decay, ict_weight_decay=cfg.train.ict_weight_decay,
                        max_epochs=s.max_epochs, patience=cfg.train.patience, num_negatives=s.num_negatives,
                        remove_history=s.remove_history, ks=tuple(s.ks),
-                       test=run.batches("test", cfg, seed, False, ict), seed=seed, progress=progress, desc=desc)
+                       test=run.batches("test", cfg, seed, False, ict), seed=seed, progress=progress, desc=desc,
+                       device=cfg.train.device, grad_clip=cfg.train.grad_clip, amp=cfg.train.amp)
 
     def protocol(self, cfg: Config) -> dict:
         from llmcf.train.seq_metrics import protocol_line

@@ -46,9 +46,13 @@ def sampled_softmax_loss(user_vec: torch.Tensor, items: torch.Tensor, target: to
 @torch.no_grad()
 def rank_targets(model: torch.nn.Module, batches, remove_history: bool = False) -> np.ndarray:
     """0-based full-ranking rank of every row's target, in order."""
+    from llmcf.train.device import model_device, to_device
+
     model.eval()
     items = model.item_vectors()
-    out = [target_ranks(model(b)["user_vec"] @ items.T, b["item"], b["hist"], remove_history) for b in batches]
+    dev = model_device(model)
+    out = [target_ranks(model(b)["user_vec"] @ items.T, b["item"], b["hist"], remove_history)
+           for b in (to_device(x, dev) for x in batches)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -58,15 +62,20 @@ def evaluate_seq(model, batches, remove_history: bool = False, ks=(5, 10, 20)) -
 
 def fit_seq(model: torch.nn.Module, train, valid, *, lr: float = 1e-3, weight_decay: float = 1e-5,
             ict_weight_decay: float | None = None, max_epochs: int = 50, patience: int = 2, num_negatives: int = 256, remove_history: bool = False,
-            ks=(5, 10, 20), test=None, seed: int = 0, progress: bool = True, desc: str = "train") -> SeqFitResult:
+            ks=(5, 10, 20), test=None, seed: int = 0, progress: bool = True, desc: str = "train",
+            device: str = "cpu", grad_clip: float | None = None, amp: bool = False) -> SeqFitResult:
     """Adam until valid NDCG@10 stops improving for ``patience`` epochs; the best weights are reloaded and tested.
     The ICT's parameters get ``ict_weight_decay`` (None: ``weight_decay``, like the backbone's)."""
     from llmcf.train.trainer import param_groups
 
     ks = tuple(sorted(set(ks) | {10}))
     wd_ict = weight_decay if ict_weight_decay is None else ict_weight_decay
+    from llmcf.train.device import resolve_device
+
+    dev = resolve_device(device, "train.device")
+    model.to(dev)
     opt = torch.optim.Adam(param_groups(model, weight_decay, wd_ict), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)
     return early_stopping_fit(
         model, opt, train,
         batch_loss=lambda m, batch, out: sampled_softmax_loss(out["user_vec"], m.item_vectors(), batch["item"],
@@ -76,4 +85,4 @@ def fit_seq(model: torch.nn.Module, train, valid, *, lr: float = 1e-3, weight_de
         stop_metric=STOP_METRIC, max_epochs=max_epochs, patience=patience, loss_name="loss",
         epoch_line=lambda row, m: f"loss {row['train_loss']:.4f}  valid recall@10 {m['recall@10']:.4f}  "
                                   f"ndcg@10 {m['ndcg@10']:.4f}",
-        progress=progress, desc=desc)
+        progress=progress, desc=desc, device=dev, grad_clip=grad_clip, amp=amp)

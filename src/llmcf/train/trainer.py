@@ -18,8 +18,11 @@ from llmcf.train.metrics import ctr_metrics
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches: ArrayBatches) -> np.ndarray:
     """Probabilities for every row, in order."""
+    from llmcf.train.device import model_device, to_device
+
     model.eval()
-    out = [torch.sigmoid(model(b)["logit"]).float().numpy() for b in batches]
+    dev = model_device(model)
+    out = [torch.sigmoid(model(to_device(b, dev))["logit"]).float().cpu().numpy() for b in batches]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
@@ -46,6 +49,10 @@ def fit(model: torch.nn.Module, train: ArrayBatches, valid: ArrayBatches, valid_
         progress: bool = True, desc: str = "train", validate_start: bool = False) -> FitResult:
     """Train with Adam until validation AUC stops improving for ``cfg.patience`` epochs; test the best weights once.
     ``validate_start``: the untrained (e.g. warm-started) weights are a candidate too (best_epoch 0)."""
+    from llmcf.train.device import resolve_device
+
+    device = resolve_device(cfg.device, "train.device")
+    model.to(device)  # before the optimiser is built: its state lives where the parameters do
     opt = torch.optim.Adam(param_groups(model, cfg.weight_decay, cfg.ict_weight_decay, cfg.ict_lr), lr=cfg.lr)
     return early_stopping_fit(
         model, opt, train,
@@ -55,4 +62,5 @@ def fit(model: torch.nn.Module, train: ArrayBatches, valid: ArrayBatches, valid_
         stop_metric="auc", max_epochs=cfg.max_epochs, patience=cfg.patience, loss_name="bce",
         epoch_line=lambda row, m: f"train bce {row['train_bce']:.4f}  valid auc {m['auc']:.4f}  "
                                   f"logloss {m['logloss']:.4f}",
-        progress=progress, desc=desc, validate_start=validate_start)
+        progress=progress, desc=desc, validate_start=validate_start, device=device, grad_clip=cfg.grad_clip,
+        amp=cfg.amp)

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ict", action="store_true", help="add the LLM-CF in-context CoT module (needs `llmcf retrieve`)")
     t.add_argument("--variant", choices=list(VARIANTS[1:]), help="ICT variant (with --ict)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--nproc", type=int, default=1, help="ctr task: train with N processes on this machine (torchrun + "
+                                                        "DistributedDataParallel, gloo; README 'Scaling out')")
     _add_config_args(t)
 
     tu = sub.add_parser("tune", help="hyper-parameter search (Optuna TPE) of a backbone (± ICT) on valid AUC")
@@ -152,8 +154,15 @@ def _cmd_data_build(args) -> None:
 
 
 def _cmd_train(args) -> None:
+    from llmcf.train import distributed, launch
     from llmcf.train.stage import format_summary, run_train
 
+    if args.nproc > 1 and not launch.launched_by_torchrun():
+        code = launch.launch(args.nproc, args.argv)
+        if code:
+            raise LLMCFError(f"torchrun with {args.nproc} processes exited with code {code} (messages above)")
+        return
+    distributed.init_from_env()
     cfg = _config_for_run(args, args.run)
     if args.seeds:
         cfg.train.seeds = args.seeds
@@ -180,7 +189,8 @@ def _cmd_train(args) -> None:
     with JobsEstimate("train", pending):  # after the first trained seed: the time the others should take
         for name in names:
             summary = run_train(args.run, cfg, name, progress=not args.quiet)
-            print(format_summary(summary))
+            if distributed.current().main:
+                print(format_summary(summary))
 
 
 def _cmd_tune(args) -> None:
@@ -287,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     progress.install()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.cmd is None or (args.cmd in ("data", "recgen", "cot") and args.sub is None):
         parser.print_help() if args.cmd is None else parser.parse_args([args.cmd, "--help"])
         return 2

@@ -37,12 +37,15 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
                        batch_loss: Callable, validate: Callable[[torch.nn.Module], dict[str, float]],
                        stop_metric: str, max_epochs: int, patience: int, loss_name: str,
                        epoch_line: Callable[[dict, dict], str], test: Callable[[torch.nn.Module], dict] | None = None,
-                       progress: bool = True, desc: str = "train", validate_start: bool = False) -> FitResult:
+                       progress: bool = True, desc: str = "train", validate_start: bool = False,
+                       step_model: torch.nn.Module | None = None) -> FitResult:
     """Train until ``validate(model)[stop_metric]`` has not improved for ``patience`` epochs (at most
     ``max_epochs``); the curve rows hold ``train_<loss_name>``, the auxiliary losses, ``valid_*`` and ``seconds``.
     ``epoch_line(row, metrics)`` is the progress line printed after an epoch. ``validate_start``: also validate the
     weights before any training (curve row epoch 0), which early stopping may keep (best_epoch 0) — so a model
-    warm-started from a trained one never ends below it on validation."""
+    warm-started from a trained one never ends below it on validation. ``step_model``: what the training steps call
+    (a DistributedDataParallel wrapper of ``model`` under torchrun); validation, weights and losses use ``model``."""
+    step_model = model if step_model is None else step_model
     best, best_epoch, best_state, best_valid = -float("inf"), -1, None, {}
     curve, epoch_secs, bad, stopped_early = [], [], 0, False
     if validate_start:
@@ -56,7 +59,7 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
         losses, aux_sums = [], {}
         bar = tqdm(train, desc=f"{desc} epoch {epoch + 1}", disable=not progress, leave=False, mininterval=1.0)
         for batch in bar:
-            out = model(batch)
+            out = step_model(batch)
             loss = batch_loss(model, batch, out)
             total = loss
             for name, aux in out.get("losses", {}).items():

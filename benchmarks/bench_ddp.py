@@ -20,6 +20,7 @@ import json
 import os
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,16 +82,25 @@ def main() -> None:
     for r in runs.values():
         build(r)
     log = args.run_root / "bench-ddp.log"
+    partial = args.run_root / "bench-ddp-partial.json"  # measured trainings, kept so a killed benchmark resumes
+    rows = [r for r in (json.loads(partial.read_text()) if partial.exists() else [])
+            if r.get("max_epochs") == args.max_epochs]
     load0 = os.getloadavg()[0]
-    rows = []
     for seed in range(args.seeds):
         for n in (1, 2):  # interleaved: both see the same machine load
-            rows.append(train(runs[n], seed, n, args.max_epochs, log))
+            if any(r["seed"] == seed and r["processes"] == n for r in rows):
+                continue
+            for m in runs[n].glob("models/DIN/seed_*"):  # never read back a cached seed: its time was not measured
+                shutil.rmtree(m)
+            rows.append({**train(runs[n], seed, n, args.max_epochs, log), "max_epochs": args.max_epochs,
+                         "load_1min": round(os.getloadavg()[0], 1)})
+            partial.write_text(json.dumps(rows, indent=1))
             print(f"[bench] seed {seed} {n} proc: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                                   for k, v in rows[-1].items()}), flush=True)
     load1 = os.getloadavg()[0]
     import torch
 
+    rows = [r for r in rows if r["seed"] < args.seeds]
     summary = {n: {k: ms([r[k] for r in rows if r["processes"] == n])
                    for k in ("test_auc", "test_logloss", "seconds_per_epoch", "wall_seconds", "cpu_seconds")}
                for n in (1, 2)}

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("score", "score candidates and keep the best per row")):
         q = cot.add_parser(name, help=hlp)
         q.add_argument("--run", required=True, type=Path)
+        if name == "generate":
+            q.add_argument("--address", help="generate on this Ray cluster (llm.executor=ray, llm.ray_address; "
+                                             "pip install 'llmcf[ray]'), e.g. auto or ray://head:10001")
         _add_config_args(q)
 
     for name, hlp in (("embed", "embed item texts and kept CoTs"),
@@ -222,6 +225,8 @@ def _cmd_stage(args) -> None:
     elif key == ("cot", "generate"):
         from llmcf.llm.cot.generate import run_cot_generate
 
+        if args.address:
+            cfg.llm.executor, cfg.llm.ray_address = "ray", args.address
         print(f"[cot] generated: {run_cot_generate(args.run, cfg)}")
     elif key == ("cot", "score"):
         from llmcf.llm.cot.score import run_cot_score

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ict", action="store_true", help="add the LLM-CF in-context CoT module (needs `llmcf retrieve`)")
     t.add_argument("--variant", choices=list(VARIANTS[1:]), help="ICT variant (with --ict)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--nproc", type=int, default=1, help="ctr task: train with N processes on this machine (torchrun + "
+                                                        "DistributedDataParallel, gloo; README 'Scaling out')")
     _add_config_args(t)
 
     tu = sub.add_parser("tune", help="hyper-parameter search (Optuna TPE) of a backbone (± ICT) on valid AUC")
@@ -99,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("score", "score candidates and keep the best per row")):
         q = cot.add_parser(name, help=hlp)
         q.add_argument("--run", required=True, type=Path)
+        if name == "generate":
+            q.add_argument("--address", help="generate on this Ray cluster (llm.executor=ray, llm.ray_address; "
+                                             "pip install 'llmcf[ray]'), e.g. auto or ray://head:10001")
         _add_config_args(q)
 
     for name, hlp in (("embed", "embed item texts and kept CoTs"),
@@ -152,8 +157,15 @@ def _cmd_data_build(args) -> None:
 
 
 def _cmd_train(args) -> None:
+    from llmcf.train import distributed, launch
     from llmcf.train.stage import format_summary, run_train
 
+    if args.nproc > 1 and not launch.launched_by_torchrun():
+        code = launch.launch(args.nproc, args.argv)
+        if code:
+            raise LLMCFError(f"torchrun with {args.nproc} processes exited with code {code} (messages above)")
+        return
+    distributed.init_from_env()
     cfg = _config_for_run(args, args.run)
     if args.seeds:
         cfg.train.seeds = args.seeds
@@ -180,7 +192,8 @@ def _cmd_train(args) -> None:
     with JobsEstimate("train", pending):  # after the first trained seed: the time the others should take
         for name in names:
             summary = run_train(args.run, cfg, name, progress=not args.quiet)
-            print(format_summary(summary))
+            if distributed.current().main:
+                print(format_summary(summary))
 
 
 def _cmd_tune(args) -> None:
@@ -212,6 +225,8 @@ def _cmd_stage(args) -> None:
     elif key == ("cot", "generate"):
         from llmcf.llm.cot.generate import run_cot_generate
 
+        if args.address:
+            cfg.llm.executor, cfg.llm.ray_address = "ray", args.address
         print(f"[cot] generated: {run_cot_generate(args.run, cfg)}")
     elif key == ("cot", "score"):
         from llmcf.llm.cot.score import run_cot_score
@@ -287,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     progress.install()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.cmd is None or (args.cmd in ("data", "recgen", "cot") and args.sub is None):
         parser.print_help() if args.cmd is None else parser.parse_args([args.cmd, "--help"])
         return 2

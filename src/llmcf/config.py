@@ -139,6 +139,16 @@ class LLMConfig:
     """llamacpp backend: context window in tokens (prompt + new tokens)."""
     gguf_type: str = "q8_0"
     """llamacpp backend: GGUF type a non-shipped model directory (the RecGen-tuned model) is exported to: q8_0 | f16."""
+    executor: str = "local"
+    """CoT generation: local (one backend in this process) | ray (Ray Data, an actor pool of ``ray_actors`` backends,
+    ``pip install 'llmcf[ray]'``). The shards written are the same either way."""
+    ray_address: str | None = None
+    """executor: ray — the cluster to join (``auto``, ``ray://host:10001``); None starts a local Ray instance."""
+    ray_actors: int = 2
+    """executor: ray — backends (actors) running at once."""
+    ray_cpus_per_actor: float = 1.0
+    """executor: ray — CPUs Ray reserves per actor (``ray_gpus_per_actor`` for GPU engines such as vLLM)."""
+    ray_gpus_per_actor: float = 0.0
 
 
 @dataclass
@@ -220,8 +230,11 @@ class RetrievalConfig:
     target_weight: float = 0.5
     leakage: str = "same_or_later"
     """same_or_later (default, safe) | later (the original code's rule)."""
-    index: str = "flat"
-    """flat | ivf | hnsw"""
+    index: str = "auto"
+    """auto (exact ``flat`` for a label bucket of at most ``auto_exact_max`` vectors, ``ivf`` above) | flat | ivf |
+    hnsw. Recall and speed of each on 10^5 and 10^6 keys: benchmarks/results/scaling.md."""
+    auto_exact_max: int = 1_000_000
+    """index: auto — the largest label bucket searched exactly (every preset's bank is far below it)."""
     nlist: int = 256
     nprobe: int = 16
     hnsw_m: int = 32

@@ -18,16 +18,25 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 NOT_HASHED: dict[str, tuple[str, ...]] = {"recgen": ("micro_batch",), "data": ("on_duplicate",),
-                                          "train": ("device",)}
+                                          "train": ("device",),
+                                          "llm": ("executor", "ray_address", "ray_actors", "ray_cpus_per_actor",
+                                                  "ray_gpus_per_actor")}
 """Settings that change how a stage runs (memory, whether it refuses some input), not what it writes: left out of the
 stage and model hashes."""
 
 ADDED_AT_DEFAULT: dict[tuple[str, str], object] = {("train", "ict_lr"): None, ("ict", "fusion"): "concat",
                                                    ("ict", "warm_start"): False, ("ict", "sim_input"): False,
                                                    ("retrieval", "bank"): "cot", ("train", "amp"): False,
-                                                   ("train", "grad_clip"): None}
+                                                   ("train", "grad_clip"): None,
+                                                   ("retrieval", "auto_exact_max"): 1_000_000}
 """Config fields added after results were recorded: left out of every hash while at their default (the behaviour
 before they existed), so adding a switch neither reruns a stage nor retrains a cached seed."""
+
+HASHED_AS: dict[tuple[str, str], dict] = {("retrieval", "index"): {"auto": "flat"}}
+"""Values hashed as another one: ``index: auto`` (the default since the scaling work) builds the exact flat index
+for every bank bucket up to ``retrieval.auto_exact_max`` vectors, which covers every run recorded with ``flat``, so
+those runs keep their stage stamps and trained seeds. (A run whose bucket exceeds the threshold and that was
+retrieved with ``flat`` before keeps that exact index until its retrieval stage reruns for another reason.)"""
 
 SEED_FIELDS = ("seed", "seeds")
 """train.* fields that say which seeds to run; one seed's result does not depend on them."""
@@ -104,7 +113,7 @@ def dir_fingerprint(path: Path) -> str:
 # ---- config hashes ------------------------------------------------------------------------------------------------
 def without_added_defaults(section: str, values: dict) -> dict:
     """One config section (as a dict) less its ``ADDED_AT_DEFAULT`` fields that are still at their default."""
-    return {f: v for f, v in values.items()
+    return {f: HASHED_AS.get((section, f), {}).get(v, v) if isinstance(v, str) else v for f, v in values.items()
             if (section, f) not in ADDED_AT_DEFAULT or ADDED_AT_DEFAULT[(section, f)] != v}
 
 

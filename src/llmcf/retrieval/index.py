@@ -1,4 +1,5 @@
-"""Inner-product FAISS indexes over bank keys: a registry of builders (flat | ivf | hnsw), search, atomic save/load.
+"""Inner-product FAISS indexes over bank keys: a registry of builders (auto | flat | ivf | hnsw), search, atomic
+save, and load (memory-mapped for serving: several server processes share one copy of the vectors in the page cache).
 
 Every builder takes the key matrix [n, d] (float32) and the RetrievalConfig and returns an index holding the n vectors
 with ids 0..n-1 in row order. Small inputs degrade gracefully: IVF uses at most n/39 lists (FAISS's minimum training
@@ -45,6 +46,13 @@ def build_ivf(keys: np.ndarray, cfg: RetrievalConfig) -> faiss.Index:
     index.add(keys)
     index.nprobe = min(int(cfg.nprobe), nlist)
     return index
+
+
+@INDEXES.register("auto")
+def build_auto(keys: np.ndarray, cfg: RetrievalConfig) -> faiss.Index:
+    """Exact search up to ``auto_exact_max`` vectors (today's results unchanged), IVF above it (``nlist``,
+    ``nprobe``): measured recall@K and queries/s of each in benchmarks/results/scaling.md."""
+    return (build_flat if len(keys) <= int(cfg.auto_exact_max) else build_ivf)(keys, cfg)
 
 
 @INDEXES.register("hnsw")
@@ -102,11 +110,22 @@ def save_index(index: faiss.Index, path: Path) -> None:
         faiss.write_index(index, str(tmp))
 
 
-def load_index(path: Path) -> faiss.Index:
+def mmap_flags(path: Path) -> int:
+    """FAISS read flags that map the vectors from the file instead of copying them into the heap: IVF inverted lists
+    by IO_FLAG_MMAP (as OnDiskInvertedLists), flat and HNSW storage by IO_FLAG_MMAP_IFC. Which applies is read from
+    the file's four-byte type code (``Iw..`` = an IVF index)."""
+    with open(path, "rb") as f:
+        code = f.read(4)
+    return faiss.IO_FLAG_MMAP if code.startswith(b"Iw") else faiss.IO_FLAG_MMAP_IFC
+
+
+def load_index(path: Path, mmap: bool = False) -> faiss.Index:
+    """Read an index file; ``mmap``: memory-map its vectors (read-only use; the file is replaced by rename, never
+    rewritten in place, so a mapped index stays valid while ``llmcf retrieve`` publishes a new one)."""
     path = Path(path)
     if not path.exists():
         raise DataError("index file missing: rerun `llmcf retrieve`", file=str(path))
     try:
-        return faiss.read_index(str(path))
+        return faiss.read_index(str(path), mmap_flags(path) if mmap else 0)
     except RuntimeError as e:
         raise DataError(f"not a readable FAISS index: {e}", file=str(path)) from e

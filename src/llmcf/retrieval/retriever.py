@@ -26,14 +26,14 @@ class Retriever:
 
     @classmethod
     def load(cls, run_dir: Path, cfg: RetrievalConfig | None = None) -> "Retriever":
-        """Load what ``llmcf retrieve`` wrote; the retrieval config defaults to the one recorded in meta.json
+        """Load what ``llmcf retrieve`` wrote (indexes memory-mapped); the retrieval config defaults to the one recorded in meta.json
         (index-building fields must match the saved indexes; search fields such as k, nprobe may differ)."""
         run = RunDir(run_dir)
         meta = run.read_json(run.need(run.retrieval_meta, "retrieve"))
         if cfg is None:
             saved = meta["config"]
             cfg = RetrievalConfig(**{k: v for k, v in saved.items() if k in RetrievalConfig.__dataclass_fields__})
-        indexes = {lab: load_index(run.retrieval / name) for lab, name in INDEX_FILES.items()}
+        indexes = {lab: load_index(run.retrieval / name, mmap=True) for lab, name in INDEX_FILES.items()}
         return cls(CoTBank.load(run.retrieval), ItemVectors.load(run.root), indexes, cfg)
 
     def keys(self, histories: Sequence[Sequence[str]], targets: Sequence[str | None]) -> np.ndarray:

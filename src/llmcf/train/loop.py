@@ -39,19 +39,22 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
                        epoch_line: Callable[[dict, dict], str], test: Callable[[torch.nn.Module], dict] | None = None,
                        progress: bool = True, desc: str = "train", validate_start: bool = False,
                        device: torch.device | None = None, grad_clip: float | None = None,
-                       amp: bool = False) -> FitResult:
+                       amp: bool = False, step_model: torch.nn.Module | None = None) -> FitResult:
     """Train until ``validate(model)[stop_metric]`` has not improved for ``patience`` epochs (at most
     ``max_epochs``); the curve rows hold ``train_<loss_name>``, the auxiliary losses, ``valid_*`` and ``seconds``.
     ``epoch_line(row, metrics)`` is the progress line printed after an epoch. ``validate_start``: also validate the
     weights before any training (curve row epoch 0), which early stopping may keep (best_epoch 0) — so a model
     warm-started from a trained one never ends below it on validation. ``device``: the model and every batch are
     moved there (None: where the model is); ``grad_clip``: clip the global gradient norm before each step;
-    ``amp``: torch.autocast (``llmcf.train.device.amp_dtype``; a gradient scaler on cuda)."""
+    ``amp``: torch.autocast (``llmcf.train.device.amp_dtype``; a gradient scaler on cuda). ``step_model``: what the
+    training steps call (a DistributedDataParallel wrapper of ``model`` under torchrun); validation, weights and
+    losses use ``model``."""
     from llmcf.train.device import amp_dtype, model_device, to_device
 
     device = model_device(model) if device is None else device
     model.to(device)
     scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
+    step_model = model if step_model is None else step_model
     best, best_epoch, best_state, best_valid = -float("inf"), -1, None, {}
     curve, epoch_secs, bad, stopped_early = [], [], 0, False
     if validate_start:
@@ -67,7 +70,7 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
         for batch in bar:
             batch = to_device(batch, device)
             with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
-                out = model(batch)
+                out = step_model(batch)
                 loss = batch_loss(model, batch, out)
                 total = loss
                 for name, aux in out.get("losses", {}).items():

@@ -23,6 +23,7 @@ from llmcf.config import Config, save_config
 from llmcf.estimate import trained
 from llmcf.io import atomic_path, atomic_write_json, save_npy
 from llmcf.resources import PeakMemory
+from llmcf.train.distributed import current
 from llmcf.train.loop import FitResult
 
 
@@ -68,25 +69,40 @@ def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: ran
     after seeding torch and numpy. A seed is cached when its ``result.json`` has ``config_hash`` equal to ``chash``
     (``llmcf.fingerprint.model_cache_key``). ``cached_line(record)`` / ``done_line(result)`` finish the printed status lines.
     ``cfg``: written as each seed's config.yaml. ``seed_files(seed) -> {file name: array}``: extra .npy files of a
-    freshly trained seed (e.g. its per-row test predictions), written into the seed folder with its weights."""
+    freshly trained seed (e.g. its per-row test predictions), written into the seed folder with its weights.
+    Under torchrun every rank trains, rank 0 alone writes and prints, and the ranks meet at a barrier after each seed
+    (``llmcf.train.distributed``)."""
     from safetensors.torch import save_file
 
-    recover_seed_dirs(out_dir)
+    d = current()
+    if d.main:
+        recover_seed_dirs(out_dir)
+    d.barrier()
     results = []
     for seed in seeds:
         sdir = Path(out_dir) / f"seed_{seed}"
         rpath = sdir / "result.json"
-        if rpath.exists():
-            prev = json.loads(rpath.read_text())
-            if prev.get("config_hash") == chash:
-                results.append(prev)
+        prev = json.loads(rpath.read_text()) if rpath.exists() else {}
+        if d.same_everywhere(prev.get("config_hash") == chash):
+            results.append(prev)
+            if d.main:
                 print(f"[train] {tag} seed {seed}: cached ({cached_line(prev)})")
-                continue
+            continue
         torch.manual_seed(seed)
         np.random.seed(seed)
         t0 = time.perf_counter()
         with PeakMemory() as mem:
             model, res = train_one(seed)
+        record = {"model": model_name, "tag": tag, "seed": seed, "config_hash": chash, **asdict(res),
+                  "wall_seconds": time.perf_counter() - t0,
+                  "params": int(sum(p.numel() for p in model.parameters())), "processes": d.world}
+        memory = mem.record()  # this model's own peak (see llmcf.resources), not the process's high-water mark
+        record.update(memory=memory, process_peak_rss_mb=record["peak_rss_mb"],
+                      peak_rss_mb=memory["rss_peak_mb"])
+        results.append(record)
+        if not d.main:
+            d.barrier()  # rank 0 publishes the seed
+            continue
         staging = Path(out_dir) / f"{STAGING}{sdir.name}"
         if staging.exists():
             shutil.rmtree(staging)
@@ -98,15 +114,9 @@ def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: ran
             save_config(cfg, staging / "config.yaml")
         for name, arr in (seed_files(seed) if seed_files else {}).items():
             save_npy(staging / name, arr)
-        record = {"model": model_name, "tag": tag, "seed": seed, "config_hash": chash, **asdict(res),
-                  "wall_seconds": time.perf_counter() - t0,
-                  "params": int(sum(p.numel() for p in model.parameters()))}
-        memory = mem.record()  # this model's own peak (see llmcf.resources), not the process's high-water mark
-        record.update(memory=memory, process_peak_rss_mb=record["peak_rss_mb"],
-                      peak_rss_mb=memory["rss_peak_mb"])
         atomic_write_json(staging / "result.json", record)  # last: a staging dir with result.json is complete
         publish_dir(staging, sdir)
-        results.append(record)
+        d.barrier()
         trained(tag, record["wall_seconds"])
         print(f"[train] {tag} seed {seed}: best epoch {res.best_epoch}  {done_line(res)}  "
               f"({res.seconds_per_epoch:.1f}s/epoch)")

@@ -98,8 +98,15 @@ class SeqTask:
                                ict=build_ict(schema, text, cot_dim, cfg.ict, cot_gaps=bank.cot_gaps))
 
     def fit(self, model: torch.nn.Module, cfg: Config, seed: int, progress: bool, desc: str) -> FitResult:
+        from llmcf.train.distributed import current
         from llmcf.train.seq_trainer import fit_seq
 
+        if current().active:
+            from llmcf.config import ConfigError
+
+            raise ConfigError("the sequential task trains in one process (its loss reads the item table outside the "
+                              "model's forward, which DistributedDataParallel does not synchronise); run it without "
+                              "torchrun / --nproc")
         s, run, ict = cfg.seq, self.run, self.ict
         return fit_seq(model, run.batches("train", cfg, seed, True, ict), run.batches("valid", cfg, seed, False, ict),
                        lr=s.lr, weight_decay=s.weight_decay, ict_weight_decay=cfg.train.ict_weight_decay,

@@ -23,6 +23,7 @@ from llmcf.io import atomic_write_json
 from llmcf.resources import summary_memory
 from llmcf.rundir import RunDir
 from llmcf.train.ctr_task import CTRTask, RunData, variant_tag  # noqa: F401  (RunData, variant_tag: public API)
+from llmcf.train.distributed import current
 from llmcf.train.loop import FitResult
 from llmcf.train.metrics import mean_std
 from llmcf.train.seeds import train_seeds
@@ -48,7 +49,10 @@ class Task(Protocol):
 
 
 def train_model(run_dir: str | Path, task: Task, cfg: Config, model_name: str, progress: bool = True) -> dict:
-    """Train ``model_name`` for ``task`` over cfg.train.seeds seeds; returns the summary (also summary.json)."""
+    """Train ``model_name`` for ``task`` over cfg.train.seeds seeds; returns the summary (also summary.json).
+    Under torchrun (``llmcf.train.distributed``) every rank trains and returns the summary, rank 0 writes it."""
+    d = current()
+    progress = progress and d.main
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     tag = task.tag(model_name, cfg)
@@ -64,7 +68,6 @@ def train_model(run_dir: str | Path, task: Task, cfg: Config, model_name: str, p
                           range(cfg.train.seed, cfg.train.seed + cfg.train.seeds), train_one,
                           cached_line=task.cached_line, done_line=task.done_line, cfg=cfg,
                           seed_files=getattr(task, "seed_files", None))
-    save_config(cfg, out_dir / "config.yaml")
     summary = {"model": model_name, "tag": tag, **task.summary_head(), "seeds": [r["seed"] for r in results],
                "protocol": protocol,
                "test": {m: mean_std([r["test"][m] for r in results]) for m in task.test_metrics
@@ -73,8 +76,11 @@ def train_model(run_dir: str | Path, task: Task, cfg: Config, model_name: str, p
                          if m in results[0]["valid"]},
                **task.summary_tail(results),
                "seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in results]),
-               **summary_memory(results)}
-    atomic_write_json(out_dir / "summary.json", summary)
+               **summary_memory(results), **({"processes": d.world} if d.active else {})}
+    if d.main:
+        save_config(cfg, out_dir / "config.yaml")
+        atomic_write_json(out_dir / "summary.json", summary)
+    d.barrier()
     return summary
 
 

@@ -11,19 +11,23 @@ import torch.nn.functional as F
 
 from llmcf.config import TrainConfig
 from llmcf.train.batches import ArrayBatches
+from llmcf.train.distributed import current
 from llmcf.train.loop import FitResult, early_stopping_fit, peak_rss_mb  # noqa: F401  (re-exported)
 from llmcf.train.metrics import ctr_metrics
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches: ArrayBatches) -> np.ndarray:
-    """Probabilities for every row, in order."""
+    """Probabilities for every row, in order. Under torchrun each process predicts its chunk of rows and every
+    process gets all of them back (``llmcf.train.distributed``)."""
     from llmcf.train.device import model_device, to_device
 
     model.eval()
     dev = model_device(model)
     out = [torch.sigmoid(model(to_device(b, dev))["logit"]).float().cpu().numpy() for b in batches]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    probs = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    d = getattr(batches, "dist", None)
+    return d.gather_rows(probs, batches.n) if d is not None else probs
 
 
 def evaluate(model, batches: ArrayBatches, labels: np.ndarray, users: np.ndarray | None = None) -> dict[str, float]:
@@ -48,14 +52,15 @@ def fit(model: torch.nn.Module, train: ArrayBatches, valid: ArrayBatches, valid_
         test_labels: np.ndarray | None = None, test_users: np.ndarray | None = None,
         progress: bool = True, desc: str = "train", validate_start: bool = False) -> FitResult:
     """Train with Adam until validation AUC stops improving for ``cfg.patience`` epochs; test the best weights once.
-    ``validate_start``: the untrained (e.g. warm-started) weights are a candidate too (best_epoch 0)."""
+    ``validate_start``: the untrained (e.g. warm-started) weights are a candidate too (best_epoch 0).
+    Under torchrun the training steps run through DistributedDataParallel (``llmcf.train.distributed``)."""
     from llmcf.train.device import resolve_device
 
     device = resolve_device(cfg.device, "train.device")
     model.to(device)  # before the optimiser is built: its state lives where the parameters do
     opt = torch.optim.Adam(param_groups(model, cfg.weight_decay, cfg.ict_weight_decay, cfg.ict_lr), lr=cfg.lr)
     return early_stopping_fit(
-        model, opt, train,
+        model, opt, train, step_model=current().wrap(model),
         batch_loss=lambda m, batch, out: F.binary_cross_entropy_with_logits(out["logit"], batch["label"].float()),
         validate=lambda m: evaluate(m, valid, valid_labels, valid_users),
         test=(lambda m: evaluate(m, test, test_labels, test_users)) if test is not None else None,

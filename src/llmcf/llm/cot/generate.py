@@ -39,6 +39,7 @@ from llmcf.io import atomic_path, atomic_write_json, write_parquet
 from llmcf.llm.backends.base import SamplingParams
 from llmcf.llm.cot.prompts import SYSTEM, input_text, user_message
 from llmcf.llm.recgen.prompts import item_texts
+from llmcf.registry import Registry
 from llmcf.rundir import RunDir
 
 TRAIN_NEEDED = ("user_id", "pos", "item_id", "label", "history")
@@ -189,6 +190,64 @@ def _token_counter(backend) -> tuple[Callable[[str], int], str]:
     return (lambda s: max(1, len(s) // 4)), "~tok/s"  # rough: 4 characters per token
 
 
+def shard_rows(pool: pd.DataFrame, k: int, cfg: Config) -> pd.DataFrame:
+    """Rows [k·S, (k+1)·S) of the pool: shard k."""
+    S = cfg.cot.shard_size
+    return pool.iloc[k * S:(k + 1) * S]
+
+
+def generate_shard(backend, rows: pd.DataFrame, k: int, cfg: Config) -> tuple[list[dict], int, str]:
+    """(records, new tokens, rate unit) of shard ``k``: its rows in ``llm.batch_size`` calls, call b seeded with
+    ``cot.seed + 1_000_003·k + b`` — the one definition both executors run, so a shard's text does not depend on
+    which process or machine wrote it."""
+    params = sampling_params(cfg)
+    count, unit = _token_counter(backend)
+    bs = max(1, cfg.llm.batch_size)
+    records, new_tokens = [], 0
+    for b in range(0, len(rows), bs):
+        chunk = rows.iloc[b:b + bs]
+        prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}] for p in chunk["prompt"]]
+        outs = backend.generate(prompts, sampling_params(cfg, seed=cfg.cot.seed + 1_000_003 * k + b))
+        if len(outs) != len(prompts) or any(len(o) != params.n for o in outs):
+            raise LLMCFError(f"generation backend returned {[len(o) for o in outs]} completions for "
+                             f"{len(prompts)} prompts; expected {params.n} per prompt")
+        stats = getattr(backend, "last_stats", None)
+        if isinstance(stats, dict) and "new_tokens" in stats:
+            new_tokens += int(stats["new_tokens"])
+        else:
+            new_tokens += sum(count(str(c)) for o in outs for c in o)
+        for r, cands in zip(chunk.itertuples(index=False), outs):
+            records.append({"key": r.key, "user_id": r.user_id, "pos": int(r.pos), "item_id": r.item_id,
+                            "label": int(r.label), "candidates": [str(c) for c in cands]})
+    return records, new_tokens, unit
+
+
+EXECUTORS: Registry = Registry("llm executor")
+"""``llm.executor`` → a generator of (shard k, records, new tokens, rate unit) over the pending shards, in any order;
+``run_cot_generate`` writes each shard as it arrives (so an interrupted run keeps every finished shard)."""
+
+
+@EXECUTORS.register("local")
+def local_shards(pool: pd.DataFrame, pending: list[int], cfg: Config, model_path, backend=None):
+    """One backend in this process, shards in order."""
+    if backend is None:
+        from llmcf.llm.backends.factory import make_backend
+
+        backend = make_backend(cfg.llm, model_path)
+    if hasattr(backend, "progress"):
+        backend.progress = False  # one bar (ours) instead of one per call
+    for k in pending:
+        yield (k, *generate_shard(backend, shard_rows(pool, k, cfg), k, cfg))
+
+
+@EXECUTORS.register("ray")
+def ray_shards(pool: pd.DataFrame, pending: list[int], cfg: Config, model_path, backend=None):
+    """Ray Data: one actor pool of backends (``llmcf.llm.cot.ray_executor``)."""
+    from llmcf.llm.cot.ray_executor import ray_generate
+
+    yield from ray_generate(pool, pending, cfg, model_path, backend)
+
+
 def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
     """Generate ``cot.candidates`` CoTs per pool row; resumable. Returns ``run_dir/cot/shards``."""
     run_dir = Path(run_dir)
@@ -219,42 +278,17 @@ def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
     pending = [k for k in range(n_shards) if not _shard_complete(_shard_path(cot_dir, k), keys[k * S:(k + 1) * S],
                                                                    params.n)]
     done_rows = n_rows - sum(len(keys[k * S:(k + 1) * S]) for k in pending)
-    if pending and backend is None:
-        from llmcf.llm.backends.factory import make_backend
-
-        backend = make_backend(cfg.llm, model_path)
     t0, new_tokens = time.perf_counter(), 0
     if pending:
-        count, unit = _token_counter(backend)
-        bs = max(1, cfg.llm.batch_size)
-        if hasattr(backend, "progress"):
-            backend.progress = False  # one bar (ours) instead of one per call
+        executor = EXECUTORS.get(cfg.llm.executor)
         with EstimatingBar(total=n_rows, initial=done_rows, unit="row", desc="cot generate", dynamic_ncols=True,
                            rate_key="cot generate") as bar:
-            for k in pending:
-                rows = pool.iloc[k * S:(k + 1) * S]
-                records = []
-                for b in range(0, len(rows), bs):
-                    chunk = rows.iloc[b:b + bs]
-                    prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}]
-                               for p in chunk["prompt"]]
-                    outs = backend.generate(prompts, sampling_params(cfg, seed=cfg.cot.seed + 1_000_003 * k + b))
-                    if len(outs) != len(prompts) or any(len(o) != params.n for o in outs):
-                        raise LLMCFError(f"generation backend returned {[len(o) for o in outs]} completions for "
-                                         f"{len(prompts)} prompts; expected {params.n} per prompt")
-                    stats = getattr(backend, "last_stats", None)
-                    if isinstance(stats, dict) and "new_tokens" in stats:
-                        new_tokens += int(stats["new_tokens"])
-                    else:
-                        new_tokens += sum(count(str(c)) for o in outs for c in o)
-                    for r, cands in zip(chunk.itertuples(index=False), outs):
-                        cands = [str(c) for c in cands]
-                        records.append({"key": r.key, "user_id": r.user_id, "pos": int(r.pos),
-                                        "item_id": r.item_id, "label": int(r.label), "candidates": cands})
-                    bar.update(len(chunk))
-                    bar.set_postfix({unit: f"{new_tokens / max(time.perf_counter() - t0, 1e-9):.1f}"})
+            for k, records, tokens, unit in executor(pool, pending, cfg, model_path, backend):
                 with atomic_path(_shard_path(cot_dir, k)) as tmp:
                     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                new_tokens += tokens
+                bar.update(len(records))
+                bar.set_postfix({unit: f"{new_tokens / max(time.perf_counter() - t0, 1e-9):.1f}"})
     secs = time.perf_counter() - t0
     manifest.update(complete=True, finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                     last_run={"shards_generated": len(pending), "seconds": round(secs, 1),

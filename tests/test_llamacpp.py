@@ -78,6 +78,19 @@ def test_export_refuses_a_model_whose_shape_differs_from_the_template(tmp_path):
         export_gguf(tmp_path / "m", tmp_path / "out.gguf", "q4_k")
 
 
+@needs_wheel
+def test_shipped_gguf_falls_back_to_the_installed_wheel_when_the_recorded_file_is_gone(tmp_path):
+    """The model cache is shared by virtual environments: a marker written by a deleted one still finds the GGUF."""
+    from llmcf.llm.backends.llamacpp import shipped_gguf
+    from llmcf.llm.models import SMOLLM2_GGUF, smollm2_gguf_path
+
+    cur = smollm2_gguf_path()
+    gone = tmp_path / "deleted-venv" / SMOLLM2_GGUF
+    assert shipped_gguf({"gguf": str(gone), "gguf_bytes": cur.stat().st_size}) == cur
+    assert shipped_gguf({"gguf": str(gone), "gguf_bytes": 123}) is None  # a different file: not substituted
+    assert shipped_gguf({"gguf": str(cur), "gguf_bytes": 0}) == cur
+
+
 # ------------------------------------------------------------------ with llama-cpp-python and the shipped model
 def _llamacpp_backend():
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llamacpp extra) is not installed")

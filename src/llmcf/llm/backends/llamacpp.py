@@ -57,6 +57,23 @@ def _import_llama_cpp():
     return llama_cpp
 
 
+def shipped_gguf(marker: dict) -> Path | None:
+    """The GGUF file a converted model directory came from: the recorded path, or — when that file is gone (e.g. the
+    virtual environment that converted it was deleted) — the currently installed wheel's copy of the same size."""
+    src = Path(marker.get("gguf", ""))
+    if src.is_file():
+        return src
+    from llmcf.llm.models import smollm2_gguf_path
+
+    try:
+        cur = smollm2_gguf_path()
+    except LLMCFError:
+        return None
+    if src.name == cur.name and cur.stat().st_size == marker.get("gguf_bytes"):
+        return cur
+    return None
+
+
 def gguf_for_model(model_dir: Path, gguf_type: str = "q8_0") -> Path:
     """The GGUF file llama.cpp should run for the HF model directory ``model_dir`` (exporting it if needed)."""
     from llmcf.llm.gguf_export import export_gguf
@@ -66,8 +83,8 @@ def gguf_for_model(model_dir: Path, gguf_type: str = "q8_0") -> Path:
     model_dir = Path(model_dir)
     marker = model_dir / _MARKER
     if marker.exists() and gguf_type.lower() != "f16":  # a shipped GGUF's conversion: run the original file
-        src = Path(json.loads(marker.read_text()).get("gguf", ""))
-        if src.is_file():
+        src = shipped_gguf(json.loads(marker.read_text()))
+        if src is not None:
             return src
     out = model_dir.with_name(f"{model_dir.name}.{gguf_type.lower()}.gguf")
     meta = out.with_name(out.name + ".json")

@@ -128,3 +128,44 @@ def test_crash_before_the_record_and_hand_edits_are_caught_by_readers(tiny_prese
     assert "[embed] not trusted" in printed and "[retrieve] not trusted" in printed
     assert "[cot_score] unchanged" in printed
     assert publish.problem(out, "retrieve") is None
+
+
+KILL_AFTER_TRAIN_PARQUET = """
+import os, signal, sys
+import llmcf.data.build as build
+real = build.write_table
+def write_then_die(table, path):
+    real(table, path)
+    if path.name == "train.parquet":
+        os.kill(os.getpid(), signal.SIGKILL)
+build.write_table = write_then_die
+from llmcf.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_real_sigkill_of_a_data_rebuild(tmp_path):
+    """A real SIGKILL (the process kills itself right after data/train.parquet was replaced) of `llmcf data build`
+    with a changed split: the folder is refused by train, and rebuilding the original config restores it exactly."""
+    import os
+    import subprocess
+    import sys
+
+    from test_cli import _write_atomic
+
+    _write_atomic(tmp_path / "toy", n_users=24, n_items=20, per_user=8)
+    out, args = tmp_path / "run", ["data", "build", "--dataset", str(tmp_path / "toy")]
+    assert main([*args, "--out", str(out)]) == 0
+    first = frames(out)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    p = subprocess.run([sys.executable, "-c", KILL_AFTER_TRAIN_PARQUET, *args, "--out", str(out), "--set",
+                        "data.split_ratio=[0.5,0.25,0.25]"], env=env, capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr[-2000:]
+    assert not frames(out)["train"].equals(first["train"])
+    assert main(["train", "--run", str(out), "--model", "DIN", "--quiet"]) == 1
+    with pytest.raises(RunError, match="did not finish"):
+        publish.verify(out, "data")
+    assert main([*args, "--out", str(out)]) == 0
+    assert publish.problem(out, "data") is None
+    for s, df in frames(out).items():
+        pd.testing.assert_frame_equal(df, first[s])

@@ -41,8 +41,10 @@ from _machine import cpu_model, ram_suffix  # noqa: E402  (benchmarks/ is on sys
 
 from llmcf import publish
 
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-VOLATILE = {"manifest.json", "meta.json", "stats.json", "score_meta.json", "state.json", "train_info.json", "recgen_train.json"}
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+           TOKENIZERS_PARALLELISM="false")
+VOLATILE = {"manifest.json", "meta.json", "stats.json", "score_meta.json", "state.json", "train_info.json",
+            "recgen_train.json"}
 PRESET = {
     "data": {"dataset": "ml-100k", "split": "ratio", "split_ratio": [0.8, 0.1, 0.1], "label": "rating",
              "rating_threshold": 4, "max_users": 60, "history_len": 10},
@@ -58,7 +60,7 @@ PRESET = {
 }
 """A tiny but real config: ml-100k (60 users), SmolLM2-135M without RecGen tuning, MiniLM, FAISS, DIN ± ICT."""
 
-WINDOW = (0.3, 1.05)
+WINDOW = [0.3, 1.05]
 """Kill delays, as fractions of one uninterrupted run's wall time: the first ~30 % is interpreter and library start-up,
 where a kill can touch nothing."""
 
@@ -274,9 +276,13 @@ def main() -> None:
     ap.add_argument("--stages", default="data,retrieve,train,cot,run")
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--window", default=None, help="kill delays as fractions of a full run, e.g. 0.7,1.0 (default "
+                                                   f"{WINDOW[0]},{WINDOW[1]})")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "chaos.md")
     args = ap.parse_args()
     rng = random.Random(args.seed)
+    if args.window:
+        WINDOW[:] = [float(x) for x in args.window.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     preset = args.work / "chaos.yaml"
     preset.write_text(yaml.safe_dump(PRESET))

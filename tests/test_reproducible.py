@@ -10,7 +10,8 @@ from llmcf.cli import main
 from test_pipeline import tiny_preset  # noqa: F401  (module fixture: toy data, random tiny Llama, real MiniLM)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-VOLATILE = {"manifest.json", "meta.json", "stats.json", "score_meta.json", "state.json", "train_info.json", "recgen_train.json"}
+VOLATILE = {"manifest.json", "meta.json", "stats.json", "score_meta.json", "state.json", "train_info.json",
+            "recgen_train.json"}
 
 
 def artifacts(run) -> dict[str, str]:

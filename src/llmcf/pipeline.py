@@ -2,7 +2,9 @@
 
 A finished stage writes ``run_dir/stages/<stage>.json`` with a hash of the config sections it reads *and* of the stamp
 of the stage before it, so changing e.g. the CoT config reruns CoT, embed, retrieve and LLM-CF training, but not data
-or RecGen. Interrupted stages resume through their own mechanisms (CoT shards, per-seed training results).
+or RecGen. Each stage runs inside ``llmcf.publish.publish`` (record invalidated first, written last with digests): a
+stage is skipped only when its record still verifies, so a killed or hand-edited stage is rerun, never trusted.
+Interrupted stages resume through their own mechanisms (CoT shards, per-seed training results).
 """
 from __future__ import annotations
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from llmcf import __version__, progress
 from llmcf.config import VARIANTS, Config, ConfigError, load_config, save_config
 from llmcf.errors import LLMCFError
+from llmcf.publish import publish
 
 STAGES_HELP = """\
 stages (each reads/writes files in a run directory):
@@ -147,7 +149,8 @@ def _cmd_data_build(args) -> None:
     if args.format:
         cfg.data.format = args.format
     ds = load_dataset(cfg.data.dataset, cfg.data.format)
-    stats = build_run_data(ds, cfg.data, args.out)
+    with publish(args.out, "data", lazy=True):  # the record is invalidated only once the build writes (llmcf.publish)
+        stats = build_run_data(ds, cfg.data, args.out)
     save_config(cfg, args.out / "config.yaml")
     print(f"[data] {ds.name}: wrote {args.out / 'data'}")
     for split in ("train", "valid", "test"):
@@ -208,9 +211,20 @@ def _cmd_tune(args) -> None:
     run_tune(args.run, cfg, args.model, trials=args.trials)
 
 
+STAGE_OF = {("recgen", "train"): "recgen", ("cot", "generate"): "cot_generate", ("cot", "score"): "cot_score",
+            ("embed", None): "embed", ("retrieve", None): "retrieve"}
+"""The crash-consistent stage (``llmcf.publish``) each stand-alone command runs."""
+
+
 def _cmd_stage(args) -> None:
     cfg = _config_for_run(args, args.run)
     key = (args.cmd, getattr(args, "sub", None))
+    stage = STAGE_OF.get(key)
+    with publish(args.run, stage) if stage else nullcontext():
+        _run_stage_command(args, cfg, key)
+
+
+def _run_stage_command(args, cfg, key) -> None:
     if key == ("recgen", "train"):
         from llmcf.llm.recgen.train import run_recgen_train
 

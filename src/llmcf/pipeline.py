@@ -2,18 +2,19 @@
 
 A finished stage writes ``run_dir/stages/<stage>.json`` with a hash of the config sections it reads *and* of the stamp
 of the stage before it, so changing e.g. the CoT config reruns CoT, embed, retrieve and LLM-CF training, but not data
-or RecGen. Interrupted stages resume through their own mechanisms (CoT shards, per-seed training results).
+or RecGen. Each stage runs inside ``llmcf.publish.publish`` (record invalidated first, written last with digests): a
+stage is skipped only when its record still verifies, so a killed or hand-edited stage is rerun, never trusted.
+Interrupted stages resume through their own mechanisms (CoT shards, per-seed training results).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
 
 from llmcf.config import Config, save_config
 from llmcf.fingerprint import stage_hash
-from llmcf.io import atomic_write_json
+from llmcf.publish import problem, publish, read_record
 from llmcf.rundir import RunDir
 
 ORDER = ["data", "recgen", "cot_generate", "cot_score", "embed", "retrieve"]
@@ -28,16 +29,21 @@ def _banner(msg: str) -> None:
 
 def run_stage(run_dir: Path, cfg: Config, stage: str, upstream: str, fn: Callable[[], object],
               force: set[str], note: str = "") -> str:
+    """Skip ``stage`` when its record carries this config's stamp and still verifies (``llmcf.publish``); else run
+    ``fn`` inside ``publish`` (record invalidated first, written last)."""
     h = stage_hash(cfg, stage, upstream)
     stamp = RunDir(run_dir).stage_stamp(stage)
-    if stage not in force and stamp.exists() and json.loads(stamp.read_text()).get("hash") == h:
-        print(f"[{stage}] unchanged since last run: skipped ({stamp})")
-        return h
+    rec = read_record(run_dir, stage)
+    if stage not in force and rec is not None:
+        why = problem(run_dir, stage)
+        if why is None and rec.get("hash") == h:
+            print(f"[{stage}] unchanged since last run: skipped ({stamp})")
+            return h
+        if why is not None:
+            print(f"[{stage}] not trusted: {why}: rerunning")
     _banner(f"{stage}{' — ' + note if note else ''}")
-    t0 = time.perf_counter()
-    fn()
-    atomic_write_json(stamp, {"stage": stage, "hash": h, "seconds": round(time.perf_counter() - t0, 1),
-                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    with publish(run_dir, stage, h, lazy=stage == "data"):  # data build calls publish.writing itself
+        fn()
     return h
 
 

@@ -25,6 +25,7 @@ from llmcf.data.vocab import Vocab
 from llmcf.errors import DataError
 from llmcf.fingerprint import file_digest
 from llmcf.io import atomic_path, atomic_write_json
+from llmcf.publish import writing
 from llmcf.rundir import DATA_FILES
 
 SAMPLE_SCHEMA = pa.schema([("user_id", pa.string()), ("pos", pa.int64()), ("item_id", pa.string()),
@@ -108,7 +109,8 @@ def build_run_data(ds: RawDataset, cfg: DataConfig, run_dir: str | Path, show_pr
         vocab = Vocab.from_train(parts["train"], ds.items)
         items = items_table(ds.items)
         step("vocab")
-        out.mkdir(parents=True, exist_ok=True)  # every check passed: only now is anything of a finished build touched
+        writing(run_dir)  # every check passed: only now is anything of a finished build touched (llmcf.publish)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "stats.json").unlink(missing_ok=True)
         write_table(items, out / "items.parquet")
         step("items.parquet")

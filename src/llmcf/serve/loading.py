@@ -19,6 +19,7 @@ import torch
 from llmcf.config import Config, load_config
 from llmcf.errors import DataError, RunError
 from llmcf.fingerprint import ctr_config_hash, files_fingerprint, key_config_hash
+from llmcf.publish import verify
 from llmcf.rundir import RunDir
 from llmcf.train.inputs import ContextInputs, load_context, load_model_inputs
 
@@ -118,6 +119,7 @@ def load_served(run_dir: str | Path, tag: str, seed: int | None = None, device: 
         if cfg.ict.sim_input:
             raise RunError("serving a model trained with ict.sim_input is not supported yet (the server does not "
                            "pass retrieval scores to the ICT)")
+        verify(run.root, "retrieve")  # never serve a bank left by an interrupted or mixed stage (llmcf.publish)
         retriever, context, cot_texts = _load_context(run, cfg, inputs, warnings)
         model = build_model(model_name, inputs.schema, cfg.model, cfg.ict, item_text=context.item_text_tensor,
                             cot_dim=context.cot_dim, cot_gaps=context.bank.cot_gaps)

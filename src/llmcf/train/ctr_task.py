@@ -18,6 +18,7 @@ from llmcf.config import Config, model_tag
 from llmcf.data.schema import SPLITS
 from llmcf.errors import RunError
 from llmcf.fingerprint import ctr_config_hash, model_cache_key
+from llmcf.publish import verify
 from llmcf.rundir import RunDir
 from llmcf.train.batches import make_batches
 from llmcf.train.inputs import ContextInputs, load_context, load_model_inputs
@@ -53,6 +54,7 @@ class RunData:
     def context(self):
         """(ContextBank, {split: ctx_idx}, item_text matrix, cot_dim) — requires `llmcf retrieve` to have run."""
         if self._ctx is None:
+            verify(self.run_dir, "retrieve")  # the bank, the ids and what they were built from (llmcf.publish)
             idx = {s: self.rd.read_ctx(s, len(self.arrays[s]["label"])) for s in SPLITS}
             self._ctx = (load_context(self.rd, self.vocab, self.hist_len), idx)
         inputs, idx = self._ctx

@@ -6,7 +6,7 @@ or deferred inside a function) runs back up a layer. The layers, bottom up (READ
     2  data
     3  models, retrieval, llm, embed
     4  train, slices
-    5  serve, pipeline, report, plan, tune
+    5  serve, pipeline, partitioned, forget, report, plan, tune
     6  cli
 """
 import ast
@@ -23,7 +23,7 @@ LAYERS = {
     "data": 2,
     "models": 3, "retrieval": 3, "llm": 3, "embed": 3,
     "train": 4, "slices": 4,
-    "serve": 5, "pipeline": 5, "report": 5, "plan": 5, "tune": 5,
+    "serve": 5, "pipeline": 5, "partitioned": 5, "forget": 5, "report": 5, "plan": 5, "tune": 5,
     "cli": 6,
 }
 SRC = Path(llmcf.__file__).parent

@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "estimates from this machine's earlier runs; run nothing")
     _add_config_args(r)
 
+    fg = sub.add_parser("forget", help="forget users exactly: drop their data, retrain only their shards, audit")
+    fg.add_argument("--run", required=True, type=Path)
+    fg.add_argument("--user", action="append", default=[], help="a user id to forget (repeatable)")
+    fg.add_argument("--resume", action="store_true", help="finish an interrupted forget (forget/journal.json)")
+
     s = sub.add_parser("serve", help="serve a trained model over HTTP (scores, explanations; docs at /docs)")
     s.add_argument("--run", required=True, type=Path)
     s.add_argument("--model", required=True, help="a trained model's tag under <run>/models: DIN, DIN+llmcf, "
@@ -311,6 +316,15 @@ def _cmd_serve(args) -> None:
     serve(args.run, cfg, tag, host=args.host, port=args.port, seed=args.seed)
 
 
+def _cmd_forget(args) -> None:
+    import json
+
+    from llmcf.forget import forget
+
+    rec = forget(args.run, args.user, resume=args.resume)
+    print(f"[forget] done: {json.dumps(rec)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     progress.install()
@@ -331,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_tune(args)
         elif args.cmd == "serve":
             _cmd_serve(args)
+        elif args.cmd == "forget":
+            _cmd_forget(args)
         else:
             _cmd_stage(args)
     except (LLMCFError, ConfigError) as e:

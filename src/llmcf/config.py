@@ -373,6 +373,21 @@ class TuneConfig:
 
 
 @dataclass
+class PartitionConfig:
+    """Partitioned (SISA/APA-style) training for exact forgetting (``llmcf.partitioned``, ``llmcf.forget``).
+
+    ``shards`` = S disjoint user shards (1 = one unpartitioned run, today's behaviour). Each shard is a complete run
+    directory ``shards/<k>/`` (its own RecGen adapter, CoTs, bank, sub-models); the served/evaluated model averages
+    the S sub-models' logits. A user's shard is a seeded hash of the user id (``llmcf.data.partition.shard_of``)."""
+
+    shards: int = 1
+    seed: int = 0
+    """Seed of the user -> shard hash."""
+    shard: int = -1
+    """Set by ``llmcf run`` in a shard's own config.yaml: which shard of its parent run this run directory is."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -386,6 +401,7 @@ class Config:
     seq: SeqConfig = field(default_factory=SeqConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
     models: list[str] = field(default_factory=lambda: ["DIN"])
     """Backbones trained by ``llmcf run``."""
     seq_models: list[str] = field(default_factory=list)

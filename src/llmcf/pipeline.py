@@ -72,12 +72,22 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
     def data():
         from llmcf.data.protocol import print_protocol
 
+        if cfg.partition.shard >= 0:  # a shard's data comes from its parent's partition (llmcf.partitioned)
+            from llmcf.errors import RunError
+
+            raise RunError(f"{run_dir}: shard {cfg.partition.shard} of a partitioned run: rerun `llmcf run` on its "
+                           "parent run directory instead")
+
         ds = load_dataset(cfg.data.dataset, cfg.data.format)
         print_protocol(build_run_data(ds, cfg.data, run_dir))
 
     h = run_stage(run_dir, cfg, "data", "", data, force,
                   f"{cfg.data.dataset}, split {cfg.data.split}" +
                   (f", {cfg.data.max_users} users (reduced)" if cfg.data.max_users else ""))
+    if cfg.partition.shards > 1:  # SISA/APA: every later stage once per user shard (llmcf.partitioned)
+        from llmcf.partitioned import run_partitioned
+
+        return run_partitioned(cfg, run_dir, force)
 
     def recgen():
         if cfg.recgen.skip:
@@ -174,6 +184,10 @@ def check_plan(cfg: Config) -> None:
     from llmcf.models.ranking import BACKBONES
     from llmcf.models.sequential import SEQ_BACKBONES
 
+    if cfg.partition.shards > 1:
+        from llmcf.data.partition import check_separable
+
+        check_separable(cfg)
     check_names(cfg.models, BACKBONES, "models")
     check_names(cfg.seq_models, SEQ_BACKBONES, "seq_models")
     check_params(cfg.models, BACKBONES, cfg.model.params_for, "model.params")

@@ -84,7 +84,10 @@ def _oov_ids(df: pd.DataFrame, train: pd.DataFrame) -> dict:
 
 def build_run_data(ds: RawDataset, cfg: DataConfig, run_dir: str | Path, show_progress: bool = True) -> dict:
     """Build samples, splits and vocabulary; write them under run_dir/data; return the stats (as in stats.json)."""
+    from llmcf.data.partition import without_forgotten
+
     t0 = time.perf_counter()
+    ds = without_forgotten(ds, run_dir)  # users forgotten by `llmcf forget` stay out of every rebuild
     out = Path(run_dir) / "data"
     check_out_dir(Path(run_dir))
     check_duplicates(ds, cfg)

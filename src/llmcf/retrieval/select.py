@@ -82,6 +82,8 @@ class Selector:
         labels = np.asarray(bank_labels)
         self.rows = {lab: np.flatnonzero(labels == lab).astype(np.int64) for lab in (0, 1)}
         self.indexes = indexes
+        self.blocked = np.zeros(len(self.bank_user), dtype=bool)
+        """Bank rows never returned (``block_users``: a forgotten user's rows, until the bank is rebuilt)."""
         self.stats = {"searches": 0, "re_searched_queries": 0}
         """Counters: FAISS search calls, and queries searched again because the leakage filter left them short."""
         for lab in (0, 1):
@@ -100,7 +102,15 @@ class Selector:
         same = (self.bank_user[safe] == ucode[:, None]) & (ucode[:, None] >= 0) & (rows >= 0)
         rpos = self.bank_pos[safe]
         later = rpos >= pos[:, None] if self.cfg.leakage == "same_or_later" else rpos > pos[:, None]
-        return same & later
+        return (same & later) | (self.blocked[safe] & (rows >= 0))
+
+    def block_users(self, users: Sequence[str]) -> int:
+        """Never return the bank rows of ``users`` again (one array swap: a concurrent query sees the old mask or
+        the new one). Returns the number of rows blocked."""
+        codes = self.users.get_indexer(np.asarray([str(u) for u in users], dtype=object))
+        mask = self.blocked | np.isin(self.bank_user, codes[codes >= 0])
+        self.blocked = mask
+        return int(mask.sum())
 
     def _top_valid(self, label: int, keys: np.ndarray, ucode: np.ndarray, pos: np.ndarray,
                    m: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from llmcf.config import Config, ServeConfig
 from llmcf.errors import LLMCFError
@@ -56,6 +56,8 @@ class ScorerSlot:
         self._reload_lock = threading.Lock()
         self.reloads = 0
         self.last_error: str | None = None
+        self.forgetting: set[str] = set()
+        """Users of a forget in progress: their bank rows are blocked in every scorer loaded until it finishes."""
 
     @property
     def current(self) -> Scorer:
@@ -68,6 +70,8 @@ class ScorerSlot:
             t0 = time.perf_counter()
             try:
                 new = self.current.reload()
+                if self.forgetting:
+                    new.forget_now(sorted(self.forgetting))
             except Exception as e:  # keep serving the old model; report why
                 self.last_error = f"{type(e).__name__}: {e}"
                 raise
@@ -165,6 +169,10 @@ def declared(*codes: int) -> dict:
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "?"
+
+
+class ForgetRequest(BaseModel):
+    users: list[str] = Field(min_length=1, max_length=1000, description="user ids to forget")
 
 
 class ReloadResponse(BaseModel):
@@ -305,6 +313,49 @@ def create_app(scorer: Scorer, settings: ServeConfig | None = None, admin_token:
             info["bank_rows"] = len(new.bank_frame)
         return info
 
+    @app.post("/v1/admin/forget", status_code=202, responses=declared(400, 401, 403, 409, 413, 429, 503),
+              description="Forget users exactly (llmcf forget): their in-context examples stop being returned at once "
+                          "(bank rows blocked in the served state); the affected shards are retrained in the "
+                          "background and swapped in when ready (GET /v1/admin/forget for the status).")
+    def forget_users(req: ForgetRequest, request: Request, authorization: str | None = Header(None)) -> dict:
+        auth.check(authorization, _client(request))
+        with forget_lock:
+            if forget_state.get("status") == "running":
+                raise HTTPException(409, "a forget is already running; wait for it (GET /v1/admin/forget)")
+            s = slot.current
+            with slot._lock:
+                slot.forgetting |= set(req.users)
+            blocked = s.forget_now(req.users)
+            forget_state.clear()
+            forget_state.update(status="running", users=len(req.users), bank_rows_blocked=blocked,
+                                started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        threading.Thread(target=_forget_job, args=(s.run_dir, list(req.users)), daemon=True,
+                         name="llmcf-forget").start()
+        return dict(forget_state)
+
+    @app.get("/v1/admin/forget", responses=declared(401, 403, 429, 503))
+    def forget_status(request: Request, authorization: str | None = Header(None)) -> dict:
+        auth.check(authorization, _client(request))
+        return dict(forget_state) or {"status": "idle"}
+
+    forget_lock = threading.Lock()
+    forget_state: dict = {}
+    app.state.forget_state = forget_state
+
+    def _forget_job(run_dir, users) -> None:
+        from llmcf.forget import forget
+
+        try:
+            rec = forget(run_dir, users)
+            slot.reload()
+            forget_state.update(status="done", shards_retrained=rec["shards_retrained"], seconds=rec["seconds"])
+        except Exception as e:  # noqa: BLE001 - the blocked rows stay blocked; the journal lets a rerun resume
+            log.warning("forget failed (resume with `llmcf forget --run %s --resume`): %s", run_dir, e)
+            forget_state.update(status="failed", error=f"{type(e).__name__}: {e}")
+            return
+        with slot._lock:
+            slot.forgetting -= set(users)
+
     return app
 
 
@@ -317,7 +368,9 @@ def serve(run_dir: str | Path, cfg: Config, model: str, host: str = "127.0.0.1",
     if cfg.serve.threads:
         torch.set_num_threads(int(cfg.serve.threads))
     t0 = time.perf_counter()
-    scorer = Scorer.load(run_dir, model, seed, device=cfg.serve.device)
+    from llmcf.serve.ensemble import load_scorer
+
+    scorer = load_scorer(run_dir, model, seed, device=cfg.serve.device)  # an EnsembleScorer for a partitioned run
     for w in scorer.warnings:
         print(f"[serve] warning: {w}")
     bank = f", bank {len(scorer.bank_frame)} rows, K={scorer.retriever.cfg.k}" if scorer.ict else ""

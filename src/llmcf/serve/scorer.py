@@ -138,12 +138,13 @@ class Scorer:
         batch = to_device(batch, model_device(self.model))
         out = self.model(batch, return_attention=True) if attention else self.model(batch)
         return {"scores": torch.sigmoid(out["logit"]).float().cpu().numpy(),
+                "logits": out["logit"].float().cpu().numpy(),
                 "attention": out["attention"].float().cpu().numpy() if attention else None}
 
     def score_rows(self, users: Sequence[str | None], histories: Sequence[Sequence[str]], items: Sequence[str],
-                   pos: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """Probabilities for N independent rows (each its own user, history, item and position; default
-        ``ONLINE_POS``), e.g. the rows of a split file: the numbers the batch evaluation gives for them."""
+                   pos: Sequence[int] | np.ndarray | None = None, logits: bool = False) -> np.ndarray:
+        """Probabilities (``logits``: the logits) for N independent rows (each its own user, history, item and
+        position; default ``ONLINE_POS``), e.g. the rows of a split file: the numbers the batch evaluation gives."""
         n = len(items)
         if not (len(users) == len(histories) == n):
             raise ValueError(f"rows differ in length: users {len(users)}, histories {len(histories)}, items {n}")
@@ -152,7 +153,7 @@ class Scorer:
         items = [str(i) for i in items]
         p = np.full(n, ONLINE_POS, np.int64) if pos is None else np.asarray(pos, np.int64).reshape(-1)
         ctx = self._retrieve(users, hists, items, p, shared=False) if self.ict else None
-        return self._forward(self._batch(users, hists, items, shared=False), ctx)["scores"]
+        return self._forward(self._batch(users, hists, items, shared=False), ctx)["logits" if logits else "scores"]
 
     def score(self, candidates: Sequence[str], history: Sequence[str] = (), user: str | None = None,
               pos: int | None = None) -> ScoreResult:
@@ -194,6 +195,10 @@ class Scorer:
         return ScoreResult(items=items, scores=scores, known=known, text=text, user_known=user_known,
                            history_used=n_hist, history_unknown=hist_unknown, history_truncated=cut, ctx=ctx,
                            notes=notes)
+
+    def forget_now(self, users: Sequence[str]) -> int:
+        """Never retrieve the bank rows of ``users`` again (``Selector.block_users``); returns the rows blocked."""
+        return self.retriever.selector.block_users(users) if self.ict else 0
 
     # ---- explanations -------------------------------------------------------------------------------------------
     def explain(self, candidate: str, history: Sequence[str] = (), user: str | None = None,

@@ -114,9 +114,6 @@ def load_served(run_dir: str | Path, tag: str, seed: int | None = None) -> Serve
     retriever = context = None
     cot_texts: list[str | None] = []
     if ict:
-        if cfg.ict.sim_input:
-            raise RunError("serving a model trained with ict.sim_input is not supported yet (the server does not "
-                           "pass retrieval scores to the ICT)")
         retriever, context, cot_texts = _load_context(run, cfg, inputs, warnings)
         model = build_model(model_name, inputs.schema, cfg.model, cfg.ict, item_text=context.item_text_tensor,
                             cot_dim=context.cot_dim, cot_gaps=context.bank.cot_gaps)

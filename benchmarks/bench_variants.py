@@ -56,6 +56,9 @@ VARIANTS = {
     "nocot-k8": {"ict": True, "sets": {"retrieval.k": 8}},
     "nocot-unbalanced": {"ict": True, "sets": {"retrieval.balanced": False}},
     "nocot-history-only": {"ict": True, "sets": {"retrieval.history_weight": 1.0, "retrieval.target_weight": 0.0}},
+    # study (a), bank size: the default bank with more random train rows (own cot/ and embed/ in its folder)
+    "nocot-bank1k": {"ict": True, "sets": {}, "bank_rows": 1000},
+    "nocot-bank4k": {"ict": True, "sets": {}, "bank_rows": 4000},
 }
 DEFAULT_VARIANTS = ("base", "nocot-bank", "nocot-hybrid", "nocot-safe")
 PLACEHOLDER = "no chain of thought: the w/o CoT variant does not read this text"
@@ -65,28 +68,38 @@ def prepare(cfg, run: Path, bank_rows: int, seed: int) -> None:
     """data build, a CoT-free bank sample (cot/selected.parquet) and the embeddings, each once."""
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
-    from llmcf.embed import run_embed
-    from llmcf.io import write_parquet
 
     if not (run / "data" / "vocab.json").exists():
         build_run_data(load_dataset(cfg.data.dataset, cfg.data.format), cfg.data, run)
-    sel = run / "cot" / "selected.parquet"
+    sample_bank(cfg, run, run, bank_rows, seed)
+
+
+def sample_bank(cfg, run: Path, dest: Path, bank_rows: int, seed: int) -> None:
+    """``dest``/cot/selected.parquet: ``bank_rows`` train rows of ``run`` (seeded), no CoT text; then its embeddings."""
+    from llmcf.embed import run_embed
+    from llmcf.io import write_parquet
+
+    sel = dest / "cot" / "selected.parquet"
     if not sel.exists():
         train = pd.read_parquet(run / "data" / "train.parquet")
         rows = train.sample(n=min(bank_rows, len(train)), random_state=seed).reset_index(drop=True)
         rows = rows.assign(cot=PLACEHOLDER, score=0.0)
         write_parquet(rows[["user_id", "pos", "item_id", "label", "history", "cot", "score"]], sel)
-    if not (run / "embed" / "cot.npy").exists():
-        run_embed(run, cfg)
+    if not (dest / "embed" / "cot.npy").exists():
+        run_embed(dest, cfg)
 
 
-def view(run: Path, name: str) -> Path:
-    """<run>/variants/<name>/ with relative links to the shared stage outputs."""
+def view(cfg, run: Path, name: str) -> Path:
+    """<run>/variants/<name>/ with relative links to the shared stage outputs (its own bank if the variant sets
+    ``bank_rows``)."""
     v = run / "variants" / name
     v.mkdir(parents=True, exist_ok=True)
-    for sub in ("data", "embed", "cot"):
+    own_bank = "bank_rows" in VARIANTS[name]
+    for sub in ("data",) if own_bank else ("data", "embed", "cot"):
         if not (v / sub).exists():
             os.symlink(os.path.relpath(run / sub, v), v / sub, target_is_directory=True)
+    if own_bank:
+        sample_bank(cfg, v, v, VARIANTS[name]["bank_rows"], seed=0)
     return v
 
 
@@ -99,7 +112,7 @@ def run_variant(cfg, run: Path, name: str, model: str, seeds: int) -> dict:
 
     spec = VARIANTS[name]
     vcfg = apply_params(cfg, {**spec["sets"], "ict.enabled": spec["ict"], "ict.variant": "no_cot"})
-    d = view(run, name)
+    d = view(vcfg, run, name)
     save_config(vcfg, d / "config.yaml")
     t0, c0 = time.perf_counter(), time.process_time()
     if spec["ict"]:
@@ -126,14 +139,30 @@ def fmt(ms: dict, d: int = 4) -> str:
     return f"{ms['mean']:.{d}f} ± {ms['std']:.{d}f}" if ms.get("n", 1) > 1 else f"{ms['mean']:.{d}f}"
 
 
+def versus(row: dict, base: dict | None, metric: str = "auc") -> str:
+    """test ``metric`` of ``row`` minus the base's, and whether it exceeds 2 standard errors of the difference
+    (SE = sqrt(s1²/n1 + s2²/n2), sample std over seeds); '–' without two seeds on both sides."""
+    if base is None or row is base:
+        return "–"
+    a, b = row["test"][metric], base["test"][metric]
+    diff = a["mean"] - b["mean"]
+    if a.get("n", 1) < 2 or b.get("n", 1) < 2:
+        return f"{diff:+.4f} (n<2)"
+    se = (a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]) ** 0.5
+    return f"{diff:+.4f} ({'> 2 SE' if abs(diff) > 2 * se else '< 2 SE'}, SE {se:.4f})"
+
+
 def markdown(rec: dict) -> str:
     lines = [f"# Variant study (no LLM): {rec['name']}", "", f"- command: `{rec['command']}`",
              f"- machine: {rec['machine']}", f"- started: {rec['started']}", f"- protocol: {rec['protocol']}", "",
-             "| variant | bank rows | test AUC | test LogLoss | valid AUC | best epochs | s/epoch | last seed wall s | CPU s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| variant | bank rows | test AUC | Δ AUC vs base | test LogLoss | Δ LogLoss vs base | valid AUC | "
+             "best epochs | s/epoch | last seed wall s | CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = next((r for r in rec["rows"] if r["variant"] == "base"), None)
     for r in rec["rows"]:
-        lines.append(f"| {r['variant']} | {r['bank_rows'] or '–'} | {fmt(r['test']['auc'])} | "
-                     f"{fmt(r['test']['logloss'])} | {fmt(r['valid']['auc'])} | {r['best_epochs']} | "
+        lines.append(f"| {r['variant']} | {r['bank_rows'] or '–'} | {fmt(r['test']['auc'])} | {versus(r, base)} | "
+                     f"{fmt(r['test']['logloss'])} | {versus(r, base, 'logloss')} | {fmt(r['valid']['auc'])} | "
+                     f"{r['best_epochs']} | "
                      f"{r['seconds_per_epoch']['mean']:.1f} | {r['wall_seconds_last_seed']} | "
                      f"{r['cpu_seconds_last_seed']} |")
     if rec["rows"]:

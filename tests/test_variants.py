@@ -162,6 +162,22 @@ def test_variants_train_end_to_end(ict_run, capsys):
 
     state = load_file(str(ict_run / "models" / "DIN+llmcf" / "seed_0" / "model.safetensors"))
     assert {"ict.no_cot", "ict.sim_proj.weight", "ict_head.2.weight"} <= set(state)
+    # served: the scorer passes each example's retrieval score to the ICT, so it gives the offline test scores
+    from llmcf.serve.scorer import Scorer
+
+    scorer = Scorer.load(ict_run, "DIN+llmcf", seed=0)
+    assert scorer.sim_input
+    test = pd.read_parquet(ict_run / "data" / "test.parquet")
+    rows = scorer.score_rows(test.user_id.tolist(), [list(h) for h in test.history], test.item_id.tolist(),
+                             test.pos.to_numpy())
+    offline = np.load(ict_run / "models" / "DIN+llmcf" / "seed_0" / "test_pred.npy")
+    np.testing.assert_allclose(rows, offline, atol=1e-5)
+    # the similarity input is read: other scores give other outputs
+    with torch.no_grad():
+        scorer.model.ict.sim_proj.weight.add_(1.0)
+    moved = scorer.score_rows(test.user_id.tolist(), [list(h) for h in test.history], test.item_id.tolist(),
+                              test.pos.to_numpy())
+    assert not np.allclose(moved, offline, atol=1e-4)
     # warm start without a trained base is a clear error
     capsys.readouterr()
     assert main(["train", "--run", str(ict_run), "--model", "DCN", "--ict", "--quiet", *SMALL, *hybrid, *flags]) == 1
@@ -188,6 +204,39 @@ def test_tuning_k_uses_a_retrieval_view_of_the_run(ict_run):
     assert np.load(ict_run / "retrieval" / "test_ctx.npy").shape[1] == 4
     trial = ict_run / "tune" / "DIN+llmcf" / "trials" / "0" / "models" / "DIN+llmcf" / "config.yaml"
     assert load_config(trial).retrieval.k == 2
+
+
+def test_tuning_a_warm_started_llmcf_fixes_the_backbone_and_never_ends_below_it(ict_run, capsys):
+    pytest.importorskip("optuna")
+    import json
+
+    from llmcf.cli import main
+    from llmcf.config import ConfigError, load_config
+    from llmcf.errors import RunError
+    from llmcf.tune import run_tune
+
+    assert main(["retrieve", "--run", str(ict_run)]) == 0
+    sets = [s for s in SMALL if s != "--set"] + ["data.history_len=5", "ict.fusion=residual", "ict.warm_start=true",
+                                                 "tune.startup_trials=2", "tune.models={}",
+                                                 "tune.space={model.embed_dim: {choices: [8, 16]}}",
+                                                 "tune.ict={train.ict_lr: {low: 0.001, high: 0.01, log: true}}"]
+    cfg = load_config(None, sets)
+    cfg.ict.enabled = True
+    with pytest.raises(RunError, match="train it first"):
+        run_tune(ict_run, cfg, "DIN", trials=2)
+    assert main(["train", "--run", str(ict_run), "--model", "DIN", "--quiet", *SMALL]) == 0  # embed_dim 4
+    capsys.readouterr()
+    summary = run_tune(ict_run, cfg, "DIN", trials=2)
+    assert "not searched: model.embed_dim" in capsys.readouterr().out
+    assert set(summary["space"]) == {"train.ict_lr"} and summary["trials"] == 2
+    base = json.loads((ict_run / "models" / "DIN" / "seed_0" / "result.json").read_text())["valid"]["auc"]
+    for a in summary["all"]:  # each trial started from the base weights (embed_dim 4 fits them) and kept the best
+        assert a["valid_auc"] >= base - 1e-9
+    best = load_config(ict_run / "tune" / "DIN+llmcf" / "best.yaml")
+    assert best.model.embed_dim == 4 and best.ict.warm_start
+    cfg.ict.fusion = "concat"
+    with pytest.raises(ConfigError, match="fusion: residual"):
+        run_tune(ict_run, cfg, "DIN", trials=2)
 
 
 def test_new_switches_at_their_default_keep_old_hashes():

@@ -153,6 +153,9 @@ def retrieval_dir(run_dir: Path, cfg: Config) -> Path:
             raise RunError(f"{run_dir / name}: missing; tuning the retrieval needs the run's {name}/ stage outputs")
         if not link.exists():
             os.symlink(os.path.relpath(run_dir / name, view), link, target_is_directory=True)
+    if cfg.ict.warm_start and (run_dir / "models").exists() and not (view / "models").exists():
+        # a warm-started trial reads the base model's weights from <view>/models/<backbone>/ (read only)
+        os.symlink(os.path.relpath(run_dir / "models", view), view / "models", target_is_directory=True)
     done = view / "retrieval" / "meta.json"
     if not done.exists() or not _same_retrieval(json.loads(done.read_text()).get("config"), rc):
         from llmcf.retrieval.stage import run_retrieve
@@ -163,6 +166,35 @@ def retrieval_dir(run_dir: Path, cfg: Config) -> Path:
 
 def _same_retrieval(saved: dict | None, rc: dict) -> bool:
     return saved is not None and without_added_defaults("retrieval", saved) == without_added_defaults("retrieval", rc)
+
+
+def warm_start_study(run_dir: Path, cfg: Config, model_name: str, space: dict) -> tuple[Config, dict]:
+    """With ``ict.warm_start`` every trial starts its backbone from the trained base model of the run
+    (``models/<backbone>/seed_<train.seed>``), so the trials' backbone is that model's: its ``model`` section is
+    taken from the config it was trained with (e.g. a tuned backbone's best.yaml) and the ``model.*`` fields leave
+    the search space; training (lr, weight decay, ...), ICT and retrieval fields are still searched."""
+    from llmcf.config import load_config
+    from llmcf.rundir import RunDir
+
+    if cfg.ict.fusion != "residual" or "ict.fusion" in space:
+        raise ConfigError("tune: ict.warm_start needs ict.fusion: residual in every trial (set it, and leave "
+                          "ict.fusion out of tune.ict)")
+    seed_dir = RunDir(run_dir).seed(model_name, cfg.train.seed)
+    if not (seed_dir / "model.safetensors").exists() or not (seed_dir / "config.yaml").exists():
+        raise RunError(f"{seed_dir}: no trained base model; ict.warm_start starts every trial from it, so train it "
+                       f"first: llmcf train --run {run_dir} --model {model_name}")
+    fixed = copy.deepcopy(cfg)
+    fixed.model = load_config(seed_dir / "config.yaml").model
+    dropped = sorted(k for k in space if k.startswith("model."))
+    kept = {k: v for k, v in space.items() if not k.startswith("model.")}
+    if not kept:
+        raise ConfigError(f"tune: with ict.warm_start the backbone fields ({', '.join(dropped)}) are fixed to the "
+                          f"trained base model's, which leaves nothing to search; add train.*/ict.*/retrieval.* "
+                          f"fields to tune.ict")
+    if dropped:
+        print(f"[tune] ict.warm_start: backbone fixed to {seed_dir / 'config.yaml'}; not searched: "
+              f"{', '.join(dropped)}")
+    return fixed, kept
 
 
 def train_trial(run_dir: Path, trial_dir: Path, cfg: Config, model_name: str, cache: dict) -> float:
@@ -227,10 +259,9 @@ def run_tune(run_dir: Path, cfg: Config, model_name: str, trials: int | None = N
     if n_trials < 1:
         raise ConfigError(f"tune: --trials must be >= 1, got {n_trials}")
     ict = bool(cfg.ict.enabled)
-    if ict and cfg.ict.warm_start:
-        raise ConfigError("tune: ict.warm_start is not supported (a trial's backbone hyper-parameters differ from "
-                          "the trained base model's); tune with warm_start false")
     space = search_space(cfg, model_name, ict)
+    if ict and cfg.ict.warm_start:
+        cfg, space = warm_start_study(run_dir, cfg, model_name, space)
     base = copy.deepcopy(cfg)
     base.train.seeds = 1
     base.models = [model_name]

@@ -40,20 +40,22 @@ class Retriever:
         return query_keys(self.items, histories, targets, self.cfg)
 
     def query(self, user_ids: Sequence[str | None], pos: np.ndarray, histories: Sequence[Sequence[str]],
-              targets: Sequence[str | None]) -> np.ndarray:
+              targets: Sequence[str | None], with_scores: bool = False):
         """[B, k] int64 bank rows (-1 = missing) for B requests; bank row i is ``self.bank.frame.iloc[i]``, its CoT
-        embedding row is ``cot_row``. Same selection (and order) as the offline precomputation for the same input."""
+        embedding row is ``cot_row``. Same selection (and order) as the offline precomputation for the same input.
+        ``with_scores``: (rows, retrieval scores [B, k] float32), as ``llmcf retrieve`` writes to ``<split>_sim.npy``."""
         pos = np.asarray(pos, dtype=np.int64).reshape(-1)
         return self.selector.select(self.keys(histories, targets), list(user_ids), pos,
-                                    ["None" if t is None else str(t) for t in targets])
+                                    ["None" if t is None else str(t) for t in targets], with_scores=with_scores)
 
     def query_shared(self, user: str | None, history: Sequence[str], targets: Sequence[str],
-                     pos: np.ndarray) -> np.ndarray:
+                     pos: np.ndarray, with_scores: bool = False):
         """``query`` for one user and history with many targets (a request's candidates): the history mean is
-        computed once. Same rows as ``query`` with the user and history repeated."""
+        computed once. Same rows (and scores) as ``query`` with the user and history repeated."""
         targets = [str(t) for t in targets]
         keys = query_keys(self.items, [history], targets, self.cfg, repeat=len(targets))
-        return self.selector.select(keys, [user] * len(targets), np.asarray(pos, np.int64).reshape(-1), targets)
+        return self.selector.select(keys, [user] * len(targets), np.asarray(pos, np.int64).reshape(-1), targets,
+                                    with_scores=with_scores)
 
     def similarity(self, history: Sequence[str], target: str | None, rows: Sequence[int]) -> np.ndarray:
         """The retrieval score of bank ``rows`` for one query: the inner product of the query key and each row's

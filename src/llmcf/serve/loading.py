@@ -116,9 +116,6 @@ def load_served(run_dir: str | Path, tag: str, seed: int | None = None, device: 
     retriever = context = None
     cot_texts: list[str | None] = []
     if ict:
-        if cfg.ict.sim_input:
-            raise RunError("serving a model trained with ict.sim_input is not supported yet (the server does not "
-                           "pass retrieval scores to the ICT)")
         verify(run.root, "retrieve")  # never serve a bank left by an interrupted or mixed stage (llmcf.publish)
         retriever, context, cot_texts = _load_context(run, cfg, inputs, warnings)
         model = build_model(model_name, inputs.schema, cfg.model, cfg.ict, item_text=context.item_text_tensor,

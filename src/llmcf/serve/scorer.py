@@ -72,6 +72,7 @@ class Scorer:
         self.warnings, self.ict, self.loaded_at = m.warnings, m.ict, m.loaded_at
         self.vocab, self.items, self.schema = m.inputs.vocab, m.inputs.items, m.inputs.schema
         self.hist_len = m.inputs.hist_len
+        self.sim_input = bool(self.ict and m.cfg.ict.sim_input)  # the ICT reads each example's retrieval score
         self.loaded_fingerprint = m.fingerprint
         self.version = m.version
         """Names what is loaded: the tag, the seed and the ``fingerprint`` of the files when loading began."""
@@ -122,17 +123,23 @@ class Scorer:
                 "label": torch.zeros(n, dtype=torch.float32)}
 
     def _retrieve(self, users: Sequence[str | None], histories: Sequence[list[str]], items: Sequence[str],
-                  pos: np.ndarray, shared: bool) -> np.ndarray:
-        """Same as ``Retriever.query`` (and so as the offline precomputation); a request's history mean is computed
-        once for all its candidates."""
+                  pos: np.ndarray, shared: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """(bank rows [B, K], their retrieval scores or None): same as ``Retriever.query`` (and so as the offline
+        precomputation); a request's history mean is computed once for all its candidates. The scores are kept only
+        for a model trained with ``ict.sim_input`` (they are its ``ctx_sim`` input)."""
         if shared:
-            return self.retriever.query_shared(users[0], histories[0], items, pos)
-        return self.retriever.query(users, pos, histories, items)
+            out = self.retriever.query_shared(users[0], histories[0], items, pos, with_scores=self.sim_input)
+        else:
+            out = self.retriever.query(users, pos, histories, items, with_scores=self.sim_input)
+        return out if self.sim_input else (out, None)
 
     @torch.inference_mode()
-    def _forward(self, batch: dict, ctx: np.ndarray | None, attention: bool = False) -> dict:
+    def _forward(self, batch: dict, ctx: np.ndarray | None, attention: bool = False,
+                 sim: np.ndarray | None = None) -> dict:
         if ctx is not None:
             batch = {**batch, **self.context.gather_rows(ctx)}  # the ICT holds the bank's example tokens
+        if sim is not None:
+            batch["ctx_sim"] = torch.from_numpy(sim)
         from llmcf.train.device import model_device, to_device
 
         batch = to_device(batch, model_device(self.model))
@@ -152,8 +159,9 @@ class Scorer:
         users = [None if u is None else str(u) for u in users]
         items = [str(i) for i in items]
         p = np.full(n, ONLINE_POS, np.int64) if pos is None else np.asarray(pos, np.int64).reshape(-1)
-        ctx = self._retrieve(users, hists, items, p, shared=False) if self.ict else None
-        return self._forward(self._batch(users, hists, items, shared=False), ctx)["logits" if logits else "scores"]
+        ctx, sim = self._retrieve(users, hists, items, p, shared=False) if self.ict else (None, None)
+        return self._forward(self._batch(users, hists, items, shared=False), ctx,
+                             sim=sim)["logits" if logits else "scores"]
 
     def score(self, candidates: Sequence[str], history: Sequence[str] = (), user: str | None = None,
               pos: int | None = None) -> ScoreResult:
@@ -165,9 +173,9 @@ class Scorer:
         hist, cut = self._clean_history(history)
         user = None if user is None else str(user)
         p = np.full(len(items), ONLINE_POS if pos is None else int(pos), np.int64)
-        ctx = self._retrieve([user] * len(items), [hist], items, p, shared=True) if self.ict else None
+        ctx, sim = self._retrieve([user] * len(items), [hist], items, p, shared=True) if self.ict else (None, None)
         batch = self._batch([user], [hist], items, shared=True)
-        return self._result(items, self._forward(batch, ctx)["scores"], batch, len(hist), cut, user, ctx)
+        return self._result(items, self._forward(batch, ctx, sim=sim)["scores"], batch, len(hist), cut, user, ctx)
 
     def _result(self, items, scores, batch, n_hist, cut, user, ctx) -> ScoreResult:
         """ScoreResult of one request (one user and history: row 0 of the encoded batch)."""
@@ -219,9 +227,9 @@ class Scorer:
         hist, cut = self._clean_history(history)
         user = None if user is None else str(user)
         p = np.array([ONLINE_POS if pos is None else int(pos)], np.int64)
-        ctx = self._retrieve([user], [hist], [item], p, shared=True)
+        ctx, sim = self._retrieve([user], [hist], [item], p, shared=True)
         batch = self._batch([user], [hist], [item], shared=True)
-        out = self._forward(batch, ctx, attention=True)
+        out = self._forward(batch, ctx, attention=True, sim=sim)
         return {"result": self._result([item], out["scores"], batch, len(hist), cut, user, ctx),
                 "attention": out["attention"], "history": hist}
 

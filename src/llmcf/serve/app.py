@@ -36,8 +36,8 @@ from pydantic import BaseModel, Field
 from llmcf.config import Config, ServeConfig
 from llmcf.errors import LLMCFError
 from llmcf.serve.auth import AdminAuth
-from llmcf.serve.schemas import CandidateScore, ErrorBody, ExplainRequest, ExplainResponse, HistoryInfo, PublicInfo, \
-    ScoreRequest, ScoreResponse, ValidationErrorBody
+from llmcf.serve.schemas import CandidateScore, ErrorBody, ExplainRequest, ExplainResponse, ForgetRequest, \
+    HistoryInfo, PublicInfo, ScoreRequest, ScoreResponse, ValidationErrorBody
 from llmcf.serve.scorer import Scorer
 
 TOKEN_ENV = "LLMCF_ADMIN_TOKEN"
@@ -169,10 +169,6 @@ def declared(*codes: int) -> dict:
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "?"
-
-
-class ForgetRequest(BaseModel):
-    users: list[str] = Field(min_length=1, max_length=1000, description="user ids to forget")
 
 
 class ReloadResponse(BaseModel):

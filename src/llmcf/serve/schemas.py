@@ -81,6 +81,19 @@ class PublicInfo(BaseModel):
     authenticated: bool = Field(description="true: the admin view (also run path, software versions, warnings)")
 
 
+class ForgetRequest(BaseModel):
+    """``POST /v1/admin/forget``: the users whose data is removed (``llmcf forget``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    users: list[Id] = Field(min_length=1, max_length=1000, description="user ids to forget")
+
+    @field_validator("users", mode="after")
+    @classmethod
+    def _strings(cls, v):
+        return _to_str(v)
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -74,13 +74,29 @@ def same_content(a: Path, b: Path) -> bool:
 
         x, y = load_file(str(a)), load_file(str(b))
         return x.keys() == y.keys() and all(x[k].tobytes() == y[k].tobytes() for k in x)
+    if a.suffix == ".json":
+        x, y = (json.dumps(without_timings(json.loads(p.read_text())), sort_keys=True) for p in (a, b))
+        return x == y  # compared as text: NaN metrics are equal
     return a.read_bytes() == b.read_bytes()
 
 
-# files that differ between any two runs by design: timings, timestamps, absolute paths of the run or the dataset
-# (stage records, result/summary JSON, retrieval/state.json = resume record with speeds)
-VOLATILE = ("stages/", "result.json", "summary.json", "config.yaml", "report/", "meta.json", "stats.json",
-            "forget/", "eval_", "timing", "progress", ".log", "manifest", "state.json")
+# files that differ between any two runs by design: the stage records (timestamps), config copies (the dataset path),
+# reports (timings), forget/ (the run's own salt and audit); JSON files are compared without their timing fields
+VOLATILE = ("stages/", "config.yaml", "report/", "forget/")
+TIMING = ("second", "time", "_per_s", "tok_s", "rss", "finished", "loaded", "started", "date", "created", "gen_id",
+          "peak", "fingerprint", "config_hash")
+"""JSON fields that differ between two runs by design: timings, memory, creation ids, and hashes of paths/mtimes."""
+
+
+def without_timings(obj):
+    """``obj`` without TIMING fields, the two runs' (and datasets') folder names made equal."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if not any(t in k.lower() for t in TIMING)}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace("/fresh", "/run").replace("toyless", "toy")
+    return obj
 
 
 def comparable(rel: str) -> bool:

@@ -108,7 +108,9 @@ def forget(run_dir: str | Path, users: Sequence[str] = (), resume: bool = False,
         mark("trained")
     else:
         result = {}
-    retrained = (result.get("partition") or {}).get("changed", journal["shards"])
+    # the journal's shards were cleared, so rebuilt; "changed" adds any other shard whose data moved (none when the
+    # build is separable, which check_separable enforces)
+    retrained = sorted(set(journal["shards"]) | set((result.get("partition") or {}).get("changed", [])))
     from llmcf.partitioned import shard_seconds
 
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "users": journal["users"],

@@ -14,8 +14,6 @@ import time
 from copy import deepcopy
 from pathlib import Path
 
-import numpy as np
-
 from llmcf.config import Config
 from llmcf.fingerprint import stage_hash
 from llmcf.io import atomic_write_json
@@ -114,15 +112,10 @@ def shard_seconds(run_dir: Path, k: int) -> dict[str, float]:
 
     from llmcf.data.partition import shard_dir
 
-    stages = shard_dir(run_dir, k) / "stages"
-    return {p.stem: json.loads(p.read_text()).get("seconds", 0.0) for p in sorted(stages.glob("*.json"))} \
-        if stages.is_dir() else {}
+    root = shard_dir(run_dir, k)
+    out = {p.stem: json.loads(p.read_text()).get("seconds", 0.0) for p in sorted((root / "stages").glob("*.json"))}
+    for res in sorted((root / "models").glob("*/seed_*/result.json")):  # training: each seed's wall time
+        out[f"train {res.parent.parent.name} {res.parent.name}"] = round(json.loads(res.read_text())
+                                                                        .get("wall_seconds", 0.0), 1)
+    return out
 
-
-def ensemble_logits(run_dir, tag: str, seed: int, df) -> np.ndarray:
-    from llmcf.serve.ensemble import EnsembleScorer
-
-    return EnsembleScorer(run_dir, tag, seed).score_rows(df["user_id"].astype(str).tolist(),
-                                                         [list(h) for h in df["history"]],
-                                                         df["item_id"].astype(str).tolist(), df["pos"].to_numpy(),
-                                                         logits=True)

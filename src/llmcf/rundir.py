@@ -13,6 +13,8 @@ Every stage reads and writes its files through a ``RunDir``, so the layout lives
     models/<tag>/                        config.yaml, summary.json, seed_<s>/{model.safetensors,config.yaml,result.json}
     report/                              results.md, index.html, *.png
     stages/<stage>.json                  what `llmcf run` uses to skip unchanged stages
+    partition.{json,parquet}, shards/<k>/, forget/   partitioned runs only (``llmcf.data.partition``): each shard is
+                                         a run directory of this same layout; forget/ holds salted hashes only
 
 A missing input is a ``RunError`` naming the file and the command that writes it. The readers here return plain
 arrays and tables; turning them into vocabularies, features or tensors is the job of the layers above.

@@ -91,7 +91,8 @@ class DuckSamples:
 
     # ---- building ----------------------------------------------------------------------------------------------
     def _q(self, sql: str, *params):
-        return self.con.execute(sql, list(params) if params else None)
+        """Run ``sql``: None for a statement, else a relation to fetch from (each result read in full)."""
+        return self.con.sql(sql, params=list(params) if params else None)
 
     def _load(self, ds: RawDataset, cfg: DataConfig) -> None:
         cols = interaction_columns(ds)
@@ -149,17 +150,17 @@ class DuckSamples:
 
     def _first_sorted(self, cond: str, extra: str = "NULL"):
         """(sorted row number, user id, extra value) of the first row in (user, pos) order matching ``cond``."""
-        r = self._q(f"SELECT user_id, pos, {extra} FROM p WHERE {cond} ORDER BY user_id, pos LIMIT 1").fetchone()
+        r = _first(self._q(f"SELECT user_id, pos, {extra} FROM p WHERE {cond} ORDER BY user_id, pos LIMIT 1"))
         if r is None:
             return None
-        before = self._q("SELECT count(*) FROM p WHERE user_id < ?", r[0]).fetchone()[0]
+        before = _first(self._q("SELECT count(*) FROM p WHERE user_id < ?", r[0]))[0]
         return int(before + r[1]), r[0], r[2]
 
     def _draw_negatives(self, cfg: DataConfig) -> None:
         k = cfg.num_negatives
         self._q("CREATE TABLE cat AS SELECT item_id, (row_number() OVER (ORDER BY item_id) - 1)::BIGINT AS code "
                 "FROM (SELECT DISTINCT item_id FROM p)")
-        n_items = self._q("SELECT count(*) FROM cat").fetchone()[0]
+        n_items = _first(self._q("SELECT count(*) FROM cat"))[0]
         codes = self._q("SELECT u.code AS u, c.code AS i, p.pos FROM p JOIN users u USING (user_id) "
                         "JOIN cat c USING (item_id) ORDER BY u.code, p.pos").fetchnumpy()
         ucode, icode, pos = (np.asarray(codes[c], dtype=np.int64) for c in ("u", "i", "pos"))
@@ -218,7 +219,7 @@ class DuckSamples:
         rows = self._q("SELECT split, count(*), count(DISTINCT user_id), count(DISTINCT item_id), "
                        "sum(label::BIGINT), min(label), max(label) FROM s GROUP BY split").fetchall()
         self._stats = {SPLITS[r[0]]: r[1:] for r in rows}
-        self.kept = int(self._q("SELECT count(*) FROM ps").fetchone()[0])
+        self.kept = int(_first(self._q("SELECT count(*) FROM ps"))[0])
 
     # ---- the interface build_run_data uses -----------------------------------------------------------------------
     def summary(self) -> dict[str, tuple[int, int, int]]:
@@ -229,7 +230,7 @@ class DuckSamples:
         check_split_summary(self.summary(), self.too_few, self.cfg, self.ds)
 
     def too_few(self) -> tuple[int, int]:
-        return tuple(int(x) for x in self._q("SELECT count(*) FILTER (WHERE n < 3), count(*) FROM users").fetchone())
+        return tuple(int(x) for x in _first(self._q("SELECT count(*) FILTER (WHERE n < 3), count(*) FROM users")))
 
     def vocab(self, items: pd.DataFrame | None) -> Vocab:
         users = self._q("SELECT DISTINCT user_id FROM ps WHERE split = 0").to_arrow_table().column(0).to_pylist()
@@ -249,12 +250,28 @@ class DuckSamples:
         i = SPLITS.index(split)
         self._q("SET preserve_insertion_order = true")  # else the sorted result may stream out of order
         reader = self._q('SELECT user_id, pos, item_id, label, rating, "timestamp", history FROM s '
-                         f"WHERE split = {i} ORDER BY user_id, pos, neg").to_arrow_reader(ROW_GROUP_ROWS)
+                              f"WHERE split = {i} ORDER BY user_id, pos, neg").to_arrow_reader(ROW_GROUP_ROWS)
         with atomic_path(path) as tmp:
             with pq.ParquetWriter(tmp, self.schema) as w:
-                for batch in reader:
-                    if batch.num_rows:
-                        w.write_table(pa.Table.from_batches([batch]).cast(self.schema), row_group_size=ROW_GROUP_ROWS)
+                pending, rows = [], 0
+                for batch in reader:  # batches of any size -> row groups of exactly ROW_GROUP_ROWS (the last less)
+                    pending.append(batch)
+                    rows += batch.num_rows
+                    if rows >= ROW_GROUP_ROWS:
+                        pending, rows = self._flush(w, pending, False)
+                self._flush(w, pending, True)
+
+    def _flush(self, w: pq.ParquetWriter, batches: list, last: bool) -> tuple[list, int]:
+        t = pa.Table.from_batches(batches).combine_chunks() if batches else None
+        done = 0
+        while t is not None and t.num_rows - done >= (1 if last else ROW_GROUP_ROWS):
+            part = t.slice(done, ROW_GROUP_ROWS)
+            w.write_table(part.cast(self.schema), row_group_size=ROW_GROUP_ROWS)
+            done += part.num_rows
+        if t is None or done == t.num_rows:
+            return [], 0
+        rest = t.slice(done)
+        return rest.to_batches(), rest.num_rows
 
     def split_stats(self, split: str) -> dict:
         rows, users, items, pos, _, _ = self._stats.get(split, (0, 0, 0, 0, 0, 0))
@@ -264,10 +281,10 @@ class DuckSamples:
 
     def oov_rates(self, split: str, vocab: Vocab) -> dict:
         i = SPLITS.index(split)
-        n, u, it = self._q(f"""SELECT count(*), count(*) FILTER (WHERE vu.user_id IS NULL),
+        n, u, it = _first(self._q(f"""SELECT count(*), count(*) FILTER (WHERE vu.user_id IS NULL),
                                count(*) FILTER (WHERE vi.item_id IS NULL) FROM s
                                LEFT JOIN vu ON vu.user_id = s.user_id LEFT JOIN vi ON vi.item_id = s.item_id
-                               WHERE s.split = {i}""").fetchone()
+                               WHERE s.split = {i}"""))
         return {"user": u / n, "item": it / n} if n else {"user": 0.0, "item": 0.0}
 
     def oov_ids(self, split: str) -> dict:
@@ -276,9 +293,9 @@ class DuckSamples:
         i = SPLITS.index(split)
         out = {}
         for f, table in (("user", "vu"), ("item", "ti")):
-            n, miss = self._q(f"""SELECT count(*), count(*) FILTER (WHERE t.{f}_id IS NULL) FROM
+            n, miss = _first(self._q(f"""SELECT count(*), count(*) FILTER (WHERE t.{f}_id IS NULL) FROM
                                   (SELECT DISTINCT {f}_id FROM s WHERE split = {i}) d
-                                  LEFT JOIN {table} t ON t.{f}_id = d.{f}_id""").fetchone()
+                                  LEFT JOIN {table} t ON t.{f}_id = d.{f}_id"""))
             out[f] = miss / n if n else 0.0
         return out
 
@@ -289,6 +306,12 @@ class DuckSamples:
             self._tmp.cleanup()
 
 
+def _first(rel):
+    """The first row of a relation, or None."""
+    rows = rel.fetchall()
+    return rows[0] if rows else None
+
+
 class _Names:
     """User ids by code, looked up only for an error message."""
 
@@ -296,4 +319,4 @@ class _Names:
         self.db = db
 
     def __getitem__(self, code: int) -> str:
-        return self.db._q("SELECT user_id FROM users WHERE code = ?", int(code)).fetchone()[0]
+        return _first(self.db._q("SELECT user_id FROM users WHERE code = ?", int(code)))[0]

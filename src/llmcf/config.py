@@ -75,7 +75,7 @@ class DataConfig:
     Both write the same tables (llmcf.data.duck)."""
     engine_memory: str = "2GB"
     """DuckDB's memory limit for the duckdb engine (it spills to a temporary folder in the run directory beyond it)."""
-    engine_auto_rows: int = 2_000_000
+    engine_auto_rows: int = 500_000
     """engine: auto picks duckdb from this many interactions on."""
 
 

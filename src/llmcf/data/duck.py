@@ -52,7 +52,7 @@ def choose_engine(cfg: DataConfig, n_interactions: int) -> str:
     if e not in ENGINES:
         raise DataError(f"unknown data engine {e!r}; expected auto | pandas | duckdb", field="data.engine")
     if e == "duckdb" and not available():
-        raise DataError("data.engine: duckdb needs the duckdb package: pip install 'llmcf[scale]' "
+        raise DataError("the duckdb engine needs the duckdb package: pip install 'llmcf[scale]' "
                         "(or data.engine: pandas)", field="data.engine")
     if e == "auto":
         return "duckdb" if available() and n_interactions >= cfg.engine_auto_rows else "pandas"

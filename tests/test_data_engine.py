@@ -143,6 +143,10 @@ def test_engine_choice(monkeypatch):
     cfg.engine = "duckdb"
     with pytest.raises(DataError, match=r"llmcf\[scale\]"):
         duck.choose_engine(cfg, 10)
+    monkeypatch.setattr(duck, "available", lambda: True)
+    cfg.engine_memory = "2GB'; SET threads=64; --"
+    with pytest.raises(DataError, match="engine_memory"):
+        duck.choose_engine(cfg, 10)
     cfg.engine = "spark"
     with pytest.raises(DataError, match="data.engine"):
         duck.choose_engine(cfg, 10)

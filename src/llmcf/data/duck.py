@@ -15,6 +15,7 @@ asserts that both engines write equal tables.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def choose_engine(cfg: DataConfig, n_interactions: int) -> str:
         raise DataError("the duckdb engine needs the duckdb package: pip install 'llmcf[scale]' "
                         "(or data.engine: pandas)", field="data.engine")
     if e == "auto":
-        return "duckdb" if available() and n_interactions >= cfg.engine_auto_rows else "pandas"
+        e = "duckdb" if available() and n_interactions >= cfg.engine_auto_rows else "pandas"
+    if e == "duckdb" and not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", str(cfg.engine_memory)):
+        raise DataError(f"expected a size such as 2GB or 512MB, got {cfg.engine_memory!r}", field="data.engine_memory")
     return e
 
 

@@ -139,8 +139,8 @@ def write_records(args, rows) -> None:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         same = next((str(v) for k, v in r.items() if k.startswith("same_tables")), "")
-        lines.append(f"| {r['interactions']:,} | {r['engine']} | {r['status']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['load_1min']} | {same} |")
+        lines.append(f"| {r['interactions']:,} | {r['engine']} | {r['status']} | {r['wall_s']:.0f} | "
+                     f"{r['cpu_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['load_1min']} | {same} |")
     (RESULTS / "scaling-data.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 

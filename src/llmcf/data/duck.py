@@ -207,8 +207,8 @@ class DuckSamples:
             split = f'((p."timestamp" > {q1!r})::TINYINT + (p."timestamp" > {q2!r})::TINYINT)'
             join = "JOIN users u USING (user_id)"
         self.protocol = finish_protocol(protocol, cfg, self.rule)
-        self._q(f"""CREATE TABLE ps AS SELECT p.user_id, p.pos, p.item_id, {self.label} AS label, p.rating, p."timestamp", p.history, {split} AS split,
-                    u.code AS ucode FROM p {join}""")
+        self._q(f"""CREATE TABLE ps AS SELECT p.user_id, p.pos, p.item_id, {self.label} AS label, p.rating,
+                    p."timestamp", p.history, {split} AS split, u.code AS ucode FROM p {join}""")
         self._q("DROP TABLE p")
         pos_rows = ("SELECT user_id, pos, item_id, label, rating, \"timestamp\", history, split, 0::BIGINT AS neg "
                     "FROM ps")

@@ -69,6 +69,14 @@ class DataConfig:
     negative_verb: str = "does not like"
     on_duplicate: str = "drop"
     """drop (exact duplicate interaction rows are dropped, the count recorded in stats.json) | error."""
+    engine: str = "auto"
+    """How `llmcf data build` builds the samples: pandas (in memory) | duckdb (out of core, bounded memory, needs
+    ``pip install llmcf[scale]``) | auto (duckdb from ``engine_auto_rows`` interactions when it is installed, else pandas).
+    Both write the same tables (llmcf.data.duck)."""
+    engine_memory: str = "2GB"
+    """DuckDB's memory limit for the duckdb engine (beyond it DuckDB spills to a temporary folder under TMPDIR)."""
+    engine_auto_rows: int = 500_000
+    """engine: auto picks duckdb from this many interactions on."""
 
 
 @dataclass

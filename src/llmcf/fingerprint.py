@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-NOT_HASHED: dict[str, tuple[str, ...]] = {"recgen": ("micro_batch",), "data": ("on_duplicate",),
+NOT_HASHED: dict[str, tuple[str, ...]] = {"recgen": ("micro_batch",), "data": ("on_duplicate", "engine", "engine_memory", "engine_auto_rows"),
                                           "train": ("device",),
                                           "llm": ("executor", "ray_address", "ray_actors", "ray_cpus_per_actor",
                                                   "ray_gpus_per_actor")}

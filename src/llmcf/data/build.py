@@ -78,8 +78,53 @@ def _oov_ids(df: pd.DataFrame, train: pd.DataFrame) -> dict:
     out = {}
     for f in ("user", "item"):
         ids = pd.unique(df[f"{f}_id"])
-        out[f] = float(np.mean(~pd.Series(ids).isin(train[f"{f}_id"]))) if len(ids) else 0.0
+        # isin against the distinct train ids: the same answer, and pandas' Arrow-string isin is slow per value
+        out[f] = float(np.mean(~pd.Series(ids).isin(pd.unique(train[f"{f}_id"])))) if len(ids) else 0.0
     return out
+
+
+class PandasSamples:
+    """The CTR samples of one build in memory (``data.engine: pandas``); ``duck.DuckSamples`` has the same
+    interface (summary, too_few, vocab, write, split_stats, oov_rates, oov_ids, protocol, kept)."""
+
+    def __init__(self, ds: RawDataset, cfg: DataConfig, rule: str):
+        self.ds, self.cfg = ds, cfg
+        self.samples = build_samples(ds, cfg)
+        split, self.protocol = assign_splits(self.samples, cfg, real_time=ds.real_time, label_rule=rule,
+                                             dataset=ds.source or ds.name)
+        codes = split.cat.codes.to_numpy()
+        self.parts = {s: self.samples[codes == i].reset_index(drop=True) for i, s in enumerate(SPLITS)}
+        self.kept = int((self.samples["label"] == 1).sum() if rule == "implicit" else len(self.samples))
+
+    def check(self) -> None:
+        check_splits(self.parts, self.samples, self.cfg, self.ds)
+
+    def vocab(self, items: pd.DataFrame | None) -> Vocab:
+        return Vocab.from_train(self.parts["train"], items)
+
+    def write(self, split: str, path: Path) -> None:
+        write_table(samples_table(self.parts[split]), path)
+
+    def split_stats(self, split: str) -> dict:
+        return split_stats(self.parts[split])
+
+    def oov_rates(self, split: str, vocab: Vocab) -> dict:
+        return _oov_rates(self.parts[split], vocab)
+
+    def oov_ids(self, split: str) -> dict:
+        return _oov_ids(self.parts[split], self.parts["train"])
+
+    def close(self) -> None:
+        pass
+
+
+def make_samples(ds: RawDataset, cfg: DataConfig, rule: str):
+    """The samples of ``cfg.data.engine`` (``duck.choose_engine``): PandasSamples or DuckSamples."""
+    from llmcf.data import duck
+
+    if duck.choose_engine(cfg, len(ds.interactions)) == "duckdb":
+        return duck.DuckSamples(ds, cfg, rule, SAMPLE_SCHEMA)
+    return PandasSamples(ds, cfg, rule)
 
 
 def build_run_data(ds: RawDataset, cfg: DataConfig, run_dir: str | Path, show_progress: bool = True) -> dict:
@@ -99,17 +144,14 @@ def build_run_data(ds: RawDataset, cfg: DataConfig, run_dir: str | Path, show_pr
         bar.set_postfix_str(name)
         bar.update(1)
 
+    samples = None
     try:
         rule = resolve_label_rule(ds, cfg)
-        samples = build_samples(ds, cfg)
+        samples = make_samples(ds, cfg, rule)
         step("samples")
-        split, protocol = assign_splits(samples, cfg, real_time=ds.real_time, label_rule=rule,
-                                        dataset=ds.source or ds.name)
-        codes = split.cat.codes.to_numpy()
-        parts = {s: samples[codes == i].reset_index(drop=True) for i, s in enumerate(SPLITS)}
         step("splits")
-        check_splits(parts, samples, cfg, ds)
-        vocab = Vocab.from_train(parts["train"], ds.items)
+        samples.check()
+        vocab = samples.vocab(ds.items)
         items = items_table(ds.items)
         step("vocab")
         writing(run_dir)  # every check passed: only now is anything of a finished build touched (llmcf.publish)
@@ -125,23 +167,25 @@ def build_run_data(ds: RawDataset, cfg: DataConfig, run_dir: str | Path, show_pr
             (out / "users.parquet").unlink(missing_ok=True)
         step("users.parquet")
         for s in SPLITS:
-            write_table(samples_table(parts[s]), out / f"{s}.parquet")
+            samples.write(s, out / f"{s}.parquet")
             step(f"{s}.parquet")
         vocab.save(out / "vocab.json")
         step("vocab.json")
         stats = {"dataset": ds.name, "source": ds.source, "real_time": ds.real_time,
                  "interactions": int(len(ds.interactions)),
                  "duplicates_dropped": ds.duplicates.count if ds.duplicates else 0,
-                 "kept_interactions": int((samples["label"] == 1).sum() if rule == "implicit" else len(samples)),
-                 "protocol": protocol,
-                 "splits": {s: split_stats(parts[s]) for s in SPLITS},
+                 "kept_interactions": samples.kept,
+                 "protocol": samples.protocol,
+                 "splits": {s: samples.split_stats(s) for s in SPLITS},
                  "vocab": {f: vocab.size(f) for f in ("user", "item", "brand", "category")},
-                 "oov_rate": {s: _oov_rates(parts[s], vocab) for s in ("valid", "test")},
-                 "oov_ids": {s: _oov_ids(parts[s], parts["train"]) for s in ("valid", "test")},
+                 "oov_rate": {s: samples.oov_rates(s, vocab) for s in ("valid", "test")},
+                 "oov_ids": {s: samples.oov_ids(s) for s in ("valid", "test")},
                  "files": {f: file_digest(out / f) for f in DATA_FILES if (out / f).exists()},
                  "seconds": round(time.perf_counter() - t0, 2)}
         atomic_write_json(out / "stats.json", stats)
         step("stats.json")
     finally:
+        if samples is not None:
+            samples.close()
         bar.close()
     return stats

@@ -59,10 +59,17 @@ def _too_few(samples: pd.DataFrame) -> tuple[int, int]:
 
 def check_splits(parts: dict[str, pd.DataFrame], samples: pd.DataFrame, cfg: DataConfig, ds: RawDataset) -> None:
     """Raise when a split is empty or single-class (before anything is written)."""
+    summary = {s: (len(df), int(df["label"].min()) if len(df) else 0, int(df["label"].max()) if len(df) else 0)
+               for s, df in parts.items()}
+    check_split_summary(summary, lambda: _too_few(samples), cfg, ds)
+
+
+def check_split_summary(summary: dict[str, tuple[int, int, int]], too_few, cfg: DataConfig, ds: RawDataset) -> None:
+    """``check_splits`` from (rows, min label, max label) per split; ``too_few()`` -> (users with fewer than
+    MIN_ROWS_PER_USER positions, all users), called only for the message of an empty split."""
     where = ds.source or ds.name
     for s in SPLITS:
-        df = parts[s]
-        if len(df) == 0:
+        if summary[s][0] == 0:
             if s == "train":
                 why = "no interaction falls before the first cut point"
                 fix = "a larger train ratio in data.split_ratio"
@@ -73,19 +80,17 @@ def check_splits(parts: dict[str, pd.DataFrame], samples: pd.DataFrame, cfg: Dat
                 why = "its ratio in data.split_ratio is 0"
                 fix = "a ratio > 0 for it"
             else:
-                few, users = _too_few(samples)
+                few, users = too_few()
                 why = (f"{few} of {users} users have fewer than {MIN_ROWS_PER_USER} rows, and a user needs at least "
                        f"{MIN_ROWS_PER_USER} (train, valid, test) under data.split: {cfg.split}")
                 fix = f"users with >= {MIN_ROWS_PER_USER} interactions (or data.split: time)"
             raise DataError(f"the {s} split is empty: {why}; expected {fix}", file=where, field="data.split")
     for s in SPLITS:
-        df = parts[s]
-        labels = df["label"].to_numpy()
-        if labels.min() == labels.max():
-            v = int(labels[0])
+        rows, lo, hi = summary[s]
+        if lo == hi:
             hint = {"rating": f"data.rating_threshold ({cfg.rating_threshold}) against the ratings",
                     "column": "the label column"}.get(_rule(ds, cfg), "data.label")
-            raise DataError(f"every one of the {len(df)} {s} rows has label {v}; expected both 0 and 1 (AUC and "
+            raise DataError(f"every one of the {rows} {s} rows has label {lo}; expected both 0 and 1 (AUC and "
                             f"early stopping need both; check {hint})", file=where,
                             field="rating" if _rule(ds, cfg) == "rating" else "label")
 

@@ -97,20 +97,40 @@ def load_split(run_dir: str | Path, split: str) -> pd.DataFrame:
     return df
 
 
+ENCODE_BATCH_ROWS = 1 << 17
+"""Rows read and encoded at a time by ``load_encoded`` (a split is never held whole as Arrow strings)."""
+
+
 def load_encoded(run_dir: str | Path, split: str, vocab: Vocab | None = None,
                  hist_len: int | None = None) -> dict[str, np.ndarray]:
     """Encoded arrays of one split (read as Arrow: faster than ``encode(load_split(...))``, same values);
-    vocab defaults to run_dir/data/vocab.json, hist_len to the build's history_len."""
+    vocab defaults to run_dir/data/vocab.json, hist_len to the build's history_len.
+
+    The file is read in batches of ``ENCODE_BATCH_ROWS`` rows (its row groups streamed), each encoded into
+    preallocated arrays: memory is the encoded arrays plus one batch of strings, not the whole split's strings."""
     path = _split_path(run_dir, split)
-    table = pq.read_table(path)
-    missing = [c for c in SAMPLE_COLUMNS if c not in table.column_names]
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    missing = [c for c in SAMPLE_COLUMNS if c not in names]
     if missing:
         raise DataError(f"expected the sample columns {list(SAMPLE_COLUMNS)}, missing {missing}", file=str(path))
     run = RunDir(run_dir)
     vocab = vocab or Vocab.load(run.need(run.vocab))
+    cols = ["user_id", "item_id", "history", "label"]
     if hist_len is None:
-        stats = run.read_stats()
-        hist_len = stats.get("protocol", {}).get("history_len")
+        hist_len = run.read_stats().get("protocol", {}).get("history_len")
         if hist_len is None:
-            hist_len = int(pc.max(pc.list_value_length(table.column("history"))).as_py() or 0)
-    return encode(table, vocab, hist_len)
+            hist_len = max((int(pc.max(pc.list_value_length(b.column("history"))).as_py() or 0)
+                            for b in pf.iter_batches(batch_size=ENCODE_BATCH_ROWS, columns=["history"])), default=0)
+    n = pf.metadata.num_rows
+    out = {"user": np.zeros(n, np.int64), "item": np.zeros(n, np.int64), "hist": np.zeros((n, hist_len), np.int64),
+           "hist_len": np.zeros(n, np.int64), "label": np.zeros(n, np.float32)}
+    at = 0
+    for batch in pf.iter_batches(batch_size=ENCODE_BATCH_ROWS, columns=cols):
+        part = encode(pa.Table.from_batches([batch]), vocab, hist_len)
+        for k, v in part.items():
+            out[k][at:at + len(v)] = v
+        at += batch.num_rows
+    if at != n:
+        raise DataError(f"read {at} rows, the file's metadata says {n}", file=str(path))
+    return out

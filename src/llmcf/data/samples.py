@@ -55,31 +55,38 @@ def select_users(users: np.ndarray, max_users: int | None, seed: int) -> np.ndar
     return np.sort(users[rng.permutation(len(users))[:max_users]])
 
 
-def ordered_interactions(ds: RawDataset, cfg: DataConfig) -> tuple[pd.DataFrame, np.ndarray]:
-    """Validated interactions of the kept users, sorted by (user, timestamp, original order), with ``pos``;
-    also the user code of each row (codes follow the sorted user ids)."""
+def interaction_columns(ds: RawDataset) -> dict:
+    """The validated interaction columns: user_id / item_id as str Series, timestamp (and rating, label when
+    present) as float64 arrays, in input order. Raises DataError naming the first bad row."""
     inter = ds.interactions
     missing = [c for c in INTERACTION_COLUMNS if c not in inter.columns]
     if missing:
         raise DataError(f"interactions lack the columns {missing} (have {list(inter.columns)})", file=_where(ds))
     if len(inter) == 0:
         raise DataError("no interactions", file=_where(ds))
-    df = pd.DataFrame({"user_id": inter["user_id"].astype(str).to_numpy(dtype=object),
-                       "item_id": inter["item_id"].astype(str).to_numpy(dtype=object)})
     for col in ("user_id", "item_id"):
         if inter[col].isna().any():
             row = int(np.flatnonzero(inter[col].isna().to_numpy())[0])
             raise DataError(f"missing {col} in interaction row {row}", file=_where(ds), field=col)
+    out = {"user_id": inter["user_id"].astype(str), "item_id": inter["item_id"].astype(str)}
     ts = pd.to_numeric(inter["timestamp"], errors="coerce").to_numpy(dtype=np.float64)
     if np.isnan(ts).any():
         row = int(np.flatnonzero(np.isnan(ts))[0])
         raise DataError(f"interaction row {row}: timestamp {inter['timestamp'].iloc[row]!r} is not a number",
                         file=_where(ds), field="timestamp")
-    df["timestamp"] = ts
+    out["timestamp"] = ts
     for col in ("rating", "label"):
         if col in inter.columns:
-            vals = pd.to_numeric(inter[col], errors="coerce").to_numpy(dtype=np.float64)
-            df[col] = vals
+            out[col] = pd.to_numeric(inter[col], errors="coerce").to_numpy(dtype=np.float64)
+    return out
+
+
+def ordered_interactions(ds: RawDataset, cfg: DataConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """Validated interactions of the kept users, sorted by (user, timestamp, original order), with ``pos``;
+    also the user code of each row (codes follow the sorted user ids)."""
+    cols = interaction_columns(ds)
+    df = pd.DataFrame({c: (v.to_numpy(dtype=object) if c in ("user_id", "item_id") else v) for c, v in cols.items()})
+    del cols
     if cfg.max_users is not None:
         keep = select_users(df["user_id"].unique(), cfg.max_users, cfg.seed)
         df = df[df["user_id"].isin(keep)]

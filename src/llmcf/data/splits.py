@@ -57,9 +57,7 @@ def ratio_counts(n: np.ndarray, ratios) -> tuple[np.ndarray, np.ndarray, np.ndar
 def assign_splits(samples: pd.DataFrame, cfg: DataConfig, *, real_time: bool = True, label_rule: str = "",
                   dataset: str = "") -> tuple[pd.Series, dict]:
     """(split name per row as a Series aligned with ``samples``, protocol dict) for ``cfg.split``."""
-    method = cfg.split
-    if method not in SPLIT_METHODS:
-        raise DataError(f"unknown split {method!r}; expected loo | ratio | time", field="data.split")
+    method = check_method(cfg, real_time, dataset)
     pos = samples["pos"].to_numpy(dtype=np.int64)
     protocol: dict = {"split": method}
     code = np.zeros(len(samples), dtype=np.int8)  # 0 train, 1 valid, 2 test
@@ -69,32 +67,29 @@ def assign_splits(samples: pd.DataFrame, cfg: DataConfig, *, real_time: bool = T
             big = n >= 3
             code[big & (pos == n - 2)] = 1
             code[big & (pos == n - 1)] = 2
-            protocol["rule"] = ("per user: last position -> test, second-to-last -> valid, rest -> train; "
-                                "users with < 3 positions: all train")
+            protocol["rule"] = LOO_RULE
         else:
             r = _ratios(cfg)
             ntr, nv, _ = ratio_counts(n, r)
             code[pos >= ntr] = 1
             code[pos >= ntr + nv] = 2
             protocol["ratios"] = [float(x) for x in r]
-            protocol["rule"] = ("per user, chronological by position: n_valid = floor(n*r_valid), "
-                                "n_test = floor(n*r_test), each raised to 1 when its ratio > 0 and n >= 3, lowered "
-                                "(test first) to keep >= 1 train position; users with < 3 positions: all train")
+            protocol["rule"] = RATIO_RULE
     else:
-        if not real_time:
-            raise DataError("a global time split needs timestamps comparable across users, but this dataset's "
-                            "timestamps are per-user orders (real_time=False); use data.split: loo or ratio",
-                            file=dataset or None, field="data.split")
         r = _ratios(cfg)
         ts = samples["timestamp"].to_numpy(dtype=np.float64)
         first = ~samples.duplicated(["user_id", "pos"]).to_numpy()
-        q1 = float(np.quantile(ts[first], r[0], method="lower"))
-        q2 = float(np.quantile(ts[first], min(r[0] + r[1], 1.0), method="lower"))
+        q1, q2 = time_cuts(ts[first], r)
         code[ts > q1] = 1
         code[ts > q2] = 2
         protocol.update(ratios=[float(x) for x in r], cut_timestamps=[q1, q2],
-                        rule="global: train t <= q1 < valid t <= q2 < test (lower quantiles of interaction times)")
+                        rule=TIME_RULE)
     split = pd.Series(pd.Categorical.from_codes(code, categories=list(SPLITS)), index=samples.index, name="split")
+    return split, finish_protocol(protocol, cfg, label_rule)
+
+
+def finish_protocol(protocol: dict, cfg: DataConfig, label_rule: str) -> dict:
+    """The label, negatives and history parts of the split protocol (shared by every data engine)."""
     protocol.update(label=label_rule, rating_threshold=cfg.rating_threshold if label_rule == "rating" else None,
                     negatives=cfg.num_negatives if label_rule == "implicit" else 0,
                     negative_sampling=("uniform over catalogue items the user never interacted with, "
@@ -103,4 +98,30 @@ def assign_splits(samples: pd.DataFrame, cfg: DataConfig, *, real_time: bool = T
                     history_rule="last history_len items strictly before the target position, oldest first, "
                                  "whatever their label",
                     max_users=cfg.max_users, seed=cfg.seed)
-    return split, protocol
+    return protocol
+
+
+LOO_RULE = ("per user: last position -> test, second-to-last -> valid, rest -> train; "
+            "users with < 3 positions: all train")
+RATIO_RULE = ("per user, chronological by position: n_valid = floor(n*r_valid), "
+              "n_test = floor(n*r_test), each raised to 1 when its ratio > 0 and n >= 3, lowered "
+              "(test first) to keep >= 1 train position; users with < 3 positions: all train")
+TIME_RULE = "global: train t <= q1 < valid t <= q2 < test (lower quantiles of interaction times)"
+
+
+def check_method(cfg: DataConfig, real_time: bool, dataset: str = "") -> str:
+    """``cfg.split``, refused when unknown or (time) when timestamps are per-user orders."""
+    if cfg.split not in SPLIT_METHODS:
+        raise DataError(f"unknown split {cfg.split!r}; expected loo | ratio | time", field="data.split")
+    if cfg.split == "time" and not real_time:
+        raise DataError("a global time split needs timestamps comparable across users, but this dataset's "
+                        "timestamps are per-user orders (real_time=False); use data.split: loo or ratio",
+                        file=dataset or None, field="data.split")
+    return cfg.split
+
+
+def time_cuts(first_ts: np.ndarray, r: np.ndarray) -> tuple[float, float]:
+    """(q1, q2): the lower quantiles at r_train and r_train + r_valid of the interaction times (one per position)."""
+    q1 = float(np.quantile(first_ts, r[0], method="lower"))
+    q2 = float(np.quantile(first_ts, min(r[0] + r[1], 1.0), method="lower"))
+    return q1, q2

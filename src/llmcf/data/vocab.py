@@ -50,6 +50,12 @@ class Vocab:
         users = _unique(train["user_id"])
         hist, _ = flatten_lists(train["history"])
         item_list = _unique(np.concatenate([train["item_id"].to_numpy(dtype=object), hist]))
+        return cls.from_ids(users, item_list, items)
+
+    @classmethod
+    def from_ids(cls, users: list[str], item_list: list[str], items: pd.DataFrame | None = None) -> "Vocab":
+        """The vocabulary of these (sorted, distinct) user and item ids, with the brands and categories of those
+        items from the items table."""
         brands: list[str] = []
         cats: list[str] = []
         if items is not None and len(items):

@@ -37,9 +37,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def train_steps(model, batches, steps: int, lr: float = 0.01) -> None:
-    """The trainer's loop body (``llmcf.train.loop.early_stopping_fit``) for ``steps`` batches."""
+    """The trainer's loop body (``llmcf.train.loop.early_stopping_fit``, the trainer's Adam) for ``steps`` batches."""
+    from llmcf.train.trainer import adam
+
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = adam(model.parameters(), lr)
     for i, batch in enumerate(batches):
         if i >= steps:
             break

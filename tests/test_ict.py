@@ -217,6 +217,29 @@ def test_training_fast_path_equals_the_reference_path(variant, gaps, monkeypatch
         torch.testing.assert_close(g1[name], g, atol=1e-10, rtol=0, msg=name)
 
 
+@pytest.mark.parametrize("dedup", [False, True])
+def test_token_layout_features_cot_label_per_example(dedup):
+    """Sequence position 3j is example j's features token, 3j+1 its CoT token, 3j+2 its label token, the last f_q
+    (with or without the per-batch deduplication of bank rows)."""
+    rng = np.random.default_rng(7)
+    bank = ContextBank(user=rng.integers(2, N_USERS, 5), item=rng.integers(2, N_ITEMS, 5),
+                       hist=rng.integers(0, N_ITEMS, (5, L)), label=rng.integers(0, 2, 5),
+                       cot=rng.normal(size=(5, D)).astype(np.float32))
+    batch = {**make_batch(b=3, k=4), **bank.gather(rng.integers(0, 5, (3, 4)))}
+    if not dedup:
+        del batch["ctx_row"]
+    ict = make_ict("full")
+    with torch.no_grad():
+        seq, present = ict.tokens(batch)
+        f = ict.features(batch["ctx_user"].reshape(-1), batch["ctx_item"].reshape(-1),
+                         batch["ctx_hist"].reshape(-1, L)).view(3, 4, -1)
+        torch.testing.assert_close(seq[:, 0:12:3], f, atol=1e-6, rtol=0)
+        torch.testing.assert_close(seq[:, 1:12:3], ict.text_mlp(batch["ctx_cot"]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(seq[:, 2:12:3], ict.label_emb(batch["ctx_label"]), atol=0, rtol=0)
+        torch.testing.assert_close(seq[:, -1], ict.features(batch["user"], batch["item"], batch["hist"]),
+                                   atol=1e-6, rtol=0)
+
+
 def test_decoder_kept_positions_and_padded_keys_match_the_full_pass():
     from llmcf.models.ict_layers import CausalDecoder
 

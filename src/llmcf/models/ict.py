@@ -133,7 +133,7 @@ class ICT(nn.Module):
                 cot = torch.where(ctx_has_cot.bool()[..., None], cot, self.no_cot)
             parts.append(cot)
         parts.append(self.label_emb(ctx_label.long()))
-        return torch.stack(parts, 2)
+        return torch.stack(parts, -2)
 
     def cache_examples(self, bank: dict[str, torch.Tensor] | None) -> None:
         """Compute every bank row's example tokens once (scoring only: eval mode, no dropout) from

@@ -35,9 +35,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def seq_steps(model, batches, steps: int, lr: float, num_negatives: int) -> None:
     """The sequential trainer's loop body (sampled softmax + ICT losses) for ``steps`` batches."""
     from llmcf.train.seq_trainer import sampled_softmax_loss
+    from llmcf.train.trainer import adam
 
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = adam(model.parameters(), lr)
     gen = torch.Generator().manual_seed(0)
     for i, batch in enumerate(batches):
         if i >= steps:

@@ -37,9 +37,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def train_steps(model, batches, steps: int, lr: float = 0.01) -> None:
-    """The trainer's loop body (``llmcf.train.loop.early_stopping_fit``) for ``steps`` batches."""
+    """The trainer's loop body (``llmcf.train.loop.early_stopping_fit``, the trainer's Adam) for ``steps`` batches."""
+    from llmcf.train.trainer import adam
+
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = adam(model.parameters(), lr)
     for i, batch in enumerate(batches):
         if i >= steps:
             break
@@ -114,6 +116,74 @@ def training_part(run: Path, model_name: str, steps: int, preset: str, sets: lis
     return out
 
 
+def parts_part(run: Path, model_name: str, steps: int, preset: str, sets: list[str], rounds: int = 3) -> dict:
+    """CPU ms per training step of the pieces of an LLM-CF step, measured interleaved on the same ``steps`` batches
+    (``rounds`` passes): the whole forward+backward, the backbone alone (fed a zero ICT feature), the ICT alone
+    (forward+backward of w and its losses), its input tokens alone, its decoder alone (random tokens of the same
+    shape), the ICT's forward without autograd, and the trainer's Adam step over all parameters."""
+    from llmcf.config import load_config
+    from llmcf.train.ctr_task import CTRTask, RunData
+    from llmcf.train.trainer import adam
+    from llmcf.tune import apply_params
+
+    cfg = apply_params(load_config(preset, sets), {"ict.enabled": True, "ict.variant": "full"})
+    data = RunData(run, cfg)
+    torch.manual_seed(0)
+    model = CTRTask(data).build(model_name, cfg)
+    model.train()
+    ict = model.ict
+    batches = [b for _, b in zip(range(steps), data.batches("train", cfg, 0, True))]
+    opt = adam(model.parameters(), cfg.train.lr)
+
+    def whole(b):
+        out = model(b)
+        loss = F.binary_cross_entropy_with_logits(out["logit"], b["label"].float())
+        (loss + sum(out["losses"].values())).backward()
+
+    def backbone(b):
+        out = model.backbone(b, extra=torch.zeros(len(b["label"]), ict.dim))
+        F.binary_cross_entropy_with_logits(out["logit"], b["label"].float()).backward()
+
+    def ict_all(b):
+        w, losses = ict(b)
+        (w.sum() + sum(losses.values())).backward()
+
+    def tokens(b):
+        ict.tokens(b)[0].sum().backward()
+
+    with torch.no_grad():
+        dec_in = {id(b): ict.tokens(b) for b in batches}  # the decoder's inputs, made outside the timing
+
+    def decoder(b):
+        seq, present = dec_in[id(b)]
+        ict.decoder(seq.clone().requires_grad_(), present)[0].sum().backward()
+
+    def no_grad(b):
+        with torch.no_grad():
+            ict(b)
+
+    def optimiser(b):
+        opt.step()
+
+    whole(batches[0])  # gradients exist for the optimiser step
+    pieces = {"LLM-CF forward+backward": whole, "backbone forward+backward": backbone,
+              "ICT forward+backward": ict_all, "ICT tokens forward+backward": tokens,
+              "ICT decoder forward+backward (full pass)": decoder, "ICT forward, no autograd": no_grad,
+              "Adam step (fused), all parameters": optimiser}
+    acc = dict.fromkeys(pieces, 0.0)
+    for _ in range(rounds):
+        for name, fn in pieces.items():
+            fn(batches[0])
+            c0 = time.process_time()
+            for b in batches:
+                fn(b)
+            acc[name] += time.process_time() - c0
+    out = {name: 1000 * c / (rounds * len(batches)) for name, c in acc.items()}
+    for name, ms in out.items():
+        print(f"[parts] {name:<42} {ms:7.2f} CPU ms/step", flush=True)
+    return out
+
+
 def serving_part(run: Path, model_name: str, n: int, n_ops: int, n_py: int) -> dict:
     from bench_serve import payloads
 
@@ -179,12 +249,27 @@ def main() -> int:
     ap.add_argument("--py", type=int, default=12, help="Python functions listed per table")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--no-serve", action="store_true")
+    ap.add_argument("--parts", action="store_true", help="only the interleaved per-piece CPU ms of an LLM-CF step")
     ap.add_argument("--out", type=Path, default=RESULTS / "profile.md")
     a = ap.parse_args()
     torch.set_num_threads(1)
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load0 = os.getloadavg()
     sets = [f"data.dataset={a.dataset}", "train.threads=1"]
+    if a.parts:
+        parts = parts_part(a.run, a.model, a.steps, a.preset, sets)
+        lines = [f"## {started}: {a.model}, pieces of an LLM-CF training step", "",
+                 f"- command: `.venv/bin/python benchmarks/profile_llmcf.py {portable(shlex.join(sys.argv[1:]))}`",
+                 f"- machine: {cpu_model()}, {os.cpu_count()} CPUs{ram_suffix()}, torch {torch.__version__} (1 thread)",
+                 f"- load average before/after: {tuple(round(x, 2) for x in load0)} / "
+                 f"{tuple(round(x, 2) for x in os.getloadavg())} (machine shared with other jobs)",
+                 f"- {a.steps} train batches, 3 interleaved passes per piece; process CPU time", "",
+                 "| piece | CPU ms/step |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in parts.items()]
+        text = "\n".join(lines) + "\n"
+        print(text)
+        old = a.out.read_text() if a.out.exists() else ""
+        a.out.write_text(old.rstrip("\n") + "\n\n" + text)
+        return 0
     train = {} if a.no_train else training_part(a.run, a.model, a.steps, a.preset, sets, a.ops, a.py)
     serve = {} if a.no_serve else serving_part(a.run, a.model, a.requests, a.ops, a.py)
     text = markdown(a, train, serve, started, load0, os.getloadavg())

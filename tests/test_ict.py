@@ -171,6 +171,91 @@ def test_shared_bank_rows_computed_once_give_same_output_and_grads(variant):
         assert torch.allclose(g, outs[1][1][name], atol=1e-5), name
 
 
+@pytest.mark.parametrize("variant,gaps", [("full", False), ("full", True), ("no_cot", False)])
+def test_training_fast_path_equals_the_reference_path(variant, gaps, monkeypatch):
+    """The training path's savings change no number (dropout off so both paths are deterministic): bank rows
+    deduplicated per batch vs every slot computed on its own, the last layer computed only at the read positions vs
+    all of them, keys padded to 16 vs not — same w, losses and gradients (float64, so that only the order of float
+    sums differs: to 1e-10; in float32 the gradients agree to ~1e-5)."""
+    from llmcf.models import ict_layers
+
+    rng = np.random.default_rng(5)
+    n_bank, b, k = 6, 7, 4
+    bank = ContextBank(user=rng.integers(2, N_USERS, n_bank), item=rng.integers(2, N_ITEMS, n_bank),
+                       hist=rng.integers(0, N_ITEMS, (n_bank, L)), label=rng.integers(0, 2, n_bank),
+                       cot=rng.normal(size=(n_bank, D)).astype(np.float32),
+                       cot_row=np.where(np.arange(n_bank) == 2, -1, np.arange(n_bank)) if gaps else None)
+    batch = {**make_batch(b=b, k=k), **bank.gather(rng.integers(-1, n_bank, (b, k)))}
+    batch = {key: v.double() if v.is_floating_point() else v for key, v in batch.items()}
+    reference = {key: v for key, v in batch.items() if key != "ctx_row"}  # per slot
+
+    def run(inputs, fast: bool):
+        monkeypatch.setattr(ict_layers, "MIN_KEYS", 16 if fast else 0)
+        torch.manual_seed(0)
+        ict = ICT(make_schema(), make_text().double(), D, dim=16, layers=2, heads=2, variant=variant, field_dim=8,
+                  dropout=0.0, no_cot_token=gaps).double().train()
+        if fast:
+            w, losses = ict(inputs)
+        else:  # every position of the last layer, as the explanation path computes it
+            out = ict.encode(inputs, need_weights=False)
+            w, losses = out["w"], {}
+            if variant == "full":
+                mask = inputs["ctx_mask"] & (inputs["ctx_has_cot"] if gaps else True)
+                losses["recon"] = ict.recon_loss(out["hidden"], inputs["ctx_cot"], mask)
+        (w.square().sum() + sum(losses.values(), torch.tensor(0.0, dtype=torch.float64))).backward()
+        return w.detach(), {n: v.detach() for n, v in losses.items()}, \
+            {n: p.grad.clone() for n, p in ict.named_parameters() if p.grad is not None}
+
+    w0, l0, g0 = run(reference, fast=False)
+    w1, l1, g1 = run(batch, fast=True)
+    torch.testing.assert_close(w1, w0, atol=1e-10, rtol=0)
+    assert l0.keys() == l1.keys() == ({"recon"} if variant == "full" else set())
+    for name in l0:
+        torch.testing.assert_close(l1[name], l0[name], atol=1e-10, rtol=0)
+    assert g0.keys() == g1.keys()
+    for name, g in g0.items():
+        torch.testing.assert_close(g1[name], g, atol=1e-10, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_token_layout_features_cot_label_per_example(dedup):
+    """Sequence position 3j is example j's features token, 3j+1 its CoT token, 3j+2 its label token, the last f_q
+    (with or without the per-batch deduplication of bank rows)."""
+    rng = np.random.default_rng(7)
+    bank = ContextBank(user=rng.integers(2, N_USERS, 5), item=rng.integers(2, N_ITEMS, 5),
+                       hist=rng.integers(0, N_ITEMS, (5, L)), label=rng.integers(0, 2, 5),
+                       cot=rng.normal(size=(5, D)).astype(np.float32))
+    batch = {**make_batch(b=3, k=4), **bank.gather(rng.integers(0, 5, (3, 4)))}
+    if not dedup:
+        del batch["ctx_row"]
+    ict = make_ict("full")
+    with torch.no_grad():
+        seq, present = ict.tokens(batch)
+        f = ict.features(batch["ctx_user"].reshape(-1), batch["ctx_item"].reshape(-1),
+                         batch["ctx_hist"].reshape(-1, L)).view(3, 4, -1)
+        torch.testing.assert_close(seq[:, 0:12:3], f, atol=1e-6, rtol=0)
+        torch.testing.assert_close(seq[:, 1:12:3], ict.text_mlp(batch["ctx_cot"]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(seq[:, 2:12:3], ict.label_emb(batch["ctx_label"]), atol=0, rtol=0)
+        torch.testing.assert_close(seq[:, -1], ict.features(batch["user"], batch["item"], batch["hist"]),
+                                   atol=1e-6, rtol=0)
+
+
+def test_decoder_kept_positions_and_padded_keys_match_the_full_pass():
+    from llmcf.models.ict_layers import CausalDecoder
+
+    torch.manual_seed(0)
+    dec = CausalDecoder(16, 2, 2, 0.0).eval()
+    x = torch.randn(5, 13, 16)
+    present = torch.rand(5, 13) > 0.3
+    full, attn = dec(x, present, need_weights=True)  # explicit attention, no padding
+    keep = torch.tensor([0, 3, 6, 9, 12])
+    part, none = dec(x, present, keep=keep)  # fused kernel, keys padded to 16, last layer at 5 positions
+    assert none is None and part.shape == (5, 5, 16)
+    torch.testing.assert_close(part, full[:, keep], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="keep"):
+        dec(x, present, need_weights=True, keep=keep)
+
+
 @pytest.mark.parametrize("variant,gaps", [("full", False), ("full", True), ("no_cot", False), ("mean_pool", False)])
 def test_cached_bank_examples_score_like_the_full_inputs(variant, gaps):
     """Scoring with the bank's example tokens computed once (cache_examples + ctx_row/ctx_mask alone) gives the

@@ -124,7 +124,8 @@ class ICT(nn.Module):
 
     def _examples(self, f_ex: torch.Tensor, ctx_cot: torch.Tensor | None, ctx_label: torch.Tensor,
                   ctx_has_cot: torch.Tensor | None) -> torch.Tensor:
-        """The tokens of each example [B, K, tokens_per_example, dim] from its features tokens f_ex [B, K, dim]."""
+        """The tokens of each example [..., tokens_per_example, dim] from its features tokens f_ex [..., dim] (and
+        its CoT embedding [..., D], label [...], has-CoT flag [...])."""
         parts = [f_ex]
         if self.uses_cot:
             cot = self.text_mlp(ctx_cot.to(self.item_text.dtype))
@@ -132,7 +133,7 @@ class ICT(nn.Module):
                 cot = torch.where(ctx_has_cot.bool()[..., None], cot, self.no_cot)
             parts.append(cot)
         parts.append(self.label_emb(ctx_label.long()))
-        return torch.stack(parts, 2)
+        return torch.stack(parts, -2)
 
     def cache_examples(self, bank: dict[str, torch.Tensor] | None) -> None:
         """Compute every bank row's example tokens once (scoring only: eval mode, no dropout) from
@@ -159,8 +160,10 @@ class ICT(nn.Module):
             with torch.no_grad():
                 f = self.features(bank["ctx_user"].reshape(-1), bank["ctx_item"].reshape(-1),
                                   bank["ctx_hist"].reshape(-1, hist_len))
-                ex = self._examples(f[:, None], bank.get("ctx_cot"), bank["ctx_label"], bank.get("ctx_has_cot"))
-            self._example_cache, self._example_versions = ex[:, 0], versions  # [n + 1, tpe, dim]
+                has = bank.get("ctx_has_cot")
+                ex = self._examples(f, bank["ctx_cot"].reshape(len(f), -1) if self.uses_cot else None,
+                                    bank["ctx_label"].reshape(-1), None if has is None else has.reshape(-1))
+            self._example_cache, self._example_versions = ex, versions  # [n + 1, tpe, dim]
         return self._example_cache
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,21 +184,31 @@ class ICT(nn.Module):
             hist_len = batch["hist"].shape[1]
             c_user, c_item = batch["ctx_user"].reshape(-1), batch["ctx_item"].reshape(-1)
             c_hist = batch["ctx_hist"].reshape(-1, hist_len)
+            c_cot, c_label = batch.get("ctx_cot"), batch["ctx_label"].reshape(-1)
+            c_has = batch.get("ctx_has_cot")
+            if self.uses_cot:
+                c_cot = c_cot.reshape(b * k, -1)
+            if c_has is not None:
+                c_has = c_has.reshape(-1)
             inv = None
-            if "ctx_row" in batch and not self.training:
-                # scoring (evaluation, serving): a bank row recurs across a batch (a user's candidates share most
-                # of their examples), so compute its features once. Not in training, where each slot keeps its own
-                # dropout mask.
+            if "ctx_row" in batch:
+                # a bank row recurs across a batch (a 240-row bank serves B·K slots; a user's candidates share most
+                # of their examples), so its tokens are computed once and gathered per slot. In training the
+                # features MLP's dropout mask is then drawn per distinct row and batch, not per slot.
                 uniq, inv = torch.unique(batch["ctx_row"].reshape(-1), return_inverse=True)
                 first = torch.empty(len(uniq), dtype=torch.long, device=inv.device)
                 first.scatter_(0, inv, torch.arange(len(inv), device=inv.device))  # one slot holding each bank row
-                c_user, c_item, c_hist = c_user[first], c_item[first], c_hist[first]
+                c_user, c_item, c_hist, c_label = c_user[first], c_item[first], c_hist[first], c_label[first]
+                if self.uses_cot:
+                    c_cot = c_cot[first]
+                if c_has is not None:
+                    c_has = c_has[first]
             feats = self.features(torch.cat([c_user, batch["user"]]), torch.cat([c_item, batch["item"]]),
                                   torch.cat([c_hist, batch["hist"]]))
             n_ctx = len(c_user)
             f_ex, f_q = feats[:n_ctx], feats[n_ctx:]
-            f_ex = (f_ex[inv] if inv is not None else f_ex).view(b, k, -1)
-            ex = self._examples(f_ex, batch.get("ctx_cot"), batch["ctx_label"], batch.get("ctx_has_cot"))
+            ex = self._examples(f_ex, c_cot, c_label, c_has)  # [n_ctx, tpe, dim]
+            ex = (ex[inv] if inv is not None else ex).view(b, k, self.tokens_per_example, -1)
         mask = batch["ctx_mask"].bool()
         if self.sim_proj is not None:
             ex = ex + self.sim_proj(batch["ctx_sim"].to(ex.dtype)[..., None])[:, :, None, :]
@@ -211,21 +224,31 @@ class ICT(nn.Module):
         return [f"{t}{j + 1}" for j in range(k) for t in kinds] + ["fq"]
 
     # ---- forward ------------------------------------------------------------------------------------------------
-    def encode(self, batch: dict[str, torch.Tensor], need_weights: bool = True) -> dict[str, torch.Tensor | None]:
+    def encode(self, batch: dict[str, torch.Tensor], need_weights: bool = True,
+               read_only: bool = False) -> dict[str, torch.Tensor | None]:
         """Everything the forward pass computes: hidden [B,T,dim] (None for mean_pool), present [B,T],
         attention [B,H,T,T] of the last layer (for mean_pool: the pooling weights [B,1,1,T]; None when not
-        ``need_weights``) and w [B,dim]."""
+        ``need_weights``) and w [B,dim]. ``read_only`` (not with ``need_weights``): hidden [B, K + 1, dim] holds
+        only the positions the forward pass reads, each example's features token and then f_q (the last layer
+        computes nothing else; equal to those positions of the full hidden)."""
         seq, present = self.tokens(batch)
         if self.variant == "mean_pool":
             weights = present.to(seq.dtype) / present.sum(1, keepdim=True)
             w = self.pool_mlp((seq * weights[..., None]).sum(1))
             return {"hidden": None, "present": present, "attention": weights[:, None, None, :], "w": w}
-        hidden, attn = self.decoder(seq, present, need_weights)
+        keep = None
+        if read_only:
+            t = seq.shape[1]
+            keep = torch.cat([torch.arange(0, t - 1, self.tokens_per_example, device=seq.device),
+                              torch.tensor([t - 1], device=seq.device)])
+        hidden, attn = self.decoder(seq, present, need_weights, keep)
         return {"hidden": hidden, "present": present, "attention": attn, "w": hidden[:, -1]}
 
-    def recon_loss(self, hidden: torch.Tensor, cot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """recon_weight · (1 − mean cos(MLP_up(h_f_j), cot_j)) over the present examples (0 when none)."""
-        h_f = hidden[:, : -1 : self.tokens_per_example]  # features positions of the examples [B, K, dim]
+    def recon_loss(self, hidden: torch.Tensor, cot: torch.Tensor, mask: torch.Tensor,
+                   read_only: bool = False) -> torch.Tensor:
+        """recon_weight · (1 − mean cos(MLP_up(h_f_j), cot_j)) over the present examples (0 when none); hidden is
+        [B, T, dim], or [B, K + 1, dim] from ``encode(read_only=True)``."""
+        h_f = hidden[:, :-1] if read_only else hidden[:, : -1 : self.tokens_per_example]  # [B, K, dim]
         cos = F.cosine_similarity(self.recon_head(h_f), cot.to(h_f.dtype), dim=-1)
         m = mask.to(cos.dtype)
         return self.recon_weight * ((1.0 - cos) * m).sum() / m.sum().clamp_min(1.0)
@@ -233,13 +256,13 @@ class ICT(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], return_attention: bool = False):
         """-> (w [B, dim], {"recon": scalar} for variant full else {}), plus the last layer's attention of the query
         position over the tokens [B, H, T] when ``return_attention`` (names: ``token_names(K)``)."""
-        out = self.encode(batch, need_weights=return_attention)
+        out = self.encode(batch, need_weights=return_attention, read_only=not return_attention)
         losses = {}
         if self.variant == "full" and (self.training or "ctx_cot" in batch):  # scoring may gather ctx_row only
             mask = batch["ctx_mask"].bool()
             if self.no_cot is not None:
                 mask = mask & batch["ctx_has_cot"].bool()
-            losses["recon"] = self.recon_loss(out["hidden"], batch["ctx_cot"], mask)
+            losses["recon"] = self.recon_loss(out["hidden"], batch["ctx_cot"], mask, read_only=not return_attention)
         if return_attention:
             return out["w"], losses, out["attention"][:, :, -1, :]
         return out["w"], losses

@@ -3,6 +3,12 @@
 Attention uses the fused kernel, or is computed explicitly in the layer whose weights are asked for (explanations).
 Masks are boolean ``[B, T]`` "key present" vectors; each position always sees itself, so a row whose earlier keys
 are all absent never produces NaNs, and an absent token is never read by any other position.
+
+CPU cost notes (issue 14, benchmarks/results/profile.md): the softmax kernel is ~10x slower over fewer than 16 keys
+than over 16, so the fused path pads the keys (and values) of short sequences to 16 with never-visible slots (same
+result up to float summation order); queries and keys are rotated together; the last block can compute its output
+at a subset of positions only (``keep``: the positions whose hidden states are read), which skips the queries,
+output projection and MLP of the other positions.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # = x * rsqrt(mean(x²) + eps) * weight, fused
 
 
 class RotaryEmbedding(nn.Module):
@@ -59,19 +65,29 @@ class CausalSelfAttention(nn.Module):
         self.attn_drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x [B, T, dim], allowed [B, 1, T, T] bool, rope (cos, sin) -> (output [B, T, dim], attention [B, H, T, T]
-        when ``need_weights`` else None; the fused kernel is used when the weights are not needed)."""
+                need_weights: bool = False,
+                keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x [B, T, dim], allowed [B, 1, T, T'] bool (T' >= T: key slots past T are padding, never allowed), rope
+        (cos, sin) -> (output [B, T, dim], attention [B, H, T, T] when ``need_weights`` else None; the fused kernel
+        is used when the weights are not needed). ``keep`` (positions [P], fused path only): the output at those
+        positions alone, [B, P, dim]."""
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = RotaryEmbedding.rotate(q, *rope), RotaryEmbedding.rotate(k, *rope)
+        qkv = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, hd]
+        qk, v = RotaryEmbedding.rotate(qkv[:2], *rope), qkv[2]  # queries and keys rotated in one pass
+        q, k = qk[0], qk[1]
         drop = self.attn_drop.p if self.training else 0.0
         if need_weights:
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            attn = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+            attn = scores.masked_fill(~allowed[..., :t], float("-inf")).softmax(-1)
             y = F.dropout(attn, drop, self.training) @ v  # [B, H, T, hd]
         else:
             attn = None
+            if allowed.shape[-1] > t:  # padded key slots (masked out): the softmax is much faster over >= 16 keys
+                pad = (0, 0, 0, allowed.shape[-1] - t)
+                k, v = F.pad(k, pad), F.pad(v, pad)
+            if keep is not None:
+                q, allowed = q[:, :, keep], allowed[:, :, keep]
+                t = len(keep)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=drop)
         return self.out(y.transpose(1, 2).reshape(b, t, d)), attn
 
@@ -101,18 +117,29 @@ class DecoderBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, attn = self.attn(self.norm1(x), allowed, rope, need_weights)
+                need_weights: bool = False,
+                keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, attn = self.attn(self.norm1(x), allowed, rope, need_weights, keep)
+        if keep is not None:
+            x = x[:, keep]
         x = x + self.drop(a)
         x = x + self.drop(self.mlp(self.norm2(x)))
         return x, attn
 
 
-def causal_mask(present: torch.Tensor) -> torch.Tensor:
-    """present [B, T] bool -> allowed [B, 1, T, T]: key j visible from i iff j <= i and (j present or j == i)."""
+MIN_KEYS = 16
+"""Fused attention pads shorter key sequences to this many slots (see the module docstring)."""
+
+
+def causal_mask(present: torch.Tensor, keys: int | None = None) -> torch.Tensor:
+    """present [B, T] bool -> allowed [B, 1, T, keys or T]: key j visible from i iff j <= i and (j present or
+    j == i); key slots j >= T (padding) are never visible."""
     t = present.shape[1]
-    tri = torch.ones(t, t, dtype=torch.bool, device=present.device).tril()
-    eye = torch.eye(t, dtype=torch.bool, device=present.device)
+    keys = max(keys or t, t)
+    tri = torch.ones(t, keys, dtype=torch.bool, device=present.device).tril()
+    eye = torch.eye(t, keys, dtype=torch.bool, device=present.device)
+    if keys > t:
+        present = F.pad(present, (0, keys - t))
     return (tri & (present[:, None, :] | eye))[:, None]
 
 
@@ -125,13 +152,18 @@ class CausalDecoder(nn.Module):
         self.rope = RotaryEmbedding(dim // heads)
         self.norm = RMSNorm(dim)
 
-    def forward(self, x: torch.Tensor, present: torch.Tensor,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, present: torch.Tensor, need_weights: bool = False,
+                keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x [B, T, dim], present [B, T] bool -> (hidden [B, T, dim], last layer's attention [B, H, T, T] when
-        ``need_weights`` else None)."""
-        allowed = causal_mask(present)
-        rope = self.rope.tables(x.shape[1], x.device, x.dtype)
+        ``need_weights`` else None). ``keep`` (positions [P], not with ``need_weights``): hidden [B, P, dim] at
+        those positions only, equal to ``hidden[:, keep]`` of the full pass."""
+        if need_weights and keep is not None:
+            raise ValueError("keep: the attention weights are computed over every position")
+        t = x.shape[1]
+        allowed = causal_mask(present, t if need_weights else max(t, MIN_KEYS))
+        rope = self.rope.tables(t, x.device, x.dtype)
         attn = None
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x, attn = block(x, allowed, rope, need_weights and i == len(self.blocks) - 1)
+            x, attn = block(x, allowed, rope, need_weights and i == last, keep if i == last else None)
         return self.norm(x), attn

@@ -66,7 +66,7 @@ def fit_seq(model: torch.nn.Module, train, valid, *, lr: float = 1e-3, weight_de
             device: str = "cpu", grad_clip: float | None = None, amp: bool = False) -> SeqFitResult:
     """Adam until valid NDCG@10 stops improving for ``patience`` epochs; the best weights are reloaded and tested.
     The ICT's parameters get ``ict_weight_decay`` (None: ``weight_decay``, like the backbone's)."""
-    from llmcf.train.trainer import param_groups
+    from llmcf.train.trainer import adam, param_groups
 
     ks = tuple(sorted(set(ks) | {10}))
     wd_ict = weight_decay if ict_weight_decay is None else ict_weight_decay
@@ -74,7 +74,7 @@ def fit_seq(model: torch.nn.Module, train, valid, *, lr: float = 1e-3, weight_de
 
     dev = resolve_device(device, "train.device")
     model.to(dev)
-    opt = torch.optim.Adam(param_groups(model, weight_decay, wd_ict), lr=lr)
+    opt = adam(param_groups(model, weight_decay, wd_ict), lr, dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
     return early_stopping_fit(
         model, opt, train,

@@ -165,6 +165,9 @@ def ctr_payload(cfg, model_name: str | None = None) -> dict:
     payload["model"]["params"] = cfg.model.params_for(model_name or cfg.model.name)
     if not cfg.ict.enabled:
         payload["train"].pop("ict_weight_decay", None)
+    baseline = getattr(cfg, "baseline", None)
+    if baseline is not None and baseline.name:  # a baseline reads its own section; other models never do
+        payload["baseline"] = section_payload(cfg, "baseline")["baseline"]
     return payload
 
 

@@ -314,15 +314,17 @@ class BaselineConfig:
     kd_temperature: float = 1.0
     kd_seed: int = 0
     kd_shard_size: int = 64
-    kd_history_items: int = 10
-    """History items shown in the teacher's prompt (as RecGen's ``history_items``)."""
+    kd_history_items: int | None = None
+    """History items shown in the teacher's prompt (None: ``recgen.history_items``, the prompt it was tuned on)."""
     kar_users: int | None = None
-    """Users given a preference text (a seeded sample; None = all users in train). The others get a zero vector."""
+    """Users given a preference text (a seeded sample; None = all users in train). The others get a learned
+    "missing" vector."""
     kar_items: int | None = None
-    """Items given a knowledge text (a seeded sample; None = all items). The others get a zero vector."""
+    """Items given a knowledge text (a seeded sample; None = all items). The others get a learned "missing" vector."""
     kar_history_items: int = 15
     """The user's most recent training interactions shown in the preference prompt."""
     kar_max_new_tokens: int = 96
+    """New tokens per KAR text (greedy decoding)."""
     kar_shared_experts: int = 2
     kar_dedicated_experts: int = 2
     kar_seed: int = 0

@@ -3,12 +3,15 @@
 ``AugmentedModel(backbone, feature)`` runs ``backbone(batch, extra=feature(batch))``, like ``LLMCFModel`` with a
 feature module in place of the ICT. Two feature modules:
 
-``TextEmbFeature`` (textemb): frozen sentence-encoder vectors of the target item and the mean over the valid history
-positions, ``MLP([t, h]) → dim``. Hyper-parameters: dim=32, hidden=64, dropout=0.1.
+``TextEmbFeature`` (textemb): frozen sentence-encoder vectors of the target item and the mean over the non-padding
+history positions, ``MLP([t, h]) → dim``; an item without text (an all-zero row) reads a learned "missing" vector
+instead. Hyper-parameters: dim=32, hidden=64, dropout=0.1.
 
 ``KARFeature`` (KAR, Xi et al. 2023): frozen encoder vectors of one LLM text per user (reasoning about preferences)
-and per item (factual knowledge), each mapped by a ``HybridExpertAdaptor`` to ``dim``, concatenated → ``2·dim``.
-Hyper-parameters: dim=32, hidden=64, shared=2, dedicated=2, dropout=0.1.
+and per item (factual knowledge), each mapped by a ``HybridExpertAdaptor`` to ``dim``, concatenated → ``2·dim``. A
+user or item without a generated text (an all-zero row: outside a sampled generation budget) gets a learned
+"missing" vector of its side in place of the adaptor's output. Hyper-parameters: dim=32, hidden=64, shared=2,
+dedicated=2, dropout=0.1.
 
 ``DistilledModel(backbone, weight, temperature)`` (kd): the backbone unchanged; in training, batches that carry
 ``kd_prob`` [B] (teacher p(Yes)) and ``kd_mask`` [B] add ``weight · T² · Σ_masked BCE(σ(z/T), σ(logit(p)/T)) / B``
@@ -30,6 +33,11 @@ def _frozen(table) -> Tensor:
     return t.clone()
 
 
+def _present(table: Tensor) -> Tensor:
+    """[n] bool: the rows that hold a vector (an all-zero row means "no text")."""
+    return table.abs().sum(1) > 0
+
+
 class TextEmbFeature(nn.Module):
     """[text(target), mean text(history)] → MLP → [B, dim]. ``item_text``: [n_items, D] by vocabulary id (zero rows:
     no text); kept as a non-persistent buffer (rebuilt from the run's embed/ when loaded, never trained)."""
@@ -37,16 +45,18 @@ class TextEmbFeature(nn.Module):
     def __init__(self, item_text, dim: int = 32, hidden: int = 64, dropout: float = 0.1):
         super().__init__()
         self.register_buffer("item_text", _frozen(item_text), persistent=False)
+        self.register_buffer("has_text", _present(self.item_text), persistent=False)
         D = self.item_text.shape[1]
         self.dim = dim
+        self.missing = nn.Parameter(torch.zeros(D))
         self.mlp = MLP(2 * D, (hidden,), dim, dropout)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        target = self.item_text[batch["item"]]
-        hist = batch["hist"]
-        L = hist.shape[1]
-        mask = torch.arange(L, device=hist.device).unsqueeze(0) >= (L - batch["hist_len"].clamp(0, L)).unsqueeze(1)
-        vecs = self.item_text[hist * mask] * mask.unsqueeze(-1)
+        item = batch["item"]
+        target = torch.where(self.has_text[item].unsqueeze(1), self.item_text[item], self.missing)
+        hist = batch["hist"]  # [B, L], 0 = padding
+        mask = (hist > 0) & self.has_text[hist]
+        vecs = self.item_text[hist] * mask.unsqueeze(-1)
         mean = vecs.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return self.mlp(torch.cat([target, mean], dim=1))
 
@@ -96,13 +106,20 @@ class KARFeature(nn.Module):
         if self.user_text.shape[1] != self.item_text.shape[1]:
             raise ValueError(f"user and item knowledge vectors differ in size: {self.user_text.shape[1]} vs "
                              f"{self.item_text.shape[1]}")
+        self.register_buffer("user_has", _present(self.user_text), persistent=False)
+        self.register_buffer("item_has", _present(self.item_text), persistent=False)
         self.adaptor = HybridExpertAdaptor(self.user_text.shape[1], dim, hidden, shared, dedicated, dropout)
+        self.missing = nn.ParameterDict({s: nn.Parameter(torch.zeros(dim)) for s in HybridExpertAdaptor.SIDES})
         self.dim = 2 * dim
 
+    def side(self, ids: Tensor, side: str) -> Tensor:
+        """[B] vocabulary ids of one side → [B, dim]: the adaptor's output, or the side's missing vector."""
+        table, has = (self.user_text, self.user_has) if side == "user" else (self.item_text, self.item_has)
+        out = self.adaptor(table[ids], side)
+        return torch.where(has[ids].unsqueeze(1), out, self.missing[side])
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        u = self.adaptor(self.user_text[batch["user"]], "user")
-        i = self.adaptor(self.item_text[batch["item"]], "item")
-        return torch.cat([u, i], dim=1)
+        return torch.cat([self.side(batch["user"], "user"), self.side(batch["item"], "item")], dim=1)
 
 
 class AugmentedModel(nn.Module):

@@ -19,8 +19,9 @@ def run_generation(folder: Path, pool: pd.DataFrame, parts: dict, shard_size: in
     """Process ``pool`` (a ``key`` column, unique) in resumable shards of ``shard_size`` rows under ``folder``.
 
     ``parts``: everything the outputs depend on (hashed into ``gen_id``); ``work(rows)`` → one record per row, in
-    order, each with the row's ``key``. Writes pool.parquet and manifest.json (with ``cost``: rows processed,
-    seconds, in this and earlier runs). Returns the manifest."""
+    order, each with the row's ``key``. Writes pool.parquet and manifest.json (with ``cost``: rows processed, wall
+    seconds and this process's CPU seconds, summed over this and earlier runs; backend loading included). Returns the
+    manifest."""
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
     folder = Path(folder)
@@ -34,11 +35,11 @@ def run_generation(folder: Path, pool: pd.DataFrame, parts: dict, shard_size: in
     old = json.loads(mpath.read_text()) if mpath.exists() else {}
     write_parquet(pool, folder / "pool.parquet")
     manifest = {"gen_id": gen_id, **parts, "rows": len(keys), "shards": n_shards, "shard_size": shard_size,
-                "complete": False, "cost": old.get("cost", {"rows_processed": 0, "seconds": 0.0}),
+                "complete": False, "cost": {"rows_processed": 0, "seconds": 0.0, "cpu_seconds": 0.0, **old.get("cost", {})},
                 "created": old.get("created", time.strftime("%Y-%m-%d %H:%M:%S"))}
     atomic_write_json(mpath, manifest)
     pending = shards.pending_shards(folder, keys, shard_size, check)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     done_now = 0
     if pending:
         done = len(keys) - sum(len(keys[k * shard_size:(k + 1) * shard_size]) for k in pending)
@@ -52,9 +53,11 @@ def run_generation(folder: Path, pool: pd.DataFrame, parts: dict, shard_size: in
                 shards.write_shard(folder, k, records)
                 done_now += len(rows)
                 bar.update(len(rows))
-                manifest["cost"] = {"rows_processed": manifest["cost"]["rows_processed"] + len(rows),
-                                    "seconds": round(manifest["cost"]["seconds"] + time.perf_counter() - t0, 1)}
-                t0 = time.perf_counter()
+                cost = manifest["cost"]
+                manifest["cost"] = {"rows_processed": cost["rows_processed"] + len(rows),
+                                    "seconds": round(cost["seconds"] + time.perf_counter() - t0, 1),
+                                    "cpu_seconds": round(cost["cpu_seconds"] + time.process_time() - c0, 1)}
+                t0, c0 = time.perf_counter(), time.process_time()
                 atomic_write_json(mpath, manifest)
     manifest.update(complete=True, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     atomic_write_json(mpath, manifest)

@@ -43,7 +43,7 @@ def build_config(a):
     a.set = [f"baseline.kd_rows={a.kd_rows}", f"baseline.kar_max_new_tokens={a.kar_tokens}",
              f"baseline.kar_users={a.kar_users if a.kar_users is not None else 'null'}",
              f"baseline.kar_items={a.kar_items if a.kar_items is not None else 'null'}",
-             f"baseline.kd_shard_size={a.llm_batch * 2}", f"baseline.kar_shard_size={a.llm_batch * 2}", *a.set]
+             f"baseline.kar_sample={a.kar_sample}", f"baseline.kd_shard_size={a.llm_batch * 2}", f"baseline.kar_shard_size={a.llm_batch * 2}", *a.set]
     return B.build_config(a)
 
 
@@ -258,6 +258,7 @@ def main(argv=None) -> None:
     ap.add_argument("--kar-users", type=int, default=None)
     ap.add_argument("--kar-items", type=int, default=None)
     ap.add_argument("--kar-tokens", type=int, default=48)
+    ap.add_argument("--kar-sample", default="popular", choices=("random", "popular"))
     ap.add_argument("--requests", type=int, default=300, help="one-row requests timed per model (online cost)")
     ap.add_argument("--rate", type=int, default=0, help="measure the LLM rates on this many rows and stop")
     ap.add_argument("--llm-stage", choices=("kd", "kar"), help="run only this baseline's LLM stage and stop")
@@ -301,7 +302,7 @@ def main(argv=None) -> None:
                     f"every method the same; seeds 0..{a.seeds - 1}; test at the best valid epoch",
         "teacher": f"SmolLM2-135M-Instruct, RecGen LoRA {a.recgen_steps} steps on {a.recgen_rows} rec rows (as "
                    f"bench_llmcf.py), transformers on CPU, {a.llm_threads} thread, batch {a.llm_batch}; KD prompt "
-                   f"with {a.history_items} history items; KAR greedy ≤ {a.kar_tokens} new tokens",
+                   f"with {a.history_items} history items; KAR greedy ≤ {a.kar_tokens} new tokens, budget picks {a.kar_sample} users/items",
         "stage_seconds": stage_seconds, "rate": old.get("rate"),
         "models": sorted({r["model"] for r in rows}, key=lambda m: (m != "DIN", m)),
         "rows": rows + [{**r, "llmcf_date": linfo.get("date")} for r in lrows],

@@ -202,6 +202,15 @@ def test_kar_budget_samples_users_and_items(tiny_run, tmp_path):
     users, items, manifest = read_kar_texts(run)
     assert (len(users), len(items), be.rows, manifest["rows"]) == (5, 3, 8, 8)
 
+    from llmcf.llm.baselines.kar import build_kar_pool
+
+    train = pd.read_parquet(run / "data" / "train.parquet")
+    pool = build_kar_pool(train, pd.read_parquet(run / "data" / "items.parquet"),
+                          _cfg(tiny_run, "baseline.kar_users=5", "baseline.kar_items=3", "baseline.kar_sample=popular"))
+    counts = train["item_id"].astype(str).value_counts()
+    picked = pool.loc[pool["kind"] == "item", "id"]
+    assert counts[picked].min() >= counts.drop(picked).max()  # the most-read items first
+
 
 # ---------------------------------------------------------------------------- KD
 def test_kd_scores_are_cached_and_reused(tiny_run, tmp_path):

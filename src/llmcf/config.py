@@ -321,6 +321,8 @@ class BaselineConfig:
     "missing" vector."""
     kar_items: int | None = None
     """Items given a knowledge text (a seeded sample; None = all items). The others get a learned "missing" vector."""
+    kar_sample: str = "random"
+    """How a budget (kar_users / kar_items) picks: random (seeded uniform) | popular (most training rows first)."""
     kar_history_items: int = 15
     """The user's most recent training interactions shown in the preference prompt."""
     kar_max_new_tokens: int = 96

@@ -7,8 +7,9 @@ Prompts (our wording of the paper's two factorised prompts):
           of a user's valid/test rows reaches their text.
     item: the item's metadata text (items.parquet ``text``), then "Introduce this <noun> and describe its factual
           attributes ...".
-Greedy decoding, ``baseline.kar_max_new_tokens`` new tokens. ``baseline.kar_users`` / ``kar_items`` take a seeded
-sample (None = all), e.g. to fit a CPU budget; the rest get no text (a zero vector in the adaptor's input).
+Greedy decoding, ``baseline.kar_max_new_tokens`` new tokens. ``baseline.kar_users`` / ``kar_items`` take a budget
+(None = all), e.g. to fit a CPU budget: a seeded uniform sample (``kar_sample: random``) or the users/items with the
+most training rows (``popular``); the rest get no text (the adaptor's learned "missing" vector of their side).
 
 ``run_dir/baselines/kar/``: pool.parquet (key ``user:<id>`` | ``item:<id>``, kind, id, prompt), manifest.json (gen_id
 over the prompts, decoding and model; ``cost``: texts generated, seconds), shards/shard_<k>.jsonl ({key, text}).
@@ -66,11 +67,18 @@ def user_histories(train: pd.DataFrame, max_items: int) -> dict[str, list[tuple[
     return out
 
 
-def _sample(ids: list[str], n: int | None, seed: int) -> list[str]:
+def _sample(ids: list[str], n: int | None, seed: int, how: str = "random", counts: dict | None = None) -> list[str]:
+    """``n`` of ``ids`` (all when None or more): a seeded uniform sample, or with ``how="popular"`` the ``n`` with
+    the most training rows (``counts``; ties by id), returned in id order."""
     if n is None or n >= len(ids):
         return ids
     if n < 0:
         raise ValueError(f"baseline.kar_users / kar_items must be >= 0, got {n}")
+    if how == "popular":
+        keep = set(sorted(ids, key=lambda i: (-(counts or {}).get(i, 0), i))[:n])
+        return [i for i in ids if i in keep]
+    if how != "random":
+        raise ValueError(f"baseline.kar_sample must be random or popular, got {how!r}")
     idx = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
     return [ids[i] for i in idx]
 
@@ -79,8 +87,10 @@ def build_kar_pool(train: pd.DataFrame, items: pd.DataFrame, cfg: Config) -> pd.
     b = cfg.baseline
     texts = item_texts(items, blank="placeholder")
     hists = user_histories(train, b.kar_history_items)
-    users = _sample(sorted(hists), b.kar_users, b.kar_seed)
-    item_ids = _sample(sorted(texts), b.kar_items, b.kar_seed + 1)
+    u_counts = train["user_id"].astype(str).value_counts().to_dict()
+    i_counts = train["item_id"].astype(str).value_counts().to_dict()
+    users = _sample(sorted(hists), b.kar_users, b.kar_seed, b.kar_sample, u_counts)
+    item_ids = _sample(sorted(texts), b.kar_items, b.kar_seed + 1, b.kar_sample, i_counts)
     rows = [("user", u, user_prompt([(texts.get(i, f"item {i}"), y) for i, y in hists[u]], cfg.data)) for u in users]
     rows += [("item", i, item_prompt(texts[i], cfg.data)) for i in item_ids]
     return pd.DataFrame({"key": [f"{k}:{i}" for k, i, _ in rows], "kind": [k for k, _, _ in rows],

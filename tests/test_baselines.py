@@ -276,3 +276,16 @@ def test_train_baseline_rejects_the_ict_and_run_rejects_unknown_baselines(tiny_r
     assert "separate methods" in capsys.readouterr().err
     assert main(["run", "--config", "demo", "--out", str(tmp_path / "r"), "--set", "baselines=[kar, nope]"]) == 1
     assert "unknown baseline 'nope'" in capsys.readouterr().err
+
+
+def test_a_baseline_model_hashes_only_the_fields_it_reads():
+    from llmcf.fingerprint import ctr_config_hash
+
+    def h(name, *sets):
+        return ctr_config_hash(load_config(None, [f"baseline.name={name}", *sets]), "DIN")
+
+    assert h("textemb") == h("textemb", "baseline.kar_users=5", "baseline.kd_rows=7")
+    assert h("kd") == h("kd", "baseline.kar_users=5", "baseline.dim=8")
+    assert h("kar") == h("kar", "baseline.kd_rows=7") != h("kar", "baseline.kar_users=5")
+    assert h("textemb") != h("textemb", "baseline.dim=8") and h("kd") != h("kd", "baseline.kd_weight=0.5")
+    assert h("textemb") != h("kar") and ctr_config_hash(load_config(None, []), "DIN") != h("kd")

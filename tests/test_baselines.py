@@ -178,6 +178,8 @@ def test_kar_text_shards_resume_after_an_interruption(tiny_run, tmp_path):
     before = {p.name: p.read_text() for p in shards}
     with pytest.raises(RunError, match="incomplete"):
         read_kar_texts(run)
+    u_part, i_part, _ = read_kar_texts(run, partial=True)  # a budget cut short: the finished shards' texts
+    assert len(u_part) + len(i_part) == 16
     second = CountingBackend()
     manifest = run_kar_generate(run, cfg, backend=second)
     assert second.rows == 44 - 16 and manifest["complete"] and manifest["cost"]["rows_processed"] == 44
@@ -221,6 +223,8 @@ def test_kd_scores_are_cached_and_reused(tiny_run, tmp_path):
     cfg = _cfg(tiny_run)
     with pytest.raises(KeyboardInterrupt):
         run_kd_score(run, cfg, backend=CountingBackend(fail_after=2))
+    part = read_kd_scores(run, n_train, partial=True)[1]
+    assert part.sum() == 16
     be = CountingBackend()
     run_kd_score(run, cfg, backend=be)
     assert be.rows == 30 - 16

@@ -308,6 +308,10 @@ class BaselineConfig:
     hidden: int = 64
     """Hidden size of the textemb MLP and of every KAR expert."""
     dropout: float = 0.1
+    partial: bool = False
+    """kd / kar: train on the LLM stage's finished shards only and never generate (a generation stopped by a time
+    budget): unscored rows get no soft label, users/items without a text the "missing" vector. The used counts are
+    recorded in the model's ``llm_stage``."""
     kd_rows: int = 2000
     """Train rows scored by the teacher (a seeded uniform sample; all rows if fewer)."""
     kd_weight: float = 1.0

@@ -171,7 +171,8 @@ def ctr_payload(cfg, model_name: str | None = None) -> dict:
         prefix = f"{baseline.name}_"
         payload["baseline"] = {k: v for k, v in fields.items()
                                if k == "name" or k.startswith(prefix)
-                               or (k in BASELINE_SHARED_FIELDS and baseline.name != "kd")}
+                               or (k in BASELINE_SHARED_FIELDS and baseline.name != "kd")
+                               or (k == "partial" and baseline.name in ("kd", "kar"))}
     return payload
 
 

@@ -87,8 +87,10 @@ def pending_shards(folder: Path, keys: list[str], shard_size: int,
             if not shard_complete(shard_path(folder, k), keys[k * shard_size:(k + 1) * shard_size], check)]
 
 
-def read_records(folder: Path, keys: list[str], shard_size: int, what: str, rerun: str) -> list[dict]:
-    """Every shard's records in pool order; RunError naming ``rerun`` when a shard is missing."""
+def read_records(folder: Path, keys: list[str], shard_size: int, what: str, rerun: str,
+                 partial: bool = False) -> list[dict]:
+    """Every shard's records in pool order; RunError naming ``rerun`` when a shard is missing (``partial``: the
+    finished shards' records only)."""
     n_shards = (len(keys) + shard_size - 1) // shard_size
     recs, missing = [], []
     for k in range(n_shards):
@@ -101,7 +103,7 @@ def read_records(folder: Path, keys: list[str], shard_size: int, what: str, reru
             raise DataError("rows do not match the pool (edited by hand?); delete the file to regenerate it",
                             file=str(path))
         recs.extend(shard)
-    if missing:
+    if missing and not partial:
         raise RunError(f"{what} is incomplete: {len(missing)} of {n_shards} shards missing (first: "
                        f"{shard_path(folder, missing[0])}); rerun `{rerun}`")
     return recs

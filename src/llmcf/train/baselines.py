@@ -88,15 +88,19 @@ class KD(Baseline):
     def prepare(self, run, cfg):
         from llmcf.llm.baselines.kd import run_kd_score
 
-        _memo(run, "kd_manifest", lambda: run_kd_score(run.run_dir, cfg))
+        if not cfg.baseline.partial:
+            _memo(run, "kd_manifest", lambda: run_kd_score(run.run_dir, cfg))
 
-    def _scores(self, run):
+    def _scores(self, run, cfg):
         from llmcf.llm.baselines.kd import read_kd_scores
 
-        return _memo(run, "kd_scores", lambda: read_kd_scores(run.run_dir, len(run.arrays["train"]["label"])))
+        partial = cfg.baseline.partial
+        return _memo(run, f"kd_scores_{partial}",
+                     lambda: read_kd_scores(run.run_dir, len(run.arrays["train"]["label"]), partial))
 
     def stamp(self, run, cfg):
-        return text_digest(self._scores(run)[2]["gen_id"], 12)
+        prob, mask, manifest = self._scores(run, cfg)
+        return text_digest(f"{manifest['gen_id']}|{int(mask.sum())}", 12)
 
     def build(self, model_name, run, cfg):
         from llmcf.models.baselines import DistilledModel
@@ -105,16 +109,17 @@ class KD(Baseline):
         return DistilledModel(backbone(model_name, run, cfg), b.kd_weight, b.kd_temperature)
 
     def train_arrays(self, run, cfg):
-        prob, mask, _ = self._scores(run)
+        prob, mask, _ = self._scores(run, cfg)
         return {"kd_prob": prob, "kd_mask": mask}
 
     def llm_stage(self, run, cfg):
-        prob, mask, manifest = self._scores(run)
+        prob, mask, manifest = self._scores(run, cfg)
         from llmcf.train.metrics import ctr_metrics
 
         labels = run.arrays["train"]["label"][mask]
         teacher = ctr_metrics(labels, prob[mask]) if len(np.unique(labels)) == 2 else {}
         return {"llm": True, "what": "teacher p(Yes) of sampled train rows", "rows_scored": int(mask.sum()),
+                "rows_sampled": manifest.get("rows"), "partial": bool(cfg.baseline.partial),
                 "model": manifest.get("model", {}).get("kind"), "cost": manifest.get("cost"),
                 "teacher_train_auc": teacher.get("auc"), "teacher_train_logloss": teacher.get("logloss")}
 
@@ -126,14 +131,15 @@ class KAR(Baseline):
     def prepare(self, run, cfg):
         from llmcf.llm.baselines.kar import run_kar_generate
 
-        _memo(run, "kar_manifest", lambda: run_kar_generate(run.run_dir, cfg))
+        if not cfg.baseline.partial:
+            _memo(run, "kar_manifest", lambda: run_kar_generate(run.run_dir, cfg))
 
     def _vectors(self, run, cfg):
         def make():
             from llmcf.embed import make_encoder
             from llmcf.llm.baselines.kar import read_kar_texts
 
-            users, items, manifest = read_kar_texts(run.run_dir)
+            users, items, manifest = read_kar_texts(run.run_dir, cfg.baseline.partial)
             enc = make_encoder(run.run_dir, cfg)
             u_ids, i_ids = sorted(users), sorted(items)
             vecs = enc.encode([users[u] for u in u_ids] + [items[i] for i in i_ids], desc="embed KAR texts")
@@ -145,28 +151,28 @@ class KAR(Baseline):
 
             U[ue[ue > OOV]] = vecs[:len(u_ids)][ue > OOV]
             I[ie[ie > OOV]] = vecs[len(u_ids):][ie > OOV]
-            return U, I, manifest, enc.model_id
+            return U, I, manifest, enc.model_id, len(u_ids) + len(i_ids)
 
-        return _memo(run, "kar_vectors", make)
+        return _memo(run, f"kar_vectors_{cfg.baseline.partial}", make)
 
     def stamp(self, run, cfg):
-        _, _, manifest, model_id = self._vectors(run, cfg)
-        return text_digest(manifest["gen_id"] + model_id, 12)
+        _, _, manifest, model_id, n = self._vectors(run, cfg)
+        return text_digest(f"{manifest['gen_id']}|{model_id}|{n}", 12)
 
     def build(self, model_name, run, cfg):
         from llmcf.models.baselines import AugmentedModel, KARFeature
 
         b = cfg.baseline
-        U, I, _, _ = self._vectors(run, cfg)
+        U, I, _, _, _ = self._vectors(run, cfg)
         feature = KARFeature(U, I, dim=b.dim, hidden=b.hidden, shared=b.kar_shared_experts,
                              dedicated=b.kar_dedicated_experts, dropout=b.dropout)
         return AugmentedModel(backbone(model_name, run, cfg, feature.dim), feature)
 
     def llm_stage(self, run, cfg):
-        U, I, manifest, model_id = self._vectors(run, cfg)
-        kinds = manifest.get("rows")
+        U, I, manifest, model_id, n = self._vectors(run, cfg)
         return {"llm": True, "what": "one preference text per user, one knowledge text per item",
-                "texts": kinds, "users_with_text": int((np.abs(U).sum(1) > 0).sum()),
+                "texts": n, "texts_planned": manifest.get("rows"), "partial": bool(cfg.baseline.partial),
+                "users_with_text": int((np.abs(U).sum(1) > 0).sum()),
                 "items_with_text": int((np.abs(I).sum(1) > 0).sum()), "max_new_tokens": cfg.baseline.kar_max_new_tokens,
                 "model": manifest.get("model", {}).get("kind"), "cost": manifest.get("cost"), "encoder": model_id}
 

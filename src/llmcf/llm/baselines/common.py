@@ -66,8 +66,9 @@ def run_generation(folder: Path, pool: pd.DataFrame, parts: dict, shard_size: in
     return manifest
 
 
-def read_generation(folder: Path, what: str, rerun: str) -> tuple[dict, pd.DataFrame, list[dict]]:
-    """(manifest, pool, records in pool order) of a complete generation under ``folder``."""
+def read_generation(folder: Path, what: str, rerun: str, partial: bool = False) -> tuple[dict, pd.DataFrame, list[dict]]:
+    """(manifest, pool, records in pool order) of a complete generation under ``folder``; ``partial``: of its
+    finished shards (the pool cut to their rows)."""
     from llmcf.errors import RunError
 
     folder = Path(folder)
@@ -76,8 +77,12 @@ def read_generation(folder: Path, what: str, rerun: str) -> tuple[dict, pd.DataF
         raise RunError(f"{mpath} is missing: run `{rerun}` first")
     manifest = json.loads(mpath.read_text())
     pool = pd.read_parquet(folder / "pool.parquet")
-    return manifest, pool, shards.read_records(folder, pool["key"].tolist(), manifest["shard_size"],
-                                               f"{what} {manifest['gen_id']}", rerun)
+    recs = shards.read_records(folder, pool["key"].tolist(), manifest["shard_size"], f"{what} {manifest['gen_id']}",
+                               rerun, partial)
+    if partial:
+        done = {r["key"] for r in recs}
+        pool = pool[pool["key"].isin(done)].reset_index(drop=True)
+    return manifest, pool, recs
 
 
 def teacher_model(run_dir: Path, cfg) -> tuple[Path | None, dict]:

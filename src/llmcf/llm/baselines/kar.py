@@ -134,9 +134,10 @@ def run_kar_generate(run_dir: Path, cfg: Config, backend=None) -> dict:
                           desc="kar texts", unit="text", log="kar", check=lambda r: isinstance(r.get("text"), str))
 
 
-def read_kar_texts(run_dir: Path) -> tuple[dict[str, str], dict[str, str], dict]:
-    """({user_id: text}, {item_id: text}, manifest) of the finished generation."""
-    manifest, pool, recs = read_generation(kar_dir(run_dir), "KAR text generation", RERUN)
+def read_kar_texts(run_dir: Path, partial: bool = False) -> tuple[dict[str, str], dict[str, str], dict]:
+    """({user_id: text}, {item_id: text}, manifest) of the finished generation (``partial``: of its finished
+    shards)."""
+    manifest, pool, recs = read_generation(kar_dir(run_dir), "KAR text generation", RERUN, partial)
     users, items = {}, {}
     for kind, i, r in zip(pool["kind"], pool["id"], recs):
         (users if kind == "user" else items)[str(i)] = r["text"]

@@ -69,9 +69,10 @@ def run_kd_score(run_dir: Path, cfg: Config, backend=None) -> dict:
                           check=lambda r: isinstance(r.get("p_yes"), float))
 
 
-def read_kd_scores(run_dir: Path, n_train: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(p_yes [n_train] float32, scored [n_train] bool, manifest) of the finished teacher scores."""
-    manifest, pool, recs = read_generation(kd_dir(run_dir), "KD teacher scoring", RERUN)
+def read_kd_scores(run_dir: Path, n_train: int, partial: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(p_yes [n_train] float32, scored [n_train] bool, manifest) of the finished teacher scores (``partial``: of
+    the finished shards)."""
+    manifest, pool, recs = read_generation(kd_dir(run_dir), "KD teacher scoring", RERUN, partial)
     prob = np.zeros(n_train, dtype=np.float32)
     mask = np.zeros(n_train, dtype=bool)
     rows = pool["row"].to_numpy()

@@ -170,6 +170,11 @@ def train_rows(cfg, run_dir: Path, models, methods, requests: int, progress: boo
     return rows
 
 
+def spe(r: dict) -> float:
+    v = r["seconds_per_epoch"]
+    return v["mean"] if isinstance(v, dict) else v
+
+
 def fmt(m: dict, key: str) -> str:
     return f"{m[key]['mean']:.4f} ± {m[key]['std']:.4f}"
 
@@ -228,7 +233,7 @@ def write_markdown() -> Path:
                 cell = stage_cell(r) if r["variant"] != "full" else res.get("llmcf_stage", "")
                 parts.append(f"| {model} | {NAMES.get(r['variant'], r['variant'])} | {fmt(r['test'], 'auc')} | "
                              f"{fmt(r['test'], 'logloss')} | {d} | {len(r['seeds'])} | "
-                             f"{r['seconds_per_epoch']:.1f} | {online} | {cell} |")
+                             f"{spe(r):.1f} | {online} | {cell} |")
         if res.get("notes"):
             parts += [""] + res["notes"]
     out = RESULTS_DIR / "baselines.md"

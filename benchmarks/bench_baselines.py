@@ -292,6 +292,7 @@ def main(argv=None) -> None:
         return
     models, methods = a.models.split(","), a.methods.split(",")
     rows = train_rows(cfg, a.run_dir, models, methods, a.requests, not a.quiet)
+    old = json.loads(out.read_text()) if out.exists() else {}  # re-read: another invocation may have written since
     keep = [r for r in old.get("rows", []) if (r["model"], r["variant"]) not in {(m, v) for m in models for v in methods}
             and r["variant"] != "full"]
     rows = keep + rows

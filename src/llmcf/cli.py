@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from llmcf import __version__, progress
-from llmcf.config import VARIANTS, Config, ConfigError, load_config, save_config
+from llmcf.config import BASELINES, VARIANTS, Config, ConfigError, load_config, save_config
 from llmcf.errors import LLMCFError
 from llmcf.publish import publish
 
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", type=int, help="number of seeds (mean ± std reported)")
     t.add_argument("--ict", action="store_true", help="add the LLM-CF in-context CoT module (needs `llmcf retrieve`)")
     t.add_argument("--variant", choices=list(VARIANTS[1:]), help="ICT variant (with --ict)")
+    t.add_argument("--baseline", choices=list(BASELINES), help="train <model>+<baseline> instead: textemb (frozen "
+                   "item-text vectors), kd (distil the RecGen p(Yes)), kar (KAR's LLM user/item texts); settings in "
+                   "the baseline: config section")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--nproc", type=int, default=1, help="ctr task: train with N processes on this machine (torchrun + "
                                                         "DistributedDataParallel, gloo; README 'Scaling out')")
@@ -181,6 +184,12 @@ def _cmd_train(args) -> None:
         cfg.ict.enabled = True
     if args.variant:
         cfg.ict.variant = args.variant
+    if args.baseline:
+        if args.ict:
+            raise ConfigError("--baseline and --ict are separate methods: train one at a time")
+        if args.task == "sequential":
+            raise ConfigError("--baseline is for the ctr task (the sequential backbones have no baseline yet)")
+        cfg.baseline.name = args.baseline
     if args.task == "sequential":
         from llmcf.models.sequential import SEQ_BACKBONES
         from llmcf.pipeline import check_names

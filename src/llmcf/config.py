@@ -22,11 +22,19 @@ class ConfigError(ValueError):
 VARIANTS = ("base", "full", "no_cot", "mean_pool")
 """Training variants: the backbone alone, LLM-CF, and the ICT ablations (``ict.variant`` takes the last three)."""
 TASKS = ("ctr", "sequential")
+BASELINES = ("textemb", "kd", "kar")
+"""Baselines trained in the same harness (``llmcf train --baseline``; ``llmcf.train.baselines``): frozen item-text
+features, knowledge distillation of the RecGen model's p(Yes), and KAR (Xi et al. 2023)."""
 
 
-def model_tag(name: str, ict: bool = False, variant: str = "full", task: str = "ctr") -> str:
-    """The folder name of a trained model under ``models/``: ``[seq-]<name>[+llmcf[-<variant>]]``."""
+def model_tag(name: str, ict: bool = False, variant: str = "full", task: str = "ctr", baseline: str | None = None) -> str:
+    """The folder name of a trained model under ``models/``: ``[seq-]<name>[+llmcf[-<variant>]]``, or
+    ``[seq-]<name>+<baseline>`` for a baseline (``BASELINES``; never together with the ICT)."""
     base = f"seq-{name}" if task == "sequential" else name
+    if baseline:
+        if ict:
+            raise ConfigError(f"baseline '{baseline}' and the ICT (--ict) are separate methods: train one at a time")
+        return f"{base}+{baseline}"
     if not ict:
         return base
     return f"{base}+llmcf" if variant == "full" else f"{base}+llmcf-{variant}"
@@ -286,6 +294,58 @@ class ICTConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """The cheaper ways of bringing an LLM's knowledge into a backbone (``llmcf train --baseline NAME``,
+    ``llmcf.train.baselines``). Each trains as ``<backbone>+<name>`` with the same data, optimiser and early
+    stopping as the backbone alone.
+
+    textemb: the frozen encoder vectors (embed/items.npy) of the target item and the mean of the history's, through
+    ``MLP(2·D → hidden → dim)``, given to the backbone as its ``extra`` input.
+    kd: the RecGen model's p(Yes) for ``kd_rows`` sampled train rows (cached in baselines/kd/, resumable) as a soft
+    label beside BCE: ``kd_weight · T² · BCE(σ(z/T), σ(logit(p)/T))`` summed over the scored rows of a batch and
+    divided by the batch size.
+    kar: one LLM text per user (preferences, from their training interactions only) and per item (factual
+    knowledge), cached in baselines/kar/ (resumable shards), embedded by the configured encoder and mapped by a
+    hybrid-expert adaptor (``kar_shared_experts`` shared + ``kar_dedicated_experts`` per side, a softmax gate per
+    side) to two ``dim`` vectors, concatenated as the backbone's ``extra`` input."""
+
+    name: str | None = None
+    """None (no baseline) | textemb | kd | kar."""
+    dim: int = 32
+    """Size of each vector given to the backbone (kar gives two: user and item)."""
+    hidden: int = 64
+    """Hidden size of the textemb MLP and of every KAR expert."""
+    dropout: float = 0.1
+    partial: bool = False
+    """kd / kar: train on the LLM stage's finished shards only and never generate (a generation stopped by a time
+    budget): unscored rows get no soft label, users/items without a text the "missing" vector. The used counts are
+    recorded in the model's ``llm_stage``."""
+    kd_rows: int = 2000
+    """Train rows scored by the teacher (a seeded uniform sample; all rows if fewer)."""
+    kd_weight: float = 1.0
+    kd_temperature: float = 1.0
+    kd_seed: int = 0
+    kd_shard_size: int = 64
+    kd_history_items: int | None = None
+    """History items shown in the teacher's prompt (None: ``recgen.history_items``, the prompt it was tuned on)."""
+    kar_users: int | None = None
+    """Users given a preference text (a seeded sample; None = all users in train). The others get a learned
+    "missing" vector."""
+    kar_items: int | None = None
+    """Items given a knowledge text (a seeded sample; None = all items). The others get a learned "missing" vector."""
+    kar_sample: str = "random"
+    """How a budget (kar_users / kar_items) picks: random (seeded uniform) | popular (most training rows first)."""
+    kar_history_items: int = 15
+    """The user's most recent training interactions shown in the preference prompt."""
+    kar_max_new_tokens: int = 96
+    """New tokens per KAR text (greedy decoding)."""
+    kar_shared_experts: int = 2
+    kar_dedicated_experts: int = 2
+    kar_seed: int = 0
+    kar_shard_size: int = 32
+
+
+@dataclass
 class SeqConfig:
     """Sequential recommendation (next-item retrieval): samples, sampled softmax, full-ranking evaluation."""
 
@@ -410,6 +470,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     models: list[str] = field(default_factory=lambda: ["DIN"])
     """Backbones trained by ``llmcf run``."""
     seq_models: list[str] = field(default_factory=list)
@@ -417,6 +478,9 @@ class Config:
     ``full`` is among the variants, with the ICT."""
     variants: list[str] = field(default_factory=lambda: ["base", "full", "no_cot"])
     """Training variants of ``llmcf run``: base (backbone alone) | full (LLM-CF) | no_cot | mean_pool (ablations)."""
+    baselines: list[str] = field(default_factory=list)
+    """Baselines ``llmcf run`` trains for every CTR backbone (``BASELINES``: textemb | kd | kar), tagged
+    ``<backbone>+<name>``, with the ``baseline`` section's settings."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

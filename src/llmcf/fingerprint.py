@@ -165,7 +165,20 @@ def ctr_payload(cfg, model_name: str | None = None) -> dict:
     payload["model"]["params"] = cfg.model.params_for(model_name or cfg.model.name)
     if not cfg.ict.enabled:
         payload["train"].pop("ict_weight_decay", None)
+    baseline = getattr(cfg, "baseline", None)
+    if baseline is not None and baseline.name:  # a baseline reads its own fields of its section; other models none
+        fields = section_payload(cfg, "baseline")["baseline"]
+        prefix = f"{baseline.name}_"
+        payload["baseline"] = {k: v for k, v in fields.items()
+                               if k == "name" or k.startswith(prefix)
+                               or (k in BASELINE_SHARED_FIELDS and baseline.name != "kd")
+                               or (k == "partial" and baseline.name in ("kd", "kar"))}
     return payload
+
+
+BASELINE_SHARED_FIELDS = ("dim", "hidden", "dropout")
+"""The ``baseline`` fields every feature baseline (textemb, kar) reads; the rest belong to the method their prefix
+names (``kd_*``, ``kar_*``), so changing a KAR budget never retrains textemb or kd."""
 
 
 def seq_payload(cfg, model_name: str, ict: bool) -> dict:

@@ -131,6 +131,10 @@ def run_pipeline(cfg: Config, run_dir: Path, force: set[str] | None = None) -> d
             s = run_train(run_dir, vcfg, name, run=run, upstream=h if vcfg.ict.enabled else "")
             print(format_summary(s))
             summaries.append(s)
+        for baseline in cfg.baselines:  # <backbone>+<baseline>: its LLM stage (if any) runs inside, resumable
+            s = run_train(run_dir, cfg_baseline(cfg, baseline), name, run=run)
+            print(format_summary(s))
+            summaries.append(s)
     if cfg.seq_models:
         from llmcf.train.seq_stage import SeqRunData, run_seq_train
 
@@ -194,6 +198,11 @@ def check_plan(cfg: Config) -> None:
     check_params(cfg.seq_models, SEQ_BACKBONES, cfg.seq.params_for, "seq.params")
     from llmcf.config import VARIANTS
 
+    from llmcf.config import BASELINES
+
+    for b in cfg.baselines:
+        if b not in BASELINES:
+            raise ConfigError(f"baselines: unknown baseline '{b}' (expected one of {', '.join(BASELINES)})")
     for v in cfg.variants:
         if v not in VARIANTS:
             raise ConfigError(f"variants: unknown variant '{v}' (expected {', '.join(VARIANTS[:-1])} or "
@@ -210,4 +219,14 @@ def cfg_variant(cfg: Config, variant: str) -> Config:
     else:
         v.ict.enabled = True
         v.ict.variant = variant
+    return v
+
+
+def cfg_baseline(cfg: Config, baseline: str) -> Config:
+    """A copy of cfg that trains ``<backbone>+<baseline>`` (the ICT off)."""
+    from copy import deepcopy
+
+    v = deepcopy(cfg)
+    v.ict.enabled = False
+    v.baseline.name = baseline
     return v

@@ -103,6 +103,9 @@ def load_served(run_dir: str | Path, tag: str, seed: int | None = None, device: 
     if not cfg_path.exists():
         raise RunError(f"{cfg_path}: missing (written by `llmcf train`)")
     cfg = load_config(cfg_path)
+    if cfg.baseline.name:
+        raise RunError(f"{tag}: serving a baseline model ({cfg.baseline.name}) is not supported yet; serve the "
+                       f"backbone alone (--model {tag.split('+')[0]}) or LLM-CF (--model {tag.split('+')[0]}+llmcf)")
     ict = bool(cfg.ict.enabled)
     # before reading: a file changing while we load shows up as a new version
     fingerprint = files_fingerprint(watched_files(run.root, tag, seed_, seed, ict))

@@ -72,9 +72,10 @@ class RunData:
                            f"{self.run_dir}`")
         return sim
 
-    def batches(self, split: str, cfg: Config, seed: int, train: bool):
+    def batches(self, split: str, cfg: Config, seed: int, train: bool, extra: dict | None = None):
+        """``extra``: more per-row arrays for this split (a baseline's, e.g. the KD teacher's scores)."""
         ctx = None
-        arrays = self.arrays[split]
+        arrays = {**self.arrays[split], **(extra or {})}
         if cfg.ict.enabled:
             bank, idx, _, _ = self.context()
             ctx = (idx[split], bank)
@@ -84,7 +85,16 @@ class RunData:
 
 
 def variant_tag(model_name: str, cfg: Config) -> str:
-    return model_tag(model_name, cfg.ict.enabled, cfg.ict.variant)
+    return model_tag(model_name, cfg.ict.enabled, cfg.ict.variant, baseline=cfg.baseline.name)
+
+
+def _baseline(cfg: Config):
+    """The ``llmcf.train.baselines`` method of ``cfg.baseline.name`` (None without a baseline)."""
+    if not cfg.baseline.name:
+        return None
+    from llmcf.train.baselines import get_baseline
+
+    return get_baseline(cfg.baseline.name)
 
 
 class CTRTask:
@@ -103,12 +113,20 @@ class CTRTask:
         return variant_tag(model_name, cfg)
 
     def cache_key(self, model_name: str, cfg: Config) -> str:
+        method = _baseline(cfg)
+        if method is not None:  # its LLM stage first (resumable; a no-op once done): the key hashes what it wrote
+            method.prepare(self.run, cfg)
+            return model_cache_key(ctr_config_hash(cfg, model_name), model_name, self.upstream,
+                                   method.stamp(self.run, cfg))
         return model_cache_key(ctr_config_hash(cfg, model_name), model_name, self.upstream)
 
     def build(self, model_name: str, cfg: Config) -> torch.nn.Module:
         from llmcf.models.llmcf_model import build_model
 
         self.model_name = model_name  # fit() of the model built here finds the base weights and its folder by it
+        method = _baseline(cfg)
+        if method is not None:
+            return method.build(model_name, self.run, cfg)
         if cfg.ict.enabled:
             bank, _, text, cot_dim = self.run.context()
             return build_model(model_name, self.run.schema, cfg.model, cfg.ict, item_text=text, cot_dim=cot_dim,
@@ -124,7 +142,9 @@ class CTRTask:
             from llmcf.models.llmcf_model import warm_start_backbone
 
             warm_start_backbone(model, run.rd.model(self.model_name) / f"seed_{seed}" / "model.safetensors")
-        res = fit(model, run.batches("train", cfg, seed, True), run.batches("valid", cfg, seed, False),
+        method = _baseline(cfg)
+        extra = method.train_arrays(run, cfg) if method is not None else None
+        res = fit(model, run.batches("train", cfg, seed, True, extra), run.batches("valid", cfg, seed, False),
                   a["valid"]["label"], cfg.train, valid_users=a["valid"]["user"],
                   test=run.batches("test", cfg, seed, False), test_labels=a["test"]["label"],
                   test_users=a["test"]["user"], progress=progress, desc=desc, validate_start=warm)
@@ -139,16 +159,22 @@ class CTRTask:
         return {} if pred is None else {"test_pred.npy": pred}
 
     def protocol(self, cfg: Config) -> dict:
+        self._cfg = cfg  # the stage asks for the protocol once per training; summary_head reports for this config
         stats = self.run.rd.read_stats()
         ict = cfg.ict.enabled
         return {"task": "ctr", "split": stats.get("protocol", {}), "metrics": ["auc", "logloss", "gauc"],
                 "early_stopping": f"valid AUC, patience {cfg.train.patience}, max {cfg.train.max_epochs} epochs",
                 "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay,
                 "ict_weight_decay": cfg.train.ict_weight_decay if ict else None,
-                "retrieval": asdict(cfg.retrieval) if ict else None, "ict": asdict(cfg.ict) if ict else None}
+                "retrieval": asdict(cfg.retrieval) if ict else None, "ict": asdict(cfg.ict) if ict else None,
+                **({"baseline": asdict(cfg.baseline)} if cfg.baseline.name else {})}
 
     def summary_head(self) -> dict:
-        return {}
+        cfg = getattr(self, "_cfg", None)
+        method = _baseline(cfg) if cfg is not None else None
+        if method is None:
+            return {}
+        return {"baseline": method.name, "llm_stage": method.llm_stage(self.run, cfg)}
 
     def summary_tail(self, results: list[dict]) -> dict:
         return {}

@@ -23,7 +23,6 @@ replacement, seeded by ``cot.seed``, then kept in train-file order.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +35,7 @@ from llmcf import fingerprint
 from llmcf.config import Config
 from llmcf.errors import DataError, LLMCFError, RunError
 from llmcf.io import atomic_path, atomic_write_json, write_parquet
+from llmcf.llm import shards
 from llmcf.llm.backends.base import SamplingParams
 from llmcf.llm.cot.prompts import SYSTEM, input_text, user_message
 from llmcf.llm.recgen.prompts import item_texts
@@ -130,53 +130,16 @@ def sampling_params(cfg: Config, seed: int = 0) -> SamplingParams:
 
 
 def _shard_path(cot_dir: Path, k: int) -> Path:
-    return cot_dir / "shards" / f"shard_{k:05d}.jsonl"
-
-
-def _read_shard(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return shards.shard_path(cot_dir, k)
 
 
 def _shard_complete(path: Path, keys: list[str], n: int) -> bool:
-    if not path.exists():
-        return False
-    try:
-        recs = _read_shard(path)
-    except (json.JSONDecodeError, OSError):
-        return False
-    return [r.get("key") for r in recs] == keys and all(len(r.get("candidates", [])) == n for r in recs)
-
-
-def _archive(cot_dir: Path, name: str) -> Path:
-    dest = cot_dir / "previous" / name
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for f in ("pool.parquet", "manifest.json", "shards", *SCORE_FILES):
-        if (cot_dir / f).exists():
-            shutil.move(str(cot_dir / f), str(dest / f))
-    return dest
+    return shards.shard_complete(path, keys, lambda r: len(r.get("candidates", [])) == n)
 
 
 def _prepare_folder(cot_dir: Path, gen_id: str) -> str:
     """Archive a generation made with another config; restore this config's earlier generation if one was kept."""
-    note = ""
-    mpath = cot_dir / "manifest.json"
-    if mpath.exists():
-        old = json.loads(mpath.read_text()).get("gen_id", "unknown")
-        if old == gen_id:
-            return "resuming"
-        note = f"config changed: previous generation {old} moved to {_archive(cot_dir, old)}"
-    elif (cot_dir / "shards").exists() and any((cot_dir / "shards").iterdir()):
-        note = f"shards without a manifest moved to {_archive(cot_dir, 'orphan-' + time.strftime('%Y%m%d-%H%M%S'))}"
-    kept = cot_dir / "previous" / gen_id
-    if kept.is_dir():
-        for f in kept.iterdir():
-            shutil.move(str(f), str(cot_dir / f.name))
-        kept.rmdir()
-        note += ("; " if note else "") + f"restored generation {gen_id} from {kept}"
-    return note or "new generation"
+    return shards.prepare_folder(cot_dir, gen_id, ("pool.parquet", *SCORE_FILES))
 
 
 def _token_counter(backend) -> tuple[Callable[[str], int], str]:
@@ -307,19 +270,6 @@ def read_generation(run_dir: Path) -> tuple[dict, pd.DataFrame, list[dict]]:
         raise RunError(f"{mpath} is missing: run `llmcf cot generate` first")
     manifest = json.loads(mpath.read_text())
     pool = pd.read_parquet(cot_dir / "pool.parquet")
-    S, keys, recs = manifest["shard_size"], pool["key"].tolist(), []
-    missing = []
-    for k in range(manifest["shards"]):
-        path = _shard_path(cot_dir, k)
-        if not path.exists():
-            missing.append(k)
-            continue
-        shard = _read_shard(path)
-        if [r["key"] for r in shard] != keys[k * S:(k + 1) * S]:
-            raise DataError("rows do not match the pool (edited by hand?); delete the file to regenerate it",
-                            file=str(path))
-        recs.extend(shard)
-    if missing:
-        raise RunError(f"CoT generation {manifest['gen_id']} is incomplete: {len(missing)} of {manifest['shards']} "
-                       f"shards missing (first: {_shard_path(cot_dir, missing[0])}); rerun `llmcf cot generate`")
+    recs = shards.read_records(cot_dir, pool["key"].tolist(), manifest["shard_size"],
+                               f"CoT generation {manifest['gen_id']}", "llmcf cot generate")
     return manifest, pool, recs

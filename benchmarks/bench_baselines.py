@@ -1,0 +1,324 @@
+"""Benchmark the cheaper ways of bringing an LLM into a CTR backbone against the backbone alone, in one harness:
+base / textemb / kd / kar (``llmcf train --baseline``), next to LLM-CF's recorded row (benchmarks/results/llmcf-*.json,
+same data, split, trainer and epoch rule).
+
+    python benchmarks/bench_baselines.py --dataset ../shared/data/ml-100k --preset ml-100k --run-dir RUN \\
+        --kd-rows 1200 --kar-users 300 --kar-items 300 --kar-tokens 48 --models DIN,DCN --seeds 3
+    python benchmarks/bench_baselines.py ... --llm-stage kd     # only the KD teacher scores (resumable; background)
+    python benchmarks/bench_baselines.py ... --llm-stage kar    # only KAR's texts
+    python benchmarks/bench_baselines.py ... --rate             # measure the LLM's rates on a few rows, then stop
+
+The run directory's stages (data build, RecGen LoRA with the same settings as ``bench_llmcf.py``'s defaults, item
+embedding) run first and are stamped/skipped like ``llmcf run``. The KD teacher is that RecGen model. Every method
+uses the same batch size, learning rate, weight decay, max epochs and early stopping (valid AUC, patience); seeds
+0..N-1; test metrics at the best valid epoch. Online cost: in-process model forward of one-row requests (CPU ms,
+median over ``--requests`` test rows), precomputed KAR/text vectors being table lookups at serving time.
+Results: ``benchmarks/results/baselines-<name>.json`` (merged over invocations) and ``baselines.md``. Not part of CI.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import bench_llmcf as B  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _machine import portable  # noqa: E402
+from llmcf.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+RESULTS_DIR = B.RESULTS_DIR
+METHODS = ("base", "textemb", "kd", "kar")
+NAMES = {"base": "base", "textemb": "textemb", "kd": "kd", "kar": "KAR", "full": "LLM-CF"}
+
+
+def build_config(a):
+    a.cot_count, a.cot_candidates, a.cot_tokens, a.k, a.seq_max_epochs = 240, 2, 96, 4, 30
+    a.max_steps_per_epoch = None
+    a.set = [f"baseline.kd_rows={a.kd_rows}", f"baseline.kar_max_new_tokens={a.kar_tokens}",
+             f"baseline.kar_users={a.kar_users if a.kar_users is not None else 'null'}",
+             f"baseline.kar_items={a.kar_items if a.kar_items is not None else 'null'}",
+             f"baseline.kar_sample={a.kar_sample}", f"baseline.kd_shard_size={a.llm_batch * 2}", f"baseline.kar_shard_size={a.llm_batch * 2}", *a.set]
+    return B.build_config(a)
+
+
+def run_stages(cfg, run_dir: Path) -> dict:
+    """data → recgen (train) → embed (items), stamped like ``llmcf run``; returns each stage's seconds."""
+    from llmcf.config import save_config
+    from llmcf.data.build import build_run_data
+    from llmcf.data.loaders import load_dataset
+    from llmcf.embed import run_embed
+    from llmcf.llm.recgen.train import run_recgen_train
+    from llmcf.pipeline import run_stage
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    h = run_stage(run_dir, cfg, "data", "", lambda: build_run_data(load_dataset(cfg.data.dataset, cfg.data.format),
+                                                                   cfg.data, run_dir), set())
+    if not cfg.recgen.skip:
+        run_stage(run_dir, cfg, "recgen", h, lambda: run_recgen_train(run_dir, cfg), set())
+    if not (run_dir / "embed" / "items.npy").exists():
+        run_embed(run_dir, cfg)
+    out = {}
+    for stage in ("data", "recgen"):
+        p = run_dir / "stages" / f"{stage}.json"
+        if p.exists():
+            out[stage] = json.loads(p.read_text()).get("seconds")
+    meta = run_dir / "embed" / "meta.json"
+    if meta.exists():
+        out["embed_items"] = json.loads(meta.read_text()).get("seconds")
+    return out
+
+
+def measure_rate(cfg, run_dir: Path, rows: int) -> dict:
+    """Seconds per KD row and per KAR text on ``rows`` of each (a scratch copy of the config's sample settings)."""
+    from copy import deepcopy
+
+    from llmcf.llm.backends.factory import make_backend
+    from llmcf.llm.backends.base import SamplingParams
+    from llmcf.llm.baselines.common import teacher_model
+    from llmcf.llm.baselines.kar import SYSTEM, build_kar_pool
+    from llmcf.llm.baselines.kd import build_kd_pool
+    from llmcf.llm.recgen.data import read_item_texts, read_split
+    from llmcf.llm.recgen.prompts import rec_prompts_for
+    from llmcf.rundir import RunDir
+
+    c = deepcopy(cfg)
+    c.baseline.kd_rows = rows
+    train = read_split(run_dir, "train")
+    path, _ = teacher_model(run_dir, c)
+    t0 = time.perf_counter()
+    be = make_backend(c.llm, path)
+    load = time.perf_counter() - t0
+    pool = build_kd_pool(train, c)
+    prompts = rec_prompts_for(pool, read_item_texts(run_dir), c.data, c.recgen.history_items)
+    w, p = time.perf_counter(), time.process_time()
+    be.score_yes_no(prompts)
+    kd = (time.perf_counter() - w, time.process_time() - p)
+    c.baseline.kar_users, c.baseline.kar_items = rows // 2, rows - rows // 2
+    kp = build_kar_pool(train, RunDir(run_dir).read_items(), c)
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=c.baseline.kar_max_new_tokens, seed=0)
+    msgs = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}] for q in kp["prompt"]]
+    w, p = time.perf_counter(), time.process_time()
+    for s in range(0, len(msgs), c.llm.batch_size):
+        be.generate(msgs[s:s + c.llm.batch_size], params)
+    kar = (time.perf_counter() - w, time.process_time() - p)
+    out = {"rows": rows, "load_seconds": round(load, 1), "kd_s_per_row": round(kd[0] / rows, 2),
+           "kd_cpu_s_per_row": round(kd[1] / rows, 2), "kar_s_per_text": round(kar[0] / len(msgs), 2),
+           "kar_cpu_s_per_text": round(kar[1] / len(msgs), 2), "kar_max_new_tokens": c.baseline.kar_max_new_tokens,
+           "llm_batch": c.llm.batch_size}
+    print("[rate]", json.dumps(out), flush=True)
+    return out
+
+
+def online_cost(run, cfg, name: str, requests: int) -> dict:
+    """CPU and wall ms of one-row forwards (median over ``requests`` test rows), the model built as trained."""
+    from llmcf.train.ctr_task import CTRTask
+
+    model = CTRTask(run).build(name, cfg)
+    model.eval()
+    arrays = run.arrays["test"]
+    rng = np.random.default_rng(0)
+    rows = rng.choice(len(arrays["label"]), size=min(requests, len(arrays["label"])), replace=False)
+    cpu, wall = [], []
+    with torch.no_grad():
+        for r in rows:
+            batch = {k: torch.from_numpy(np.ascontiguousarray(v[r:r + 1])) for k, v in arrays.items()}
+            w, c = time.perf_counter(), time.process_time()
+            model(batch)
+            wall.append(time.perf_counter() - w)
+            cpu.append(time.process_time() - c)
+    return {"cpu_ms_p50": round(1000 * float(np.median(cpu)), 3), "wall_ms_p50": round(1000 * float(np.median(wall)), 3),
+            "requests": len(rows)}
+
+
+def llm_stage_only(cfg, run_dir: Path, method: str) -> None:
+    from llmcf.train.baselines import get_baseline
+    from llmcf.train.ctr_task import RunData
+
+    run = RunData(run_dir, cfg)
+    w, c = time.perf_counter(), time.process_time()
+    from llmcf.pipeline import cfg_baseline
+
+    bcfg = cfg_baseline(cfg, method)
+    get_baseline(method).prepare(run, bcfg)
+    print(f"[{method}] LLM stage done in {time.perf_counter() - w:.0f} s wall, {time.process_time() - c:.0f} s CPU",
+          flush=True)
+
+
+def train_rows(cfg, run_dir: Path, models, methods, requests: int, progress: bool) -> list[dict]:
+    from llmcf.pipeline import cfg_baseline
+    from llmcf.train.stage import RunData, format_summary, run_train
+
+    run = RunData(run_dir, cfg)
+    rows = []
+    for name in models:
+        for method in methods:
+            mcfg = cfg if method == "base" else cfg_baseline(cfg, method)
+            t0 = time.perf_counter()
+            s = run_train(run_dir, mcfg, name, run=run, progress=progress)
+            print(format_summary(s), f"[{time.perf_counter() - t0:.0f}s]", flush=True)
+            row = B.summary_row(s, method, run_dir)
+            row["llm_stage"] = s.get("llm_stage")
+            row["online"] = online_cost(run, mcfg, name, requests)
+            rows.append(row)
+    return rows
+
+
+def spe(r: dict) -> float:
+    v = r["seconds_per_epoch"]
+    return v["mean"] if isinstance(v, dict) else v
+
+
+def fmt(m: dict, key: str) -> str:
+    return f"{m[key]['mean']:.4f} ± {m[key]['std']:.4f}"
+
+
+def llmcf_rows(name: str, models) -> tuple[list[dict], dict]:
+    p = RESULTS_DIR / f"llmcf-{name}.json"
+    if not p.exists():
+        return [], {}
+    res = json.loads(p.read_text())
+    ctr = res.get("ctr", {})
+    rows = [r for r in ctr.get("rows", []) if r["model"] in models and r["variant"] == "full"]
+    return rows, {"date": ctr.get("date"), "stage_seconds": res.get("stage_seconds"), "pool": res.get("pool")}
+
+
+def stage_cell(row: dict) -> str:
+    st = row.get("llm_stage") or {}
+    if row["variant"] == "base":
+        return "none"
+    if row["variant"] == "textemb":
+        return f"{st.get('texts_embedded')} item texts embedded (no generation)"
+    cost = st.get("cost") or {}
+    if row["variant"] == "kd":
+        return (f"{st.get('rows_scored')} train rows scored: {cost.get('seconds', 0) / 60:.0f} min wall, "
+                f"{cost.get('cpu_seconds', 0) / 60:.0f} min CPU")
+    if row["variant"] == "kar":
+        return (f"{st.get('users_with_text')} user + {st.get('items_with_text')} item texts (≤ "
+                f"{st.get('max_new_tokens')} tokens): {cost.get('seconds', 0) / 60:.0f} min wall, "
+                f"{cost.get('cpu_seconds', 0) / 60:.0f} min CPU")
+    return ""
+
+
+def write_markdown() -> Path:
+    parts = ["# Baselines vs LLM-CF (CTR)", "",
+             "Written by `benchmarks/bench_baselines.py` from `benchmarks/results/baselines-*.json`. Mean ± sample "
+             "std over seeds. s/epoch: mean training time of one epoch on a shared 2-core CPU (other jobs running). "
+             "Online: CPU ms of one in-process model forward for a one-row request (median), the LLM never called "
+             "online by any method. LLM-CF's row is quoted from `llmcf-<dataset>.json` (same data build, split, "
+             "trainer and epoch rule, trained on another day: its s/epoch is not comparable)."]
+    for p in sorted(RESULTS_DIR.glob("baselines-*.json")):
+        res = json.loads(p.read_text())
+        parts += ["", f"## {res['name']}", "", f"Command: `{res['command']}`  ", f"Machine: {res['machine']}  ",
+                  f"Date: {res['date']}  ", f"Protocol: {res['protocol']}  ", f"Teacher / generator: {res['teacher']}  ",
+                  f"Stage seconds: {res.get('stage_seconds')}"]
+        if res.get("rate"):
+            parts.append(f"Measured LLM rate before choosing the budgets: {res['rate']}")
+        parts += ["", "| model | method | test AUC | test LogLoss | ΔAUC vs base | seeds | s/epoch | online CPU ms | "
+                  "LLM stage |", "|---|---|---|---|---|---|---|---|---|"]
+        for model in res["models"]:
+            rows = [r for r in res["rows"] if r["model"] == model]
+            base = next((r for r in rows if r["variant"] == "base"), None)
+            order = {m: k for k, m in enumerate((*METHODS, "full"))}
+            for r in sorted(rows, key=lambda r: order.get(r["variant"], 9)):
+                d = (f"{r['test']['auc']['mean'] - base['test']['auc']['mean']:+.4f}"
+                     if base is not None and r is not base else "")
+                online = f"{r['online']['cpu_ms_p50']:.2f}" if r.get("online") else "(see serve.md)"
+                cell = stage_cell(r) if r["variant"] != "full" else res.get("llmcf_stage", "")
+                parts.append(f"| {model} | {NAMES.get(r['variant'], r['variant'])} | {fmt(r['test'], 'auc')} | "
+                             f"{fmt(r['test'], 'logloss')} | {d} | {len(r['seeds'])} | "
+                             f"{spe(r):.1f} | {online} | {cell} |")
+        if res.get("notes"):
+            parts += [""] + res["notes"]
+    out = RESULTS_DIR / "baselines.md"
+    atomic_write_text(out, portable("\n".join(parts) + "\n"))
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--run-dir", type=Path, required=True)
+    ap.add_argument("--models", default="DIN")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--max-epochs", type=int, default=10)
+    ap.add_argument("--patience", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--history-items", type=int, default=8)
+    ap.add_argument("--recgen-steps", type=int, default=12)
+    ap.add_argument("--recgen-rows", type=int, default=96)
+    ap.add_argument("--llm-batch", type=int, default=8)
+    ap.add_argument("--llm-threads", type=int, default=1)
+    ap.add_argument("--kd-rows", type=int, default=1200)
+    ap.add_argument("--kar-users", type=int, default=None)
+    ap.add_argument("--kar-items", type=int, default=None)
+    ap.add_argument("--kar-tokens", type=int, default=48)
+    ap.add_argument("--kar-sample", default="popular", choices=("random", "popular"))
+    ap.add_argument("--requests", type=int, default=300, help="one-row requests timed per model (online cost)")
+    ap.add_argument("--rate", type=int, default=0, help="measure the LLM rates on this many rows and stop")
+    ap.add_argument("--llm-stage", choices=("kd", "kar"), help="run only this baseline's LLM stage and stop")
+    ap.add_argument("--note", action="append", default=[], help="a sentence recorded under the table")
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    name = a.name or Path(a.dataset).name
+    a.preset = a.preset or name
+    torch.set_num_threads(a.threads)
+    cfg = build_config(a)
+    cmd = "python " + " ".join(shlex.quote(x) for x in ["benchmarks/bench_baselines.py",
+                                                         *(argv if argv is not None else sys.argv[1:])])
+    stage_seconds = run_stages(cfg, a.run_dir)
+    out = RESULTS_DIR / f"baselines-{name}.json"
+    old = json.loads(out.read_text()) if out.exists() else {}
+    if a.rate:
+        old["rate"] = measure_rate(cfg, a.run_dir, a.rate)
+        if out.exists():
+            atomic_write_json(out, old)
+        else:
+            print("[rate] not recorded (no result file yet); pass it with --note", flush=True)
+        return
+    if a.llm_stage:
+        llm_stage_only(cfg, a.run_dir, a.llm_stage)
+        return
+    models, methods = a.models.split(","), a.methods.split(",")
+    rows = train_rows(cfg, a.run_dir, models, methods, a.requests, not a.quiet)
+    old = json.loads(out.read_text()) if out.exists() else {}  # re-read: another invocation may have written since
+    keep = [r for r in old.get("rows", []) if (r["model"], r["variant"]) not in {(m, v) for m in models for v in methods}
+            and r["variant"] != "full"]
+    rows = keep + rows
+    lrows, linfo = llmcf_rows(name, {r["model"] for r in rows})
+    first = rows[0]["protocol"]
+    pool = linfo.get("pool") or {}
+    res = {
+        "name": name, "dataset": a.dataset,
+        "command": " + ".join(x for x in [old.get("command"), cmd] if x and x != cmd) or cmd,
+        "machine": B.machine(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "protocol": f"split {first.get('split', {}).get('name', first.get('split'))}; {first['early_stopping']}; "
+                    f"batch {first['batch_size']}, Adam lr {first['lr']}, weight decay {first['weight_decay']}, "
+                    f"every method the same; seeds 0..{a.seeds - 1}; test at the best valid epoch",
+        "teacher": f"SmolLM2-135M-Instruct, RecGen LoRA {a.recgen_steps} steps on {a.recgen_rows} rec rows (as "
+                   f"bench_llmcf.py), transformers on CPU, {a.llm_threads} thread, batch {a.llm_batch}; KD prompt "
+                   f"with {a.history_items} history items; KAR greedy ≤ {a.kar_tokens} new tokens, budget picks {a.kar_sample} users/items",
+        "stage_seconds": stage_seconds, "rate": old.get("rate"),
+        "models": sorted({r["model"] for r in rows}, key=lambda m: (m != "DIN", m)),
+        "rows": rows + [{**r, "llmcf_date": linfo.get("date")} for r in lrows],
+        "llmcf_stage": (f"{pool.get('rows')} CoT rows × 2 candidates ≤ 96 tokens + RecGen "
+                        f"(recorded {linfo.get('date')}; stage seconds {linfo.get('stage_seconds')})") if lrows else "",
+        "notes": list(dict.fromkeys([*old.get("notes", []), *a.note])),
+    }
+    atomic_write_json(out, json.loads(portable(json.dumps(res))))
+    print(f"[bench] wrote {out} and {write_markdown()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The baselines (llmcf train --baseline textemb|kd|kar): module shapes and missing vectors, the KAR user-text leakage
+rule, resumable KAR text shards, KD cache reuse, and a tiny end-to-end run of each (random 2-layer Llama, real
+MiniLM)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from llmcf.cli import main
+from llmcf.config import load_config
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+# ---------------------------------------------------------------------------- modules
+def test_feature_shapes_and_missing_vectors(tiny_schema):
+    from llmcf.models.baselines import AugmentedModel, KARFeature, TextEmbFeature
+    from llmcf.models.ranking import BACKBONES
+
+    rng = np.random.default_rng(0)
+    D, B = 6, 5
+    items = rng.normal(size=(tiny_schema.n_items, D)).astype(np.float32)
+    items[:2] = 0  # padding / OOV rows
+    items[7] = 0  # an item without text
+    users = rng.normal(size=(tiny_schema.n_users, D)).astype(np.float32)
+    users[3] = 0  # a user outside the generation budget
+    batch = {"user": torch.tensor([3, 4, 5, 3, 6]), "item": torch.tensor([7, 8, 9, 10, 7]),
+             "hist": torch.tensor([[0, 0, 8, 9], [0, 7, 8, 9], [10, 11, 12, 13], [0, 0, 0, 0], [0, 0, 0, 7]]),
+             "hist_len": torch.tensor([2, 3, 4, 0, 1]),
+             "brand": torch.zeros(B, dtype=torch.long), "cats": torch.zeros(B, 2, dtype=torch.long)}
+
+    tf = TextEmbFeature(items, dim=4, hidden=8, dropout=0.0)
+    assert tf(batch).shape == (B, 4)
+    kar = KARFeature(users, items, dim=4, hidden=8, shared=1, dedicated=2, dropout=0.0)
+    out = kar(batch)
+    assert out.shape == (B, 8) and kar.dim == 8
+    with torch.no_grad():
+        kar.missing["user"].fill_(3.0)
+        kar.missing["item"].fill_(-2.0)
+    out = kar(batch)
+    assert torch.all(out[0, :4] == 3.0) and torch.all(out[3, :4] == 3.0)  # user 3: no text -> the learned vector
+    assert torch.all(out[0, 4:] == -2.0) and torch.all(out[4, 4:] == -2.0)  # item 7: no text
+    assert not torch.all(out[1, :4] == 3.0) and not torch.all(out[1, 4:] == -2.0)
+    out.sum().backward()
+    assert kar.missing["user"].grad.abs().sum() > 0 and kar.missing["item"].grad.abs().sum() > 0
+
+    g = kar.adaptor.gates(torch.as_tensor(users[4:6]), "user")
+    assert g.shape == (2, 3) and torch.allclose(g.sum(1), torch.ones(2))
+    assert len(kar.adaptor.shared) == 1 and len(kar.adaptor.dedicated["item"]) == 2
+
+    for name in ("DIN", "DCN", "xDeepFM"):
+        bb = BACKBONES.get(name)(tiny_schema, embed_dim=4, mlp=(8,), dropout=0.0, extra_dim=kar.dim)
+        res = AugmentedModel(bb, kar)(batch)
+        assert res["logit"].shape == (B,) and torch.isfinite(res["logit"]).all()
+
+
+def test_distilled_model_adds_the_soft_label_loss_only_in_training(tiny_schema):
+    from llmcf.models.baselines import DistilledModel, soft_label_loss
+    from llmcf.models.ranking import BACKBONES
+
+    B = 4
+    batch = {"user": torch.tensor([2, 3, 4, 5]), "item": torch.tensor([5, 6, 7, 8]),
+             "hist": torch.zeros(B, 4, dtype=torch.long), "hist_len": torch.zeros(B, dtype=torch.long),
+             "brand": torch.zeros(B, dtype=torch.long), "cats": torch.zeros(B, 2, dtype=torch.long),
+             "kd_prob": torch.tensor([0.9, 0.1, 0.5, 0.5]), "kd_mask": torch.tensor([True, True, False, False])}
+    m = DistilledModel(BACKBONES.get("DIN")(tiny_schema, embed_dim=4, mlp=(8,), dropout=0.0), 0.5, 2.0)
+    m.train()
+    out = m(batch)
+    assert set(out["losses"]) == {"kd"} and out["losses"]["kd"] > 0
+    m.eval()
+    assert "kd" not in m(batch)["losses"]
+    z = torch.tensor([2.0, -1.0, 0.3, 0.0])
+    none = torch.zeros(4, dtype=torch.bool)
+    assert soft_label_loss(z, batch["kd_prob"], none) == 0
+    # the loss is minimal where the student's logit equals the teacher's
+    p = torch.tensor([0.8, 0.3, 0.5, 0.5])
+    at = soft_label_loss(torch.log(p / (1 - p)), p, ~none, 2.0)
+    off = soft_label_loss(torch.log(p / (1 - p)) + 0.5, p, ~none, 2.0)
+    assert off > at
+    with pytest.raises(ValueError, match="kd_temperature"):
+        DistilledModel(m.backbone, 1.0, 0.0)
+
+
+# ---------------------------------------------------------------------------- fixtures: a tiny run
+class CountingBackend:
+    """Implements the backend interface: a text derived from the prompt; crashes after ``fail_after`` calls."""
+
+    def __init__(self, fail_after=None):
+        self.calls, self.rows, self.fail_after = 0, 0, fail_after
+
+    def generate(self, prompts, params):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        self.calls += 1
+        self.rows += len(prompts)
+        return [[f"text {len(p[-1]['content'])} {p[-1]['content'][:20]}"] for p in prompts]
+
+    def score_yes_no(self, prompts):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        self.calls += 1
+        self.rows += len(prompts)
+        return np.array([(len(p[-1]["content"]) % 10) / 10 + 0.05 for p in prompts])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A built run (24 users × 8 rows, 20 items, ratings as labels), its item texts embedded, a random tiny Llama."""
+    from test_cli import _write_atomic
+    from test_llm_backends import make_tiny_model_dir
+
+    root = tmp_path_factory.mktemp("baselines")
+    _write_atomic(root / "toy", n_users=24, n_items=20, per_user=8)
+    run = root / "run"
+    assert main(["data", "build", "--dataset", str(root / "toy"), "--out", str(run), "--set", "data.label=rating",
+                 "--set", "data.history_len=5"]) == 0
+    sets = [f"embed.cache_dir={root / 'embcache'}"]
+    assert main(["embed", "--run", str(run), *sum((["--set", s] for s in sets), [])]) == 0
+    model = make_tiny_model_dir(root / "tiny_llama")
+    return {"run": run, "model": model, "sets": sets}
+
+
+def _copy_run(tiny_run, tmp_path):
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], dst)
+    return dst
+
+
+def _cfg(tiny_run, *extra):
+    return load_config(None, [*tiny_run["sets"], "recgen.skip=true", "llm.backend=hf",
+                              f"llm.model={tiny_run['model']}", "llm.batch_size=4", "baseline.kar_shard_size=8",
+                              "baseline.kar_max_new_tokens=6", "baseline.kd_shard_size=8", "baseline.kd_rows=30",
+                              *extra])
+
+
+# ---------------------------------------------------------------------------- KAR
+def test_kar_user_prompt_uses_only_the_users_training_interactions(tiny_run):
+    from llmcf.llm.baselines.kar import build_kar_pool
+    from llmcf.llm.recgen.prompts import item_texts
+
+    data = tiny_run["run"] / "data"
+    split = {s: pd.read_parquet(data / f"{s}.parquet") for s in ("train", "valid", "test")}
+    items = pd.read_parquet(data / "items.parquet")
+    texts = item_texts(items, blank="placeholder")
+    cfg = _cfg(tiny_run, "baseline.kar_history_items=50")
+    pool = build_kar_pool(split["train"], items, cfg)
+    users = pool[pool["kind"] == "user"].set_index("id")["prompt"]
+    assert len(users) == split["train"]["user_id"].nunique() and (pool["kind"] == "item").sum() == len(items)
+    checked = 0
+    for u, prompt in users.items():
+        mine = {s: df.loc[df["user_id"].astype(str) == u, "item_id"].astype(str) for s, df in split.items()}
+        held_out = set(mine["valid"]) | set(mine["test"])
+        assert held_out, "the fixture should hold out rows of every user"
+        for i in held_out - set(mine["train"]):
+            assert f"{texts[i]} — " not in prompt, f"user {u}'s text prompt shows held-out item {i}"
+            checked += 1
+        for i in mine["train"]:
+            assert f"{texts[i]} — " in prompt
+    assert checked >= len(users)
+
+
+def test_kar_text_shards_resume_after_an_interruption(tiny_run, tmp_path):
+    from llmcf.errors import RunError
+    from llmcf.llm.baselines.kar import kar_dir, read_kar_texts, run_kar_generate
+
+    run = _copy_run(tiny_run, tmp_path)
+    cfg = _cfg(tiny_run)  # 24 users + 20 items = 44 texts: 6 shards of 8, 2 backend calls per shard
+    crashing = CountingBackend(fail_after=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_kar_generate(run, cfg, backend=crashing)
+    shards = sorted((kar_dir(run) / "shards").glob("shard_*.jsonl"))
+    assert len(shards) == 2
+    before = {p.name: p.read_text() for p in shards}
+    with pytest.raises(RunError, match="incomplete"):
+        read_kar_texts(run)
+    u_part, i_part, _ = read_kar_texts(run, partial=True)  # a budget cut short: the finished shards' texts
+    assert len(u_part) + len(i_part) == 16
+    second = CountingBackend()
+    manifest = run_kar_generate(run, cfg, backend=second)
+    assert second.rows == 44 - 16 and manifest["complete"] and manifest["cost"]["rows_processed"] == 44
+    assert all((kar_dir(run) / "shards" / n).read_text() == t for n, t in before.items())  # kept, not redone
+    users, items, _ = read_kar_texts(run)
+    assert len(users) == 24 and len(items) == 20
+    third = CountingBackend()
+    run_kar_generate(run, cfg, backend=third)
+    assert third.calls == 0  # finished: nothing regenerated
+
+    fresh = _copy_run(tiny_run, tmp_path / "fresh")
+    run_kar_generate(fresh, cfg, backend=CountingBackend())
+    assert read_kar_texts(fresh)[:2] == (users, items)  # resumed = uninterrupted
+
+
+def test_kar_budget_samples_users_and_items(tiny_run, tmp_path):
+    from llmcf.llm.baselines.kar import read_kar_texts, run_kar_generate
+
+    run = _copy_run(tiny_run, tmp_path)
+    be = CountingBackend()
+    run_kar_generate(run, _cfg(tiny_run, "baseline.kar_users=5", "baseline.kar_items=3"), backend=be)
+    users, items, manifest = read_kar_texts(run)
+    assert (len(users), len(items), be.rows, manifest["rows"]) == (5, 3, 8, 8)
+
+    from llmcf.llm.baselines.kar import build_kar_pool
+
+    train = pd.read_parquet(run / "data" / "train.parquet")
+    pool = build_kar_pool(train, pd.read_parquet(run / "data" / "items.parquet"),
+                          _cfg(tiny_run, "baseline.kar_users=5", "baseline.kar_items=3", "baseline.kar_sample=popular"))
+    counts = train["item_id"].astype(str).value_counts()
+    picked = pool.loc[pool["kind"] == "item", "id"]
+    assert counts[picked].min() >= counts.drop(picked).max()  # the most-read items first
+
+
+# ---------------------------------------------------------------------------- KD
+def test_kd_scores_are_cached_and_reused(tiny_run, tmp_path):
+    from llmcf.llm.baselines.kd import kd_dir, read_kd_scores, run_kd_score
+
+    run = _copy_run(tiny_run, tmp_path)
+    n_train = len(pd.read_parquet(run / "data" / "train.parquet"))
+    cfg = _cfg(tiny_run)
+    with pytest.raises(KeyboardInterrupt):
+        run_kd_score(run, cfg, backend=CountingBackend(fail_after=2))
+    part = read_kd_scores(run, n_train, partial=True)[1]
+    assert part.sum() == 16
+    be = CountingBackend()
+    run_kd_score(run, cfg, backend=be)
+    assert be.rows == 30 - 16
+    prob, mask, manifest = read_kd_scores(run, n_train)
+    assert mask.sum() == 30 and prob.shape == (n_train,) and np.all((prob[mask] > 0) & (prob[mask] < 1))
+    assert np.all(prob[~mask] == 0) and manifest["cost"]["rows_processed"] == 30
+
+    again = CountingBackend()
+    run_kd_score(run, cfg, backend=again)
+    assert again.calls == 0  # cache reused
+    # another sample size is another generation (the old one archived and restored when switched back)
+    other = CountingBackend()
+    run_kd_score(run, _cfg(tiny_run, "baseline.kd_rows=10"), backend=other)
+    assert other.rows == 10 and read_kd_scores(run, n_train)[1].sum() == 10
+    back = CountingBackend()
+    run_kd_score(run, cfg, backend=back)
+    assert back.calls == 0 and read_kd_scores(run, n_train)[1].sum() == 30
+    assert (kd_dir(run) / "previous").is_dir()
+
+
+# ---------------------------------------------------------------------------- end to end through the CLI
+@pytest.mark.parametrize("baseline", ["textemb", "kd", "kar"])
+def test_train_baseline_end_to_end(tiny_run, tmp_path, baseline, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    sets = [*tiny_run["sets"], "recgen.skip=true", "llm.backend=hf", f"llm.model={tiny_run['model']}",
+            "llm.batch_size=8", "baseline.kar_max_new_tokens=4", "baseline.kd_rows=24", "baseline.kar_users=10",
+            "train.max_epochs=1", "train.batch_size=32", "baseline.dim=4", "baseline.hidden=8"]
+    args = ["train", "--run", str(run), "--model", "DIN", "--baseline", baseline, "--quiet"]
+    assert main([*args, *sum((["--set", s] for s in sets), [])]) == 0
+    tag = f"DIN+{baseline}"
+    summary = json.loads((run / "models" / tag / "summary.json").read_text())
+    res = json.loads((run / "models" / tag / "seed_0" / "result.json").read_text())
+    assert 0 <= res["test"]["auc"] <= 1 and res["test"]["logloss"] > 0
+    assert summary["protocol"]["baseline"]["name"] == baseline
+    stage = summary["llm_stage"]
+    if baseline == "kd":
+        assert stage["rows_scored"] == 24 and stage["cost"]["rows_processed"] == 24
+    elif baseline == "kar":
+        assert stage["users_with_text"] == 10 and stage["items_with_text"] == 20
+        assert stage["cost"]["rows_processed"] == 30
+    else:
+        assert stage["llm"] is False
+    capsys.readouterr()
+    # a second run finds the trained seed and the LLM stage's outputs: nothing retrained or regenerated
+    assert main([*args, *sum((["--set", s] for s in sets), [])]) == 0
+    out = capsys.readouterr().out
+    assert "cached" in out.lower()
+    assert json.loads((run / "models" / tag / "seed_0" / "result.json").read_text()) == res
+
+
+def test_train_baseline_rejects_the_ict_and_run_rejects_unknown_baselines(tiny_run, tmp_path, capsys):
+    assert main(["train", "--run", str(tiny_run["run"]), "--model", "DIN", "--baseline", "kd", "--ict"]) == 1
+    assert "separate methods" in capsys.readouterr().err
+    assert main(["run", "--config", "demo", "--out", str(tmp_path / "r"), "--set", "baselines=[kar, nope]"]) == 1
+    assert "unknown baseline 'nope'" in capsys.readouterr().err
+
+
+def test_a_baseline_model_hashes_only_the_fields_it_reads():
+    from llmcf.fingerprint import ctr_config_hash
+
+    def h(name, *sets):
+        return ctr_config_hash(load_config(None, [f"baseline.name={name}", *sets]), "DIN")
+
+    assert h("textemb") == h("textemb", "baseline.kar_users=5", "baseline.kd_rows=7")
+    assert h("kd") == h("kd", "baseline.kar_users=5", "baseline.dim=8")
+    assert h("kar") == h("kar", "baseline.kd_rows=7") != h("kar", "baseline.kar_users=5")
+    assert h("textemb") != h("textemb", "baseline.dim=8") and h("kd") != h("kd", "baseline.kd_weight=0.5")
+    assert h("textemb") != h("kar") and ctr_config_hash(load_config(None, []), "DIN") != h("kd")

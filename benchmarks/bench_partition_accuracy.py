@@ -11,8 +11,10 @@ best epoch of every sub-model, and the CPU seconds of the process. Each pass wri
 
 Pipeline: bench_forget.py's (ml-100k preset, recgen.skip = CoTs from the untuned base LLM, 1 candidate of 24 new
 tokens, hf backend, 1 thread) with models DIN + DCN, variants base + full, ``train.max_epochs`` from the flag for
-every row (early stopping on valid AUC, patience 2), and a CoT bank of ``--bank`` rows in total: cot.count =
-bank / S per shard, so every S has the same number of CoT rows and each sub-model retrieves from its own shard's.
+every row (early stopping on valid AUC, patience 2), and a CoT bank of ``--bank`` rows in total (default 32):
+cot.count = bank / S per shard, so every S has the same number of CoT rows and each sub-model retrieves from its own
+shard's (S = 8: 4 per shard, bench_forget's setting). A small bank because the untuned 135M model writes a 24-token
+CoT in ~8 s of a loaded core here (240 rows took ~30 min per process).
 """
 from __future__ import annotations
 
@@ -156,7 +158,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--max-epochs", type=int, default=10)
-    ap.add_argument("--bank", type=int, default=240)
+    ap.add_argument("--bank", type=int, default=32)
     ap.add_argument("--runs", type=Path, default=Path("runs/bench_partition_accuracy"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/forget-accuracy.json"))
     ap.add_argument("--md", type=Path, default=Path("benchmarks/results/forget.md"))

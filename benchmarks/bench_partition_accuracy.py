@@ -1,8 +1,8 @@
 """Accuracy cost of partitioned (SISA) training on MovieLens-100k (issue 16, the second table).
 
-For one S per process (``--shards``): a partitioned ``llmcf run`` of DIN and DCN, base and LLM-CF, first with 1 seed
-and then with ``--seeds`` seeds (the seeds already trained are kept, so a partial record exists after the first
-pass); the test AUC / LogLoss of the S-shard mean-logit ensemble (S = 1: the unpartitioned run) per seed, the
+For one S per process (``--shards``): a partitioned ``llmcf run`` of DIN and DCN, base and LLM-CF, first with 1 seed,
+then ``--seeds`` seeds of the base models, then ``--seeds`` seeds of everything (the seeds already trained are kept,
+so each pass leaves a usable record); the test AUC / LogLoss of the S-shard mean-logit ensemble (S = 1: the unpartitioned run) per seed, the
 best epoch of every sub-model, and the CPU seconds of the process. Each pass writes ``<runs>/S<S>.json``;
 ``--render`` merges those into ``--out`` (JSON) and rewrites the accuracy section of ``forget.md``.
 
@@ -56,17 +56,18 @@ def best_epochs(run: Path, tag: str, S: int, seed: int) -> list[int]:
     return out
 
 
-def collect(run: Path, S: int, seeds: int) -> dict:
+def collect(run: Path, S: int) -> dict:
     rows = {}
     for tag in TAGS:
         s = json.loads((run / "models" / tag / "summary.json").read_text())
+        seeds = s["seeds"]
         per_seed = s.get("per_seed") or [json.loads((run / "models" / tag / f"seed_{sd}" / "result.json").read_text())
-                                         for sd in range(seeds)]
+                                         for sd in seeds]
         rows[tag] = {"test": {m: s["test"][m] for m in ("auc", "logloss", "gauc") if m in s["test"]},
                      "valid_auc": s["valid"]["auc"],
                      "per_seed_test_auc": [r["test"]["auc"] for r in per_seed],
                      "per_seed_test_logloss": [r["test"]["logloss"] for r in per_seed],
-                     "best_epochs": {str(sd): best_epochs(run, tag, S, sd) for sd in range(seeds)}}
+                     "seeds": seeds, "best_epochs": {str(sd): best_epochs(run, tag, S, sd) for sd in seeds}}
     return rows
 
 
@@ -82,16 +83,19 @@ def run_one(args) -> None:
     run = args.runs / f"S{S}"
     out = args.runs / f"S{S}.json"
     rec = json.loads(out.read_text()) if out.exists() else {"passes": []}
-    for n_seeds in sorted({1, args.seeds}):
-        sets = sets_for(S, args) + [f"train.seeds={n_seeds}", f"partition.shards={S}"]
+    # 1 seed of everything, then every seed of the (cheap) base models, then every seed of everything: each pass
+    # leaves a usable record (the seeds already trained are cached, so no pass repeats the work of another)
+    passes = [(1, "base,full"), (args.seeds, "base"), (args.seeds, "base,full")] if args.seeds > 1 else [(1, "base,full")]
+    for n_seeds, variants in passes:
+        sets = sets_for(S, args) + [f"train.seeds={n_seeds}", f"partition.shards={S}", f"variants=[{variants}]"]
         cfg = load_config("ml-100k", sets)
         load0 = os.getloadavg()[0]
         t0, c0 = time.perf_counter(), cpu_seconds()
         run_pipeline(cfg, run)
-        rec["passes"].append({"seeds": n_seeds, "wall_s": round(time.perf_counter() - t0, 1),
+        rec["passes"].append({"seeds": n_seeds, "variants": variants, "wall_s": round(time.perf_counter() - t0, 1),
                               "cpu_s": round(cpu_seconds() - c0, 1), "load_start": round(load0, 1),
                               "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
-        rec.update(S=S, seeds_done=n_seeds, config=["ml-100k preset"] + sets, rows=collect(run, S, n_seeds),
+        rec.update(S=S, seeds_done=n_seeds, config=["ml-100k preset"] + sets[:-1], rows=collect(run, S),
                    machine=f"{cpu_model()}{ram_suffix()}, {os.cpu_count()} cores",
                    command="nice -n 5 python benchmarks/bench_partition_accuracy.py " + " ".join(sys.argv[1:]))
         out.write_text(json.dumps(portable(rec), indent=1))
@@ -123,7 +127,8 @@ def render(args) -> None:
               "- every row: early stopping on valid AUC, patience 2, at most "
               f"{args.max_epochs} epochs; in a partitioned run each sub-model stops on its own shard's valid rows; "
               "test metrics of the mean-logit ensemble on the global test rows", ""]
-    status = {S: f"{parts[S]['seeds_done']} seed(s)" for S in order}
+    status = {S: ", ".join(f"{t} {len(parts[S]['rows'][t]['seeds'])}" for t in TAGS if t in parts[S]["rows"])
+              for S in order}
     lines += ["| model | " + " | ".join(f"S={S} test AUC" for S in order) + " | "
               + " | ".join(f"S={S} LogLoss" for S in order) + " |",
               "|---|" + "---|" * (2 * len(order))]
@@ -131,9 +136,9 @@ def render(args) -> None:
         aucs = [fmt(parts[S]["rows"].get(tag, {}).get("test", {}).get("auc")) for S in order]
         lls = [fmt(parts[S]["rows"].get(tag, {}).get("test", {}).get("logloss")) for S in order]
         lines.append(f"| {tag} | " + " | ".join(aucs) + " | " + " | ".join(lls) + " |")
-    lines += ["", "Seeds done: " + ", ".join(f"S={S}: {v}" for S, v in status.items())
+    lines += ["", "Seeds per row: " + "; ".join(f"S={S}: {v}" for S, v in status.items())
               + ". CPU seconds per pass: " + "; ".join(
-                  f"S={S}: " + ", ".join(f"{p['seeds']} seed(s) {p['cpu_s']} s (wall {p['wall_s']} s)"
+                  f"S={S}: " + ", ".join(f"{p['seeds']} seed(s) of {p.get('variants', 'base,full')} {p['cpu_s']} s (wall {p['wall_s']} s)"
                                          for p in parts[S]["passes"]) for S in order) + ".", ""]
     lines += ["Best epochs (seed: one per sub-model):", ""]
     for S in order:

@@ -140,7 +140,15 @@ def render(args) -> None:
               + ". CPU seconds per pass: " + "; ".join(
                   f"S={S}: " + ", ".join(f"{p['seeds']} seed(s) of {p.get('variants', 'base,full')} {p['cpu_s']} s (wall {p['wall_s']} s)"
                                          for p in parts[S]["passes"]) for S in order) + ".", ""]
-    lines += ["Best epochs (seed: one per sub-model):", ""]
+    for S in (1, 4, 8):  # runs still in their first pass: how far they are (no ensemble metrics yet)
+        run = args.runs / f"S{S}"
+        if str(S) in parts or not run.exists():
+            continue
+        roots = [run] if S == 1 else [run / "shards" / str(k) for k in range(S)]
+        done = {t: sum((r / "models" / t / "seed_0" / "result.json").exists() for r in roots) for t in TAGS}
+        lines.append(f"S={S}: first pass still running; seed-0 sub-models trained: "
+                     + ", ".join(f"{t} {n} of {len(roots)}" for t, n in done.items()) + ".")
+    lines += ["", "Best epochs (seed: one per sub-model):", ""]
     for S in order:
         for tag in TAGS:
             be = parts[S]["rows"].get(tag, {}).get("best_epochs", {})

@@ -113,11 +113,27 @@ def render(args) -> None:
     for p in sorted(args.runs.glob("S*.json")):
         rec = json.loads(p.read_text())
         parts[str(rec["S"])] = rec
+    s1 = args.runs / "S1"
+    if "1" not in parts and s1.exists():  # S = 1 still in its first pass: a finished seed-0 model is its final row
+        rows = {}
+        for tag in TAGS:
+            p = s1 / "models" / tag / "seed_0" / "result.json"
+            if p.exists():
+                r = json.loads(p.read_text())
+                rows[tag] = {"test": {m: {"mean": r["test"][m], "std": 0.0, "n": 1} for m in ("auc", "logloss")},
+                             "seeds": [0], "best_epochs": {"0": [r["best_epoch"]]}}
+        if rows:
+            parts["1"] = {"S": 1, "seeds_done": 1, "rows": rows, "passes": [], "partial": "first pass running",
+                          "config": [], "command": "", "machine": ""}
     merged = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "parts": parts}
     args.out.write_text(json.dumps(portable(merged), indent=1))
     order = sorted(parts, key=int)
     lines = [MD_START, "", "## Accuracy cost of partitioning (bench_partition_accuracy.py)", ""]
-    any_rec = parts[order[0]] if order else {}
+    any_rec = next((parts[S] for S in order if parts[S].get("command")), None) or {
+        "command": f"nice -n 5 python benchmarks/bench_partition_accuracy.py --shards S --seeds {args.seeds} "
+                   f"--bank {args.bank} --max-epochs {args.max_epochs}",
+        "machine": f"{cpu_model()}{ram_suffix()}, {os.cpu_count()} cores",
+        "config": ["ml-100k preset"] + sets_for(1, args) + ["train.seeds", "partition.shards"]}
     lines += [f"- command: `{any_rec.get('command', '')}` per S (S = " + ", ".join(order) + "), then `--render`; "
               "figures in `forget-accuracy.json`",
               f"- machine: {any_rec.get('machine', '')}; rendered {merged['date']}; each S in its own process, "

@@ -143,7 +143,7 @@ def render(args) -> None:
               "- every row: early stopping on valid AUC, patience 2, at most "
               f"{args.max_epochs} epochs; in a partitioned run each sub-model stops on its own shard's valid rows; "
               "test metrics of the mean-logit ensemble on the global test rows", ""]
-    status = {S: ", ".join(f"{t} {len(parts[S]['rows'][t]['seeds'])}" for t in TAGS if t in parts[S]["rows"])
+    status = {S: ", ".join(f"{t} {len(parts[S]['rows'][t].get('seeds') or parts[S]['rows'][t].get('per_seed_test_auc', [0]))}" for t in TAGS if t in parts[S]["rows"])
               for S in order}
     lines += ["| model | " + " | ".join(f"S={S} test AUC" for S in order) + " | "
               + " | ".join(f"S={S} LogLoss" for S in order) + " |",

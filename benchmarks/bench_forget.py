@@ -52,6 +52,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from llmcf.config import load_config
+    from llmcf.data.partition import expected_shards_hit, forget_speedup_bound
     from llmcf.forget import forget
     from llmcf.pipeline import run_pipeline
 
@@ -80,7 +81,10 @@ def main() -> None:
             audit, wall, cpu = timed(lambda: forget(run, who))
             rec[name] = {"wall_s": wall, "cpu_s": cpu, "load": round(load0, 1),
                          "shards_retrained": audit["shards_retrained"], "stage_seconds": audit["stage_seconds"],
-                         "speedup_vs_full_run": round(rec["full_run"]["wall_s"] / wall, 2)}
+                         "speedup_vs_full_run": round(rec["full_run"]["wall_s"] / wall, 2),
+                         "cpu_speedup_vs_full_run": round(rec["full_run"]["cpu_s"] / max(cpu, 1e-9), 2),
+                         "expected_shards_hit": round(expected_shards_hit(S, len(who)), 3),
+                         "speedup_bound": round(forget_speedup_bound(S, len(who)), 2)}
         results["runs"][str(S)] = rec
         print(json.dumps({S: rec}, indent=1), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -257,3 +257,26 @@ def test_blocked_bank_rows_are_never_selected():
     assert sel.block_users(["u0"]) == 8
     after = sel.select(q, [None] * 10, np.zeros(10, np.int64), ["x"] * 10)
     assert (after >= 0).sum() == before.size and not (np.asarray(users)[after[after >= 0]] == "u0").any()
+
+
+def test_forget_bound_matches_the_hash_assignment_and_rules_out_s_over_2_for_ten_users():
+    from llmcf.data.partition import expected_shards_hit, forget_speedup_bound
+
+    assert expected_shards_hit(4, 10) == pytest.approx(3.775, abs=1e-3)
+    assert expected_shards_hit(8, 10) == pytest.approx(5.895, abs=1e-3)
+    assert expected_shards_hit(8, 1) == 1.0
+    # the blake2b assignment behaves like the uniform draws the formula assumes
+    rng = np.random.default_rng(0)
+    ids = [f"u{i}" for i in range(20000)]
+    for S in (4, 8):
+        a = shard_of(ids, S, 0)
+        hits = [len(set(a[rng.choice(len(ids), 10, replace=False)])) for _ in range(2000)]
+        assert np.mean(hits) == pytest.approx(expected_shards_hit(S, 10), abs=0.06)
+    # one user: S/2 is within reach; ten users: not for any S >= 3, not even with many slices at S = 4 or 8
+    assert forget_speedup_bound(4, 1) == 4.0 and forget_speedup_bound(8, 1) == 8.0
+    for S in (3, 4, 8, 16, 32):
+        assert forget_speedup_bound(S, 10) < S / 2
+    assert forget_speedup_bound(4, 10, slices=64) < 2.0 and forget_speedup_bound(8, 10, slices=64) < 4.0
+    # slices help (a resumed shard reruns less than all of its training), most for one user: E[1 - U^2] -> 2/3
+    assert forget_speedup_bound(8, 1, slices=200) == pytest.approx(8 * 1.5, rel=0.01)
+    assert forget_speedup_bound(8, 10, slices=4) > forget_speedup_bound(8, 10)

@@ -86,6 +86,41 @@ def check_separable(cfg: Config) -> None:
         raise ConfigError("partition.shards > 1 does not cover the sequential task yet: set seq_models: []")
 
 
+# ---- what a forget of n users costs -----------------------------------------------------------------------------
+def expected_shards_hit(shards: int, users: int) -> float:
+    """Expected number of distinct shards that ``users`` random users fall in: S·(1 − (1 − 1/S)^n) (each user's
+    shard is an independent uniform draw, which the blake2b assignment approximates)."""
+    S = max(1, int(shards))
+    return S * (1.0 - (1.0 - 1.0 / S) ** int(users))
+
+
+def _resumed_fraction(m: int, slices: int) -> float:
+    """Expected share of a sliced shard's training that a forget of m of its users reruns: stage i trains on slices
+    1..i (cost ∝ i), the forget resumes at the earliest slice J holding one of them (J = min of m uniform slices)."""
+    if m == 0:
+        return 0.0
+    R = slices
+    total = R * (R + 1) / 2
+    return sum((((R - j + 1) / R) ** m - ((R - j) / R) ** m) * sum(range(j, R + 1)) / total
+               for j in range(1, R + 1))
+
+
+def forget_speedup_bound(shards: int, users: int, slices: int = 1) -> float:
+    """Upper bound on the expected speed-up of forgetting ``users`` random users over a full retrain of the same
+    partitioned pipeline, when every cost is per shard (anything global — the data rebuild, the ensemble evaluation —
+    only lowers it): S / E[shards hit]. With ``slices`` R > 1 (SISA slice checkpoints, the training of an affected
+    shard resumed at its earliest affected slice) it bounds the training part alone: S / E[Σ_shards resumed share],
+    the number of a shard's forgotten users being Binomial(n, 1/S)."""
+    from math import comb
+
+    S, n = max(1, int(shards)), int(users)
+    if slices <= 1:
+        return S / expected_shards_hit(S, n)
+    p = 1.0 / S
+    work = S * sum(comb(n, m) * p ** m * (1 - p) ** (n - m) * _resumed_fraction(m, slices) for m in range(n + 1))
+    return S / work
+
+
 # ---- forgotten users ------------------------------------------------------------------------------------------------
 def excluded_path(run_dir) -> Path:
     return Path(run_dir) / "forget" / "excluded.json"

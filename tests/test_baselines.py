@@ -293,3 +293,22 @@ def test_a_baseline_model_hashes_only_the_fields_it_reads():
     assert h("kar") == h("kar", "baseline.kd_rows=7") != h("kar", "baseline.kar_users=5")
     assert h("textemb") != h("textemb", "baseline.dim=8") and h("kd") != h("kd", "baseline.kd_weight=0.5")
     assert h("textemb") != h("kar") and ctr_config_hash(load_config(None, []), "DIN") != h("kd")
+
+
+def test_a_shard_job_returning_other_rows_is_refused():
+    from llmcf.config import LLMConfig
+    from llmcf.errors import LLMCFError
+    from llmcf.llm.executors import run_shards
+
+    class Shuffling:
+        columns = ("key",)
+
+        def setup(self):
+            self.ready = True
+
+        def run(self, rows, k):
+            return [{"key": key} for key in reversed(rows["key"].tolist())], 0
+
+    pool = pd.DataFrame({"key": [f"r{i}" for i in range(6)]})
+    with pytest.raises(LLMCFError, match="shard 0: the worker returned records for other rows"):
+        list(run_shards(Shuffling(), pool, [0, 1], 3, LLMConfig()))

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("report", "write result tables and plots")):
         q = sub.add_parser(name, help=hlp)
         q.add_argument("--run", required=True, type=Path)
+        if name == "embed":
+            q.add_argument("--address", help="encode on this Ray cluster (embed.executor=ray, llm.ray_address; "
+                                             "pip install 'llmcf[ray]'), e.g. auto or ray://head:10001")
         _add_config_args(q)
 
     r = sub.add_parser("run", help="run every stage from one preset, skipping unchanged stages")
@@ -263,6 +266,8 @@ def _run_stage_command(args, cfg, key) -> None:
     elif args.cmd == "embed":
         from llmcf.embed import run_embed
 
+        if args.address:
+            cfg.embed.executor, cfg.llm.ray_address = "ray", args.address
         run_embed(args.run, cfg)
     elif args.cmd == "retrieve":
         from llmcf.retrieval.stage import run_retrieve

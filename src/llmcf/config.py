@@ -156,8 +156,9 @@ class LLMConfig:
     gguf_type: str = "q8_0"
     """llamacpp backend: GGUF type a non-shipped model directory (the RecGen-tuned model) is exported to: q8_0 | f16."""
     executor: str = "local"
-    """CoT generation: local (one backend in this process) | ray (Ray Data, an actor pool of ``ray_actors`` backends,
-    ``pip install 'llmcf[ray]'``). The shards written are the same either way."""
+    """The sharded LLM stages (CoT generation, the KD teacher's p(Yes), KAR's texts): local (one backend in this
+    process) | ray (Ray Data, an actor pool of ``ray_actors`` backends, ``pip install 'llmcf[ray]'``). The shards
+    written are the same either way (``llmcf.llm.executors``)."""
     ray_address: str | None = None
     """executor: ray — the cluster to join (``auto``, ``ray://host:10001``); None starts a local Ray instance."""
     ray_actors: int = 2
@@ -236,6 +237,10 @@ class EmbedConfig:
     batch_size: int = 64
     cache_dir: str | None = None
     """On-disk embedding cache (keyed by sha256 of model + text); None = ``<run_dir>/embed/cache``."""
+    executor: str = "local"
+    """local (the encoder in this process) | ray (chunks of ``Encoder.chunk`` texts through a Ray Data pool of
+    ``llm.ray_actors`` encoder actors on the cluster of ``llm.ray_address``; ``pip install 'llmcf[ray]'``). Same
+    vectors either way."""
 
 
 @dataclass

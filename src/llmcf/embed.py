@@ -186,14 +186,57 @@ class EmbeddingCache:
             js.unlink(missing_ok=True)
 
 
+def load_sentence_model(path: Path, device: str = "cpu"):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(path), device=device, local_files_only=True)
+
+
+def encode_with(model, texts: list[str], batch_size: int) -> np.ndarray:
+    """float32 [N, D] L2-normalised rows of ``texts`` (none blank) through a loaded sentence-transformers model: the
+    one definition every executor runs."""
+    v = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                     show_progress_bar=False)
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+class EncoderActor:
+    """A Ray actor (``embed.executor: ray``): one loaded encoder; each call encodes one chunk of texts, returned as
+    raw float32 bytes with its shape (no pickle of arrays)."""
+
+    def __init__(self, path: str, batch_size: int, device: str = "cpu"):
+        self.model, self.batch_size = load_sentence_model(Path(path), device), batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        out = {"chunk": [], "vecs": [], "rows": [], "dim": []}
+        for i, texts in zip(batch["chunk"], batch["texts"]):
+            v = encode_with(self.model, json.loads(texts), self.batch_size)
+            out["chunk"].append(int(i))
+            out["vecs"].append(v.tobytes())
+            out["rows"].append(int(v.shape[0]))
+            out["dim"].append(int(v.shape[1]))
+        return out
+
+
 class Encoder:
-    """Sentence encoder (offline, CPU) with an on-disk cache; the model loads only when a text is not cached."""
+    """Sentence encoder (offline, CPU) with an on-disk cache; the model loads only when a text is not cached.
+
+    ``executor``: ``local`` (the model in this process) or ``ray`` (the uncached chunks through a Ray Data pool of
+    ``ray.ray_actors`` encoder actors, on the cluster of ``ray`` — an ``LLMConfig``: ``ray_address``,
+    ``ray_cpus_per_actor``, ``ray_gpus_per_actor``); the vectors are the same, the cache is written here as chunks
+    arrive."""
 
     def __init__(self, name: str = "minilm", cache_dir: str | Path | None = None, batch_size: int = 64,
-                 device: str = "cpu", chunk: int = 1024):
+                 device: str = "cpu", chunk: int = 1024, executor: str = "local", ray=None):
         self.name = name
         self.model_id, self.path = resolve_encoder(name)
         self.batch_size, self.device, self.chunk = batch_size, device, chunk
+        if executor not in ("local", "ray"):
+            raise LLMCFError(f"embed.executor must be local or ray, got {executor!r}")
+        if executor == "ray" and ray is None:
+            raise LLMCFError("embed.executor: ray needs the Ray settings (an LLMConfig's ray_* fields)")
+        self.executor, self.ray = executor, ray
         slug = encoder_slug(self.model_id)
         self.cache = EmbeddingCache(Path(cache_dir) / f"{Path(self.model_id).name}-{slug}") if cache_dir else None
         self._model = None
@@ -202,9 +245,7 @@ class Encoder:
 
     def _load(self):
         if self._model is None:
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+            self._model = load_sentence_model(self.path, self.device)
         return self._model
 
     @property
@@ -218,10 +259,32 @@ class Encoder:
 
     def _encode_model(self, texts: list[str]) -> np.ndarray:
         self.model_calls += len(texts)
-        v = self._load().encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                normalize_embeddings=True, show_progress_bar=False)
-        v = np.asarray(v, dtype=np.float32)
-        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return encode_with(self._load(), texts, self.batch_size)
+
+    def _encoded_chunks(self, parts: list[list[tuple[str, str]]]):
+        """Yield (part, vectors) for every chunk of (key, text) pairs, in any order."""
+        if self.executor == "local":
+            for part in parts:
+                yield part, self._encode_model([t for _, t in part])
+            return
+        from llmcf.llm.executors import ray_session
+
+        llm = self.ray
+        with ray_session(llm, llm.ray_actors * llm.ray_cpus_per_actor) as ray:
+            items = [{"chunk": i, "texts": json.dumps([t for _, t in part], ensure_ascii=False)}
+                     for i, part in enumerate(parts)]
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            out = ds.map_batches(EncoderActor, batch_size=1, concurrency=max(1, min(int(llm.ray_actors), len(parts))),
+                                 num_cpus=llm.ray_cpus_per_actor, num_gpus=llm.ray_gpus_per_actor or None,
+                                 fn_constructor_kwargs={"path": str(self.path), "batch_size": self.batch_size,
+                                                        "device": self.device})
+            for row in out.iter_rows():
+                part = parts[int(row["chunk"])]
+                v = np.frombuffer(row["vecs"], dtype=np.float32).reshape(int(row["rows"]), int(row["dim"]))
+                if v.shape[0] != len(part):
+                    raise LLMCFError(f"embed: a Ray encoder returned {v.shape[0]} vectors for {len(part)} texts")
+                self.model_calls += len(part)
+                yield part, v.copy()
 
     def encode(self, texts: Sequence[str], progress: bool | None = None, desc: str = "embed") -> np.ndarray:
         """float32 [N, D], rows L2-normalised (blank texts: zero rows)."""
@@ -242,9 +305,8 @@ class Encoder:
             show = progress if progress is not None else len(items) > self.chunk
             with EstimatingBar(total=len(items), unit="text", desc=desc, disable=not show, dynamic_ncols=True,
                                rate_key="embed") as bar:
-                for s in range(0, len(items), self.chunk):
-                    part = items[s:s + self.chunk]
-                    vecs = self._encode_model([t for _, t in part])
+                parts = [items[s:s + self.chunk] for s in range(0, len(items), self.chunk)]
+                for part, vecs in self._encoded_chunks(parts):
                     if self.cache is not None:
                         self.cache.add([k for k, _ in part], vecs)
                     found.update({k: v for (k, _), v in zip(part, vecs)})
@@ -260,7 +322,8 @@ class Encoder:
 
 def make_encoder(run_dir: Path, cfg: Config) -> Encoder:
     cache = Path(cfg.embed.cache_dir) if cfg.embed.cache_dir else RunDir(run_dir).embed_cache
-    return Encoder(cfg.embed.encoder, cache_dir=cache, batch_size=cfg.embed.batch_size)
+    return Encoder(cfg.embed.encoder, cache_dir=cache, batch_size=cfg.embed.batch_size, executor=cfg.embed.executor,
+                   ray=cfg.llm)
 
 
 def run_embed(run_dir: Path, cfg: Config, encoder: Encoder | None = None) -> Path:

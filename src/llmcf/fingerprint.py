@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 NOT_HASHED: dict[str, tuple[str, ...]] = {"recgen": ("micro_batch",), "data": ("on_duplicate", "engine", "engine_memory", "engine_auto_rows"),
-                                          "train": ("device",),
+                                          "train": ("device",), "embed": ("executor",),
                                           "llm": ("executor", "ray_address", "ray_actors", "ray_cpus_per_actor",
                                                   "ray_gpus_per_actor")}
 """Settings that change how a stage runs (memory, whether it refuses some input), not what it writes: left out of the

@@ -11,17 +11,19 @@ import pandas as pd
 from llmcf import fingerprint
 from llmcf.estimate import EstimatingBar
 from llmcf.io import atomic_write_json, write_parquet
-from llmcf.llm import shards
+from llmcf.config import LLMConfig
+from llmcf.llm import executors, shards
+from llmcf.llm.executors import ShardJob
 
 
-def run_generation(folder: Path, pool: pd.DataFrame, parts: dict, shard_size: int, work: Callable[[pd.DataFrame], list[dict]],
+def run_generation(folder: Path, pool: pd.DataFrame, parts: dict, shard_size: int, job: ShardJob, llm: LLMConfig,
                    *, desc: str, unit: str, log: str, check: Callable[[dict], bool] | None = None) -> dict:
     """Process ``pool`` (a ``key`` column, unique) in resumable shards of ``shard_size`` rows under ``folder``.
 
-    ``parts``: everything the outputs depend on (hashed into ``gen_id``); ``work(rows)`` → one record per row, in
-    order, each with the row's ``key``. Writes pool.parquet and manifest.json (with ``cost``: rows processed, wall
-    seconds and this process's CPU seconds, summed over this and earlier runs; backend loading included). Returns the
-    manifest."""
+    ``parts``: everything the outputs depend on (hashed into ``gen_id``); ``job``: the work on one shard
+    (``llmcf.llm.executors``), run on ``llm.executor`` (this process or a Ray actor pool). Writes pool.parquet and
+    manifest.json (with ``cost``: rows processed, wall seconds and this process's CPU seconds — a Ray pool's actors
+    are not in it — summed over this and earlier runs; backend loading included). Returns the manifest."""
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
     folder = Path(folder)
@@ -45,16 +47,12 @@ def run_generation(folder: Path, pool: pd.DataFrame, parts: dict, shard_size: in
         done = len(keys) - sum(len(keys[k * shard_size:(k + 1) * shard_size]) for k in pending)
         with EstimatingBar(total=len(keys), initial=done, unit=unit, desc=desc, dynamic_ncols=True,
                            rate_key=desc) as bar:
-            for k in pending:
-                rows = pool.iloc[k * shard_size:(k + 1) * shard_size]
-                records = work(rows)
-                if [r.get("key") for r in records] != rows["key"].tolist():
-                    raise RuntimeError(f"{log}: the worker returned records for other rows than asked")
+            for k, records, _ in executors.run_shards(job, pool, pending, shard_size, llm):
                 shards.write_shard(folder, k, records)
-                done_now += len(rows)
-                bar.update(len(rows))
+                done_now += len(records)
+                bar.update(len(records))
                 cost = manifest["cost"]
-                manifest["cost"] = {"rows_processed": cost["rows_processed"] + len(rows),
+                manifest["cost"] = {"rows_processed": cost["rows_processed"] + len(records),
                                     "seconds": round(cost["seconds"] + time.perf_counter() - t0, 1),
                                     "cpu_seconds": round(cost["cpu_seconds"] + time.process_time() - c0, 1)}
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -83,6 +81,24 @@ def read_generation(folder: Path, what: str, rerun: str, partial: bool = False) 
         done = {r["key"] for r in recs}
         pool = pool[pool["key"].isin(done)].reset_index(drop=True)
     return manifest, pool, recs
+
+
+class BackendJob:
+    """A shard job holding one generation backend (built in the process that runs it; ``backend`` given: used as
+    is). Subclasses define ``columns`` and ``run``."""
+
+    columns: tuple[str, ...] | None = None
+
+    def __init__(self, llm: LLMConfig, model_path: Path | None, backend=None):
+        self.llm, self.model_path, self.backend = llm, model_path, backend
+
+    def setup(self) -> None:
+        from llmcf.llm.cot.generate import make_backend_quiet
+
+        if self.backend is None:
+            self.backend = make_backend_quiet(self.llm, self.model_path)
+        elif hasattr(self.backend, "progress"):
+            self.backend.progress = False
 
 
 def teacher_model(run_dir: Path, cfg) -> tuple[Path | None, dict]:

@@ -24,7 +24,7 @@ import pandas as pd
 from llmcf.config import Config, DataConfig
 from llmcf.fingerprint import pool_hash
 from llmcf.llm.backends.base import SamplingParams
-from llmcf.llm.baselines.common import read_generation, run_generation, teacher_model
+from llmcf.llm.baselines.common import BackendJob, read_generation, run_generation, teacher_model
 from llmcf.llm.recgen.prompts import base_form, item_texts
 from llmcf.rundir import RunDir
 
@@ -101,6 +101,25 @@ def sampling(cfg: Config) -> SamplingParams:
     return SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.baseline.kar_max_new_tokens, seed=cfg.baseline.kar_seed)
 
 
+class KARJob(BackendJob):
+    """The shard job of KAR's texts: greedy generation of each pool prompt, ``llm.batch_size`` prompts per call."""
+
+    columns = ("key", "prompt")
+
+    def __init__(self, llm, model_path, params: SamplingParams, backend=None):
+        super().__init__(llm, model_path, backend)
+        self.params = params
+
+    def run(self, rows: pd.DataFrame, k: int) -> tuple[list[dict], int]:
+        out, bs = [], max(1, self.llm.batch_size)
+        for s in range(0, len(rows), bs):
+            chunk = rows.iloc[s:s + bs]
+            prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}] for p in chunk["prompt"]]
+            gens = self.backend.generate(prompts, self.params)
+            out += [{"key": key, "text": str(g[0]).strip()} for key, g in zip(chunk["key"], gens)]
+        return out, 0
+
+
 def run_kar_generate(run_dir: Path, cfg: Config, backend=None) -> dict:
     """Generate every pool text (resuming finished shards); returns the manifest."""
     run = RunDir(run_dir)
@@ -112,25 +131,8 @@ def run_kar_generate(run_dir: Path, cfg: Config, backend=None) -> dict:
     params = sampling(cfg)
     parts = {"pool_hash": pool_hash(SYSTEM, pool["key"], pool["prompt"]), "model": ident,
              "sampling": {k: v for k, v in vars(params).items()}}
-    state = {"backend": backend}
-
-    def work(rows: pd.DataFrame) -> list[dict]:
-        if state["backend"] is None:
-            from llmcf.llm.backends.factory import make_backend
-
-            state["backend"] = make_backend(cfg.llm, model_path)
-        be = state["backend"]
-        if hasattr(be, "progress"):
-            be.progress = False
-        out, bs = [], max(1, cfg.llm.batch_size)
-        for s in range(0, len(rows), bs):
-            chunk = rows.iloc[s:s + bs]
-            prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}] for p in chunk["prompt"]]
-            gens = be.generate(prompts, params)
-            out += [{"key": k, "text": str(g[0]).strip()} for k, g in zip(chunk["key"], gens)]
-        return out
-
-    return run_generation(kar_dir(run.root), pool, parts, cfg.baseline.kar_shard_size, work,
+    job = KARJob(cfg.llm, model_path, params, backend)
+    return run_generation(kar_dir(run.root), pool, parts, cfg.baseline.kar_shard_size, job, cfg.llm,
                           desc="kar texts", unit="text", log="kar", check=lambda r: isinstance(r.get("text"), str))
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from llmcf.config import Config
 from llmcf.fingerprint import pool_hash
-from llmcf.llm.baselines.common import read_generation, run_generation, teacher_model
+from llmcf.llm.baselines.common import BackendJob, read_generation, run_generation, teacher_model
 from llmcf.llm.recgen.data import read_item_texts, read_split, sample_rows
 from llmcf.llm.recgen.prompts import rec_prompts_for
 from llmcf.rundir import RunDir
@@ -40,6 +40,20 @@ def build_kd_pool(train: pd.DataFrame, cfg: Config) -> pd.DataFrame:
                          "label": pool["label"].astype("int8").to_numpy(), "history": pool["history"].to_numpy()})
 
 
+class KDJob(BackendJob):
+    """The shard job of the KD teacher: p(Yes) of each row's RecGen prompt, one ``score_yes_no`` call per shard."""
+
+    columns = ("key",)
+
+    def __init__(self, llm, model_path, prompts: dict[str, list[dict]], backend=None):
+        super().__init__(llm, model_path, backend)
+        self.prompts = prompts
+
+    def run(self, rows: pd.DataFrame, k: int) -> tuple[list[dict], int]:
+        p = self.backend.score_yes_no([self.prompts[key] for key in rows["key"]])
+        return [{"key": key, "p_yes": float(v)} for key, v in zip(rows["key"], p)], 0
+
+
 def run_kd_score(run_dir: Path, cfg: Config, backend=None) -> dict:
     """Score the pool (resuming finished shards); returns the manifest."""
     run_dir = Path(run_dir)
@@ -50,21 +64,9 @@ def run_kd_score(run_dir: Path, cfg: Config, backend=None) -> dict:
     prompts = rec_prompts_for(pool, texts, cfg.data, hist_items)
     model_path, ident = teacher_model(run_dir, cfg)
     parts = {"pool_hash": pool_hash("kd", pool["key"], [p[0]["content"] for p in prompts]), "model": ident}
-    by_key = dict(zip(pool["key"], prompts))
-    state = {"backend": backend}
-
-    def work(rows: pd.DataFrame) -> list[dict]:
-        if state["backend"] is None:
-            from llmcf.llm.backends.factory import make_backend
-
-            state["backend"] = make_backend(cfg.llm, model_path)
-            if hasattr(state["backend"], "progress"):
-                state["backend"].progress = False
-        p = state["backend"].score_yes_no([by_key[k] for k in rows["key"]])
-        return [{"key": k, "p_yes": float(v)} for k, v in zip(rows["key"], p)]
-
     pool_out = pool.drop(columns=["history"])
-    return run_generation(kd_dir(run_dir), pool_out, parts, cfg.baseline.kd_shard_size, work,
+    job = KDJob(cfg.llm, model_path, dict(zip(pool["key"], prompts)), backend)
+    return run_generation(kd_dir(run_dir), pool_out, parts, cfg.baseline.kd_shard_size, job, cfg.llm,
                           desc="kd teacher p(Yes)", unit="row", log="kd",
                           check=lambda r: isinstance(r.get("p_yes"), float))
 

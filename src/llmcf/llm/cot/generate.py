@@ -35,11 +35,10 @@ from llmcf import fingerprint
 from llmcf.config import Config
 from llmcf.errors import DataError, LLMCFError, RunError
 from llmcf.io import atomic_path, atomic_write_json, write_parquet
-from llmcf.llm import shards
+from llmcf.llm import executors, shards
 from llmcf.llm.backends.base import SamplingParams
 from llmcf.llm.cot.prompts import SYSTEM, input_text, user_message
 from llmcf.llm.recgen.prompts import item_texts
-from llmcf.registry import Registry
 from llmcf.rundir import RunDir
 
 TRAIN_NEEDED = ("user_id", "pos", "item_id", "label", "history")
@@ -155,13 +154,12 @@ def _token_counter(backend) -> tuple[Callable[[str], int], str]:
 
 def shard_rows(pool: pd.DataFrame, k: int, cfg: Config) -> pd.DataFrame:
     """Rows [k·S, (k+1)·S) of the pool: shard k."""
-    S = cfg.cot.shard_size
-    return pool.iloc[k * S:(k + 1) * S]
+    return executors.shard_rows(pool, k, cfg.cot.shard_size)
 
 
 def generate_shard(backend, rows: pd.DataFrame, k: int, cfg: Config) -> tuple[list[dict], int, str]:
     """(records, new tokens, rate unit) of shard ``k``: its rows in ``llm.batch_size`` calls, call b seeded with
-    ``cot.seed + 1_000_003·k + b`` — the one definition both executors run, so a shard's text does not depend on
+    ``cot.seed + 1_000_003·k + b`` — the one definition every executor runs, so a shard's text does not depend on
     which process or machine wrote it."""
     params = sampling_params(cfg)
     count, unit = _token_counter(backend)
@@ -185,30 +183,35 @@ def generate_shard(backend, rows: pd.DataFrame, k: int, cfg: Config) -> tuple[li
     return records, new_tokens, unit
 
 
-EXECUTORS: Registry = Registry("llm executor")
-"""``llm.executor`` → a generator of (shard k, records, new tokens, rate unit) over the pending shards, in any order;
-``run_cot_generate`` writes each shard as it arrives (so an interrupted run keeps every finished shard)."""
+class CotJob:
+    """The shard job of CoT generation (``llmcf.llm.executors``): one backend, ``generate_shard`` per shard."""
+
+    columns = ("key", "user_id", "pos", "item_id", "label", "prompt")
+
+    def __init__(self, cfg: Config, model_path: Path | None, backend=None):
+        self.cfg, self.model_path, self.backend = cfg, model_path, backend
+        self.unit = "tok/s"
+
+    def setup(self) -> None:
+        if self.backend is None:
+            self.backend = make_backend_quiet(self.cfg.llm, self.model_path)
+        elif hasattr(self.backend, "progress"):
+            self.backend.progress = False  # one bar (ours) instead of one per call
+        self.unit = _token_counter(self.backend)[1]
+
+    def run(self, rows: pd.DataFrame, k: int) -> tuple[list[dict], int]:
+        records, tokens, self.unit = generate_shard(self.backend, rows, k, self.cfg)
+        return records, tokens
 
 
-@EXECUTORS.register("local")
-def local_shards(pool: pd.DataFrame, pending: list[int], cfg: Config, model_path, backend=None):
-    """One backend in this process, shards in order."""
-    if backend is None:
-        from llmcf.llm.backends.factory import make_backend
+def make_backend_quiet(llm, model_path):
+    """A backend built by ``make_backend`` with its own per-call progress bar off (the stage shows one bar)."""
+    from llmcf.llm.backends.factory import make_backend
 
-        backend = make_backend(cfg.llm, model_path)
+    backend = make_backend(llm, model_path)
     if hasattr(backend, "progress"):
-        backend.progress = False  # one bar (ours) instead of one per call
-    for k in pending:
-        yield (k, *generate_shard(backend, shard_rows(pool, k, cfg), k, cfg))
-
-
-@EXECUTORS.register("ray")
-def ray_shards(pool: pd.DataFrame, pending: list[int], cfg: Config, model_path, backend=None):
-    """Ray Data: one actor pool of backends (``llmcf.llm.cot.ray_executor``)."""
-    from llmcf.llm.cot.ray_executor import ray_generate
-
-    yield from ray_generate(pool, pending, cfg, model_path, backend)
+        backend.progress = False
+    return backend
 
 
 def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
@@ -243,15 +246,14 @@ def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
     done_rows = n_rows - sum(len(keys[k * S:(k + 1) * S]) for k in pending)
     t0, new_tokens = time.perf_counter(), 0
     if pending:
-        executor = EXECUTORS.get(cfg.llm.executor)
+        job = CotJob(cfg, model_path, backend)
         with EstimatingBar(total=n_rows, initial=done_rows, unit="row", desc="cot generate", dynamic_ncols=True,
                            rate_key="cot generate") as bar:
-            for k, records, tokens, unit in executor(pool, pending, cfg, model_path, backend):
-                with atomic_path(_shard_path(cot_dir, k)) as tmp:
-                    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            for k, records, tokens in executors.run_shards(job, pool, pending, S, cfg.llm):
+                shards.write_shard(cot_dir, k, records)
                 new_tokens += tokens
                 bar.update(len(records))
-                bar.set_postfix({unit: f"{new_tokens / max(time.perf_counter() - t0, 1e-9):.1f}"})
+                bar.set_postfix({job.unit: f"{new_tokens / max(time.perf_counter() - t0, 1e-9):.1f}"})
     secs = time.perf_counter() - t0
     manifest.update(complete=True, finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                     last_run={"shards_generated": len(pending), "seconds": round(secs, 1),

@@ -267,6 +267,20 @@ def test_train_baseline_end_to_end(tiny_run, tmp_path, baseline, capsys):
         assert stage["cost"]["rows_processed"] == 30
     else:
         assert stage["llm"] is False
+    # served: the service's scores of the test rows give the test metrics training recorded (offline = online)
+    from llmcf.serve import Scorer
+    from llmcf.train.metrics import ctr_metrics
+
+    test = pd.read_parquet(run / "data" / "test.parquet")
+    scorer = Scorer.load(run, tag)
+    online = scorer.score_rows(test.user_id.tolist(), [list(h) for h in test.history], test.item_id.tolist(),
+                               test.pos.to_numpy())
+    got = ctr_metrics(test["label"].to_numpy(np.float32), np.asarray(online), None)
+    assert got["auc"] == pytest.approx(res["test"]["auc"], abs=1e-6)
+    assert got["logloss"] == pytest.approx(res["test"]["logloss"], abs=1e-5)
+    u, h, cands = str(test.user_id.iloc[0]), list(test.history.iloc[0]), test.item_id.tolist()[:5]
+    one = scorer.score(cands, h, u)  # one request, five candidates: the rows' scores
+    np.testing.assert_allclose(one.scores, scorer.score_rows([u] * 5, [h] * 5, cands), atol=1e-6)
     capsys.readouterr()
     # a second run finds the trained seed and the LLM stage's outputs: nothing retrained or regenerated
     assert main([*args, *sum((["--set", s] for s in sets), [])]) == 0

@@ -3,7 +3,8 @@
 ``load_served(run_dir, tag, seed)`` reads run_dir/models/<tag>/seed_<s>/config.yaml (the config these weights were
 trained with; runs trained before seeds kept their own config: <tag>/config.yaml), the seed's model.safetensors (default seed: best validation AUC), the vocabulary, items and feature schema, and for
 LLM-CF models the retriever (bank, indexes, item vectors), the ICT's context (bank arrays, item text matrix: the ICT's
-text buffers are not in the state dict) and the CoT texts. What it loads is named by ``version``: the tag, the seed
+text buffers are not in the state dict) and the CoT texts; for a baseline model (``<backbone>+textemb|kd|kar``) the
+frozen text tables its feature reads, rebuilt from the run as training built them. What it loads is named by ``version``: the tag, the seed
 and the file-state fingerprint of ``watched_files`` when loading began.
 """
 from __future__ import annotations
@@ -22,6 +23,17 @@ from llmcf.fingerprint import ctr_config_hash, files_fingerprint, key_config_has
 from llmcf.publish import verify
 from llmcf.rundir import RunDir
 from llmcf.train.inputs import ContextInputs, load_context, load_model_inputs
+
+
+@dataclass
+class BaselineInputs:
+    """What a baseline's ``build`` reads (``llmcf.train.baselines``): the feature schema, the vocabulary and the run
+    directory (textemb: embed/items.npy; kar: the KAR texts and their cached embeddings; kd: nothing)."""
+
+    schema: object
+    vocab: object
+    run_dir: Path
+    rd: RunDir
 
 
 @dataclass
@@ -103,9 +115,6 @@ def load_served(run_dir: str | Path, tag: str, seed: int | None = None, device: 
     if not cfg_path.exists():
         raise RunError(f"{cfg_path}: missing (written by `llmcf train`)")
     cfg = load_config(cfg_path)
-    if cfg.baseline.name:
-        raise RunError(f"{tag}: serving a baseline model ({cfg.baseline.name}) is not supported yet; serve the "
-                       f"backbone alone (--model {tag.split('+')[0]}) or LLM-CF (--model {tag.split('+')[0]}+llmcf)")
     ict = bool(cfg.ict.enabled)
     # before reading: a file changing while we load shows up as a new version
     fingerprint = files_fingerprint(watched_files(run.root, tag, seed_, seed, ict))
@@ -123,6 +132,11 @@ def load_served(run_dir: str | Path, tag: str, seed: int | None = None, device: 
         retriever, context, cot_texts = _load_context(run, cfg, inputs, warnings)
         model = build_model(model_name, inputs.schema, cfg.model, cfg.ict, item_text=context.item_text_tensor,
                             cot_dim=context.cot_dim, cot_gaps=context.bank.cot_gaps)
+    elif cfg.baseline.name:  # built as training builds it: its frozen text tables come from the run, not the weights
+        from llmcf.train.baselines import get_baseline
+
+        model = get_baseline(cfg.baseline.name).build(model_name, BaselineInputs(inputs.schema, inputs.vocab,
+                                                                                 run.root, run), cfg)
     else:
         model = build_model(model_name, inputs.schema, cfg.model, None)
     wpath = run.seed(tag, seed_) / "model.safetensors"

@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from llmcf.data.loaders import load_dataset
@@ -427,3 +428,45 @@ def test_shared_amazon_beauty():
     assert all(isinstance(c, list) for c in items["categories"])
     assert (items["categories"].str.len() > 0).mean() > 0.99
     assert items["categories"].map(lambda c: c[:1] == ["Beauty"] if c else True).all()
+
+
+# ---------------------------------------------------------------------------- the bytes fast path of read_delimited
+@pytest.mark.parametrize("text,names,fast", [
+    ("user_id:token\titem_id:token\trating:float\nu1\ti1\t4\nu2\ti2\t5\n", None, True),
+    ("\ufeffa\tb\nx\ty\nü\tß\n", None, True),  # BOM, non-ASCII
+    ("u1\ti1\nu2\ti2", ("user", "item"), True),  # no header, no final newline
+    ("a\tb\nx\ty\n\nz\tw\n", None, False),  # a blank line
+    ("a\tb\nx\ty\n  \nz\tw\n", None, False),  # a whitespace-only line
+    ("a\tb\r\nx\ty\r\n", None, False),  # CRLF
+    ("a\tb\tc\nx\ty\nz\tw\tv\n", None, False),  # a short row: padded by the general path
+    ("a,b\n\"x,1\",y\n", None, None),  # quoted (sep ,): general path
+])
+def test_fast_read_gives_what_the_general_path_gives(tmp_path, text, names, fast):
+    from llmcf.data.loaders import table as tb
+
+    sep = "," if text.startswith("a,b") else "\t"
+    p = tmp_path / "f.tsv"
+    p.write_bytes(text.encode("utf-8"))
+    quoted = sep == ","
+    got = tb._read_bytes_fast(p, sep, names, quoted, "utf-8")
+    assert (got is not None) == bool(fast)
+    header, t = tb.read_delimited(p, sep, names=names, quoted=quoted)
+    orig = tb._read_bytes_fast
+    try:  # the general path alone
+        tb._read_bytes_fast = lambda *a, **k: None
+        want_header, want = tb.read_delimited(p, sep, names=names, quoted=quoted)
+    finally:
+        tb._read_bytes_fast = orig
+    assert header == want_header
+    pd.testing.assert_frame_equal(t.df.reset_index(drop=True), want.df.reset_index(drop=True), check_dtype=False)
+    assert t.lines.tolist() == want.lines.tolist()
+
+
+def test_fast_read_refuses_what_is_not_utf8_and_the_general_path_falls_back(tmp_path):
+    from llmcf.data.loaders import table as tb
+
+    p = tmp_path / "latin.tsv"
+    p.write_bytes("a\tb\ncaf\xe9\tx\n".encode("latin-1"))
+    assert tb._read_bytes_fast(p, "\t", None, False, "utf-8") is None
+    header, t = tb.read_delimited(p, "\t")
+    assert header == ["a", "b"] and t.df.iloc[0, 0] == "café" and t.lines.tolist() == [2]

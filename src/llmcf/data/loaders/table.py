@@ -5,6 +5,7 @@ import csv
 import gzip
 import io
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -63,6 +64,9 @@ def read_delimited(path: Path, sep: str, *, names: Sequence[str] | None = None, 
     ``quoted``: a field may be CSV-quoted (``"a<sep>b"``, ``""`` for a quote) on lines that contain a quote.
     Rows shorter than the header are padded with empty fields; longer rows are an error. Blank lines are skipped.
     """
+    fast = _read_bytes_fast(path, sep, names, quoted, encoding)
+    if fast is not None:
+        return fast
     numbered = [(i, line) for i, line in enumerate(_lines(open_text(path, encoding)), 1) if line.strip()]
     if names is None:
         if not numbered:
@@ -98,6 +102,53 @@ def read_delimited(path: Path, sep: str, *, names: Sequence[str] | None = None, 
         rows[k] = rows[k] + [""] * (width - int(lengths[k]))
     cols = list(zip(*rows))
     df = pd.DataFrame({i: np.asarray(c, dtype=object) for i, c in enumerate(cols)})
+    return header, _table(path, df, names, numbers)
+
+
+_BLANK_LINE = re.compile(rb"(?:^|\n)[ \t\x0b\x0c\x1c-\x1f]*(?:\n|$)")  # str.isspace() in ASCII
+
+
+def _read_bytes_fast(path: Path, sep: str, names: Sequence[str] | None, quoted: bool,
+                     encoding: str) -> tuple[list[str], Table] | None:
+    """The common case without the per-line Python lists (~3x less memory): a UTF-8 file with a one-character
+    separator, no blank line, no carriage return and (when ``quoted``) no quote, every row as wide as the header, parsed
+    by pandas' C parser straight from the bytes; line numbers are then implied. None: anything else (the general path
+    reads it, with its padding, fallbacks and line-numbered errors)."""
+    if len(sep) != 1 or sep in "\"\n\r" or encoding.lower().replace("-", "") not in ("utf8", "utf8sig") \
+            or not path.is_file():
+        return None
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError):
+            return None
+    body = data[:-1] if data.endswith(b"\n") else data
+    if not body.strip() or b"\r" in data or (quoted and b'"' in data) or _BLANK_LINE.search(body):
+        return None
+    first_end = data.find(b"\n")
+    first = data if first_end < 0 else data[:first_end]
+    try:
+        first_text = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+    header = first_text.split(sep) if names is None else list(names)
+    width = len(header)
+    if names is None:
+        if width == 1 or first_end < 0:
+            return None
+        data = data[first_end + 1:]
+    try:
+        df = pd.read_csv(io.BytesIO(data), sep=sep, header=None, index_col=False, dtype=str, quoting=csv.QUOTE_NONE,
+                         keep_default_na=False, na_filter=False, skip_blank_lines=False, engine="c",
+                         encoding="utf-8-sig" if names is not None else "utf-8")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, UnicodeDecodeError):
+        return None
+    del data
+    if df.shape[1] != width or df.isna().to_numpy().any():  # a short row: the general path pads it
+        return None
+    start = 2 if names is None else 1
+    numbers = np.arange(start, start + len(df), dtype=np.int64)
     return header, _table(path, df, names, numbers)
 
 

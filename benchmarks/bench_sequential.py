@@ -1,4 +1,5 @@
-"""Benchmark the sequential task: four backbones × {base, LLM-CF when the run has a CoT bank}, several seeds.
+"""Benchmark the sequential task: four backbones × {base, LLM-CF when the run has a CoT bank, textemb with
+``--textemb``}, several seeds.
 
     python benchmarks/bench_sequential.py --dataset ml-100k=../shared/data/ml-100k \
         --dataset amazon-beauty=../shared/data/amazon-beauty --seeds 3
@@ -58,7 +59,9 @@ def main(argv=None) -> None:
     ap.add_argument("--run-root", type=Path, default=Path("runs/bench-seq"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="extra config override section.field=value")
-    ap.add_argument("--no-ict", action="store_true", help="base models only")
+    ap.add_argument("--no-ict", action="store_true", help="no LLM-CF rows")
+    ap.add_argument("--textemb", action="store_true", help="also the textemb baseline (needs embed/items.npy in the "
+                    "run directory: `llmcf data build` + `llmcf embed` first)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--quiet", action="store_true", help="no per-epoch lines / progress bars")
     args = ap.parse_args(argv)
@@ -87,10 +90,16 @@ def main(argv=None) -> None:
                   f"{'CoT bank of ' + str(run_dir) if has_bank else 'no CoT bank in the run directory — not run'}.\n",
                   "| model | variant | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | best epoch | s/epoch |",
                   "|---|---|---|---|---|---|---|---|"]
+        has_text = args.textemb and (run_dir / "embed" / "items.npy").exists()
+        if args.textemb and not has_text:
+            print(f"[bench] {name}: no embed/items.npy in {run_dir}: textemb not run")
+        methods = [("base", False, None)] + ([("LLM-CF", True, None)] if has_bank else []) + \
+            ([("textemb", False, "textemb")] if has_text else [])
         for model in args.models.split(","):
-            for ict in ([False, True] if has_bank else [False]):
+            for label, ict, baseline in methods:
+                cfg.baseline.name = baseline
                 s = run_seq_train(run_dir, cfg, model, ict, run=run, progress=not args.quiet)
-                lines.append(f"| {model} | {'LLM-CF' if ict else 'base'} | {ms(s, 'recall@10')} | {ms(s, 'ndcg@10')} | "
+                lines.append(f"| {model} | {label} | {ms(s, 'recall@10')} | {ms(s, 'ndcg@10')} | "
                              f"{ms(s, 'recall@20')} | {ms(s, 'ndcg@20')} | {s['best_epoch']['mean']:.1f} | "
                              f"{s['seconds_per_epoch']['mean']:.1f} |")
                 print(lines[-1], flush=True)

@@ -296,3 +296,60 @@ def test_run_seq_train_with_ict_end_to_end(tmp_path):
     assert s["tag"] == "seq-SASRec+llmcf" and s["protocol"]["retrieval"]["key"] == "history only"
     result = json.loads((tmp_path / "models" / "seq-SASRec+llmcf" / "seed_0" / "result.json").read_text())
     assert "train_recon" in result["curve"][0]  # the ICT's reconstruction loss was trained
+
+
+def test_seq_textemb_baseline_reads_item_text_on_both_sides_and_caches(tmp_path):
+    from llmcf.config import ConfigError
+    from llmcf.data.build import build_run_data
+    from llmcf.models.baselines import SeqTextEmb
+    from llmcf.train.seq_stage import SeqRunData, run_seq_train
+    from llmcf.train.seq_task import SeqTask
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for u in range(20):
+        start = int(rng.integers(0, 20))
+        for t in range(8):
+            rows.append((f"u{u}", f"i{(start + t) % 25}", float(rng.choice([2, 5])), float(t)))
+    ds = raw(rows)
+    cfg = Config()
+    cfg.data.label, cfg.data.split, cfg.data.history_len = "rating", "loo", 5
+    cfg.seq = SeqConfig(history_len=5, hidden=16, max_epochs=2, num_negatives=10)
+    cfg.train.seeds, cfg.train.batch_size = 1, 32
+    build_run_data(ds, cfg.data, tmp_path, show_progress=False)
+    (tmp_path / "embed").mkdir()
+    vecs = rng.normal(size=(24, 8)).astype(np.float32)  # i24 gets no text vector
+    np.save(tmp_path / "embed" / "items.npy", vecs / np.linalg.norm(vecs, axis=1, keepdims=True))
+    (tmp_path / "embed" / "item_ids.json").write_text(json.dumps([f"i{j}" for j in range(24)]))
+
+    cfg.baseline.name = "textemb"
+    run = SeqRunData(tmp_path, cfg, ds=ds)
+    s = run_seq_train(tmp_path, cfg, "SASRec", run=run, progress=False)
+    assert s["tag"] == "seq-SASRec+textemb" and s["protocol"]["baseline"]["name"] == "textemb"
+    out = tmp_path / "models" / "seq-SASRec+textemb"
+    assert 0.0 <= s["test"]["ndcg@10"]["mean"] <= 1.0 and (out / "seed_0" / "model.safetensors").exists()
+
+    model = SeqTask(run, ict=False).build("SASRec", cfg)
+    assert isinstance(model, SeqTextEmb)
+    with torch.no_grad():
+        model.proj.weight.normal_()
+        diff = (model.item_vectors() - model.backbone.item_vectors()).abs().sum(1)
+    no_text = int(run.vocab.encode_items(["i24"])[0])
+    known = run.vocab.encode_items([f"i{j}" for j in range(24)])
+    assert diff[no_text] == 0 and diff[0] == 0 and (diff[known] > 0).all()  # text only where there is one
+    batch = {k: torch.as_tensor(v[:4]) for k, v in run.arrays["test"].items()}
+    u1 = model(batch)["user_vec"]
+    batch2 = {**batch, "hist": torch.where(batch["hist"] > 0, torch.full_like(batch["hist"], no_text), batch["hist"])}
+    assert not torch.allclose(u1, model(batch2)["user_vec"])  # the user side reads the history's text
+
+    mtime = (out / "seed_0" / "result.json").stat().st_mtime_ns
+    run_seq_train(tmp_path, cfg, "SASRec", run=run, progress=False)
+    assert (out / "seed_0" / "result.json").stat().st_mtime_ns == mtime  # cached
+    np.save(tmp_path / "embed" / "items.npy", np.roll(np.load(tmp_path / "embed" / "items.npy"), 1, axis=0))
+    run_seq_train(tmp_path, cfg, "SASRec", run=run, progress=False)
+    assert (out / "seed_0" / "result.json").stat().st_mtime_ns != mtime  # new item vectors: retrained
+    assert (tmp_path / "models" / "seq-SASRec" / "seed_0").exists() is False  # the backbone's folder untouched
+
+    cfg.baseline.name = "kd"
+    with pytest.raises(ConfigError, match="baseline 'kd' is for the ctr task"):
+        run_seq_train(tmp_path, cfg, "SASRec", run=run, progress=False)

@@ -190,9 +190,11 @@ def _cmd_train(args) -> None:
     if args.baseline:
         if args.ict:
             raise ConfigError("--baseline and --ict are separate methods: train one at a time")
-        if args.task == "sequential":
-            raise ConfigError("--baseline is for the ctr task (the sequential backbones have no baseline yet)")
         cfg.baseline.name = args.baseline
+        if args.task == "sequential":
+            from llmcf.train.seq_task import check_seq_baseline
+
+            check_seq_baseline(cfg, False)
     if args.task == "sequential":
         from llmcf.models.sequential import SEQ_BACKBONES
         from llmcf.pipeline import check_names

@@ -188,7 +188,9 @@ def seq_payload(cfg, model_name: str, ict: bool) -> dict:
     d = cfg.to_dict()
     train = {k: d["train"][k] for k in SEQ_TRAIN_FIELDS + (("ict_weight_decay",) if ict else ())}
     seq = {**d["seq"], "params": cfg.seq.params_for(model_name)}
-    return {"seq": seq, "train": train, **({"ict": d["ict"], "retrieval": d["retrieval"]} if ict else {})}
+    base = cfg.baseline.name  # only when set: every existing sequential seed keeps its hash
+    return {"seq": seq, "train": train, **({"ict": d["ict"], "retrieval": d["retrieval"]} if ict else {}),
+            **({"baseline": {"name": base, "dropout": cfg.baseline.dropout}} if base else {})}
 
 
 def ctr_config_hash(cfg, model_name: str | None = None) -> str:

@@ -61,6 +61,37 @@ class TextEmbFeature(nn.Module):
         return self.mlp(torch.cat([target, mean], dim=1))
 
 
+class SeqTextEmb(nn.Module):
+    """textemb for a sequential backbone (``seq-<name>+textemb``): the frozen item-text vectors enter on both sides of
+    the dot product. Item side: the scoring vector of item i is its id embedding plus ``P·text(i)`` (P learned, [D →
+    hidden]; zero for an item without text), so the full ranking over all items reads the text. User side: the mean
+    text of the history, ``P·mean``, through the backbone's ``extra`` input (its own fusion, ``seq.fusion_alpha``).
+    ``item_text``: [n_items, D] by vocabulary id, a non-persistent buffer (rebuilt from embed/ when loaded)."""
+
+    def __init__(self, backbone: nn.Module, item_text, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("item_text", _frozen(item_text), persistent=False)
+        self.register_buffer("has_text", _present(self.item_text), persistent=False)
+        hidden = backbone.hidden
+        if backbone.extra_dim != hidden:
+            raise ValueError(f"SeqTextEmb needs a backbone built with extra_dim={hidden}, got {backbone.extra_dim}")
+        self.proj = nn.Linear(self.item_text.shape[1], hidden, bias=False)
+        nn.init.normal_(self.proj.weight, std=0.01)  # starts near the id embeddings alone
+        self.drop = nn.Dropout(dropout)
+
+    def item_vectors(self) -> Tensor:
+        return self.backbone.item_vectors() + self.proj(self.item_text)
+
+    def forward(self, batch: dict[str, Tensor], extra: Tensor | None = None) -> dict:
+        if extra is not None:
+            raise ValueError("SeqTextEmb makes its own extra input; it is not combined with the ICT")
+        hist = batch["hist"]  # [B, L], 0 = padding
+        mask = (hist > 0) & self.has_text[hist]
+        mean = (self.item_text[hist] * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return self.backbone(batch, extra=self.drop(self.proj(mean)))
+
+
 class HybridExpertAdaptor(nn.Module):
     """KAR's hybrid-expert adaptor for two kinds of knowledge vectors (sides ``user`` and ``item``).
 

@@ -2,7 +2,7 @@
 
 Inputs: the run's sequential samples (data/seq_*.parquet, built on first use by ``llmcf.data.seq_samples``); with
 the ICT also the bank, embed/ and data/items.parquet, and the seq rows' in-context ids (``llmcf.retrieval
-.seq_context``). Config read: the ``seq`` section (hidden, lr, weight_decay, max_epochs, num_negatives, ks, ...) and,
+.seq_context``); with ``baseline.name: textemb`` the item vectors of embed/ (``models.baselines.SeqTextEmb``). Config read: the ``seq`` section (hidden, lr, weight_decay, max_epochs, num_negatives, ks, ...) and,
 of ``train``, only ``fingerprint.SEQ_TRAIN_FIELDS`` (batch sizes, patience, steps per epoch) plus
 ``ict_weight_decay`` on the ICT's parameters; the cache key hashes exactly these. Early stopping on valid NDCG@10.
 """
@@ -15,15 +15,31 @@ import torch
 
 from llmcf.config import Config, model_tag
 from llmcf.data.schema import SPLITS
-from llmcf.fingerprint import model_cache_key, seq_config_hash
+from llmcf.fingerprint import files_fingerprint, model_cache_key, seq_config_hash
+from llmcf.rundir import RunDir
 from llmcf.train.batches import make_batches
 from llmcf.train.loop import FitResult
 
 REPORTED = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
 
 
+SEQ_BASELINES = ("textemb",)
+"""The baselines the sequential task trains (``llmcf train --task sequential --baseline textemb``)."""
+
+
 def seq_tag(model_name: str, cfg: Config, ict: bool) -> str:
-    return model_tag(model_name, ict, cfg.ict.variant, task="sequential")
+    return model_tag(model_name, ict, cfg.ict.variant, task="sequential", baseline=cfg.baseline.name)
+
+
+def check_seq_baseline(cfg: Config, ict: bool) -> None:
+    from llmcf.config import ConfigError
+
+    name = cfg.baseline.name
+    if name and name not in SEQ_BASELINES:
+        raise ConfigError(f"baseline '{name}' is for the ctr task; the sequential task trains "
+                          f"{', '.join(SEQ_BASELINES)}")
+    if name and ict:
+        raise ConfigError("--baseline and --ict are separate methods: train one at a time")
 
 
 class SeqRunData:
@@ -77,15 +93,29 @@ class SeqTask:
         return seq_tag(model_name, cfg, self.ict)
 
     def cache_key(self, model_name: str, cfg: Config) -> str:
+        check_seq_baseline(cfg, self.ict)
         upstream = self.run.context(cfg, self.progress)[5] if self.ict else ""
-        return model_cache_key(seq_config_hash(cfg, model_name, self.ict), model_name, self.run.stats.get("stamp"),
-                               self.run.stats.get("vocab_sha"), upstream)
+        parts = [self.run.stats.get("stamp"), self.run.stats.get("vocab_sha"), upstream]
+        if cfg.baseline.name:  # textemb: the item vectors it reads
+            rd = RunDir(self.run.run_dir)
+            parts.append(files_fingerprint([rd.item_emb, rd.item_ids]))
+        return model_cache_key(seq_config_hash(cfg, model_name, self.ict), model_name, *parts)
 
     def build(self, model_name: str, cfg: Config) -> torch.nn.Module:
         from llmcf.models.llmcf_model import build_ict
         from llmcf.models.sequential import build_seq_model
 
         run = self.run
+        check_seq_baseline(cfg, self.ict)
+        if cfg.baseline.name == "textemb":
+            from llmcf.models.baselines import SeqTextEmb
+            from llmcf.models.context import item_text_matrix
+            from llmcf.models.sequential import SEQ_BACKBONES
+
+            kwargs = dict(hidden=cfg.seq.hidden, alpha=cfg.seq.fusion_alpha, **cfg.seq.params_for(model_name))
+            backbone = SEQ_BACKBONES.get(model_name)(run.n_items, run.vocab.n_users, run.hist_len,
+                                                     extra_dim=cfg.seq.hidden, **kwargs)
+            return SeqTextEmb(backbone, item_text_matrix(run.run_dir, run.vocab), dropout=cfg.baseline.dropout)
         if not self.ict:
             return build_seq_model(model_name, run.n_items, run.vocab.n_users, run.hist_len, cfg.seq)
         if cfg.ict.sim_input or cfg.ict.fusion != "concat":
@@ -131,7 +161,10 @@ class SeqTask:
                          "test": len(run.frames["test"])},
                 "retrieval": ({**asdict(cfg.retrieval), "key": "history only"} if ict else None),
                 "ict": ({**asdict(cfg.ict), "fusion_alpha": s.fusion_alpha, "query_target": "hidden (OOV)"}
-                        if ict else None)}
+                        if ict else None),
+                "baseline": ({"name": cfg.baseline.name, "dropout": cfg.baseline.dropout,
+                              "what": "item vector = id embedding + P·text(item); user: P·mean text(history) as the "
+                                      "backbone's extra input (fusion_alpha)"} if cfg.baseline.name else None)}
 
     def summary_head(self) -> dict:
         return {"task": "sequential"}

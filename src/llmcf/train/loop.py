@@ -25,6 +25,9 @@ class FitResult:
     test: dict[str, float]
     curve: list[dict] = field(default_factory=list)
     seconds_per_epoch: float = 0.0
+    cpu_seconds_per_epoch: float = 0.0
+    """CPU time (``time.process_time``: every thread of the process) of the training steps per epoch, beside the
+    wall ``seconds_per_epoch``; validation excluded from both."""
     peak_rss_mb: float = 0.0
     stopped_early: bool = False
 
@@ -56,7 +59,7 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
     scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
     step_model = model if step_model is None else step_model
     best, best_epoch, best_state, best_valid = -float("inf"), -1, None, {}
-    curve, epoch_secs, bad, stopped_early = [], [], 0, False
+    curve, epoch_secs, epoch_cpu, bad, stopped_early = [], [], [], 0, False
     if validate_start:
         metrics = validate(model)
         curve.append({"epoch": 0, **{f"valid_{k}": v for k, v in metrics.items()}, "seconds": 0.0})
@@ -64,7 +67,7 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
         best_state = copy.deepcopy(model.state_dict())
     for epoch in range(max_epochs):
         model.train()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses, aux_sums = [], {}
         bar = tqdm(train, desc=f"{desc} epoch {epoch + 1}", disable=not progress, leave=False, mininterval=1.0)
         for batch in bar:
@@ -93,10 +96,12 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
             if len(losses) % 50 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         epoch_secs.append(time.perf_counter() - t0)
+        epoch_cpu.append(time.process_time() - c0)
         metrics = validate(model)
         row = {"epoch": epoch + 1, f"train_{loss_name}": float(np.mean(losses)) if losses else float("nan"),
                **{f"train_{k}": v / max(len(losses), 1) for k, v in aux_sums.items()},
-               **{f"valid_{k}": v for k, v in metrics.items()}, "seconds": epoch_secs[-1]}
+               **{f"valid_{k}": v for k, v in metrics.items()}, "seconds": epoch_secs[-1],
+               "cpu_seconds": epoch_cpu[-1]}
         curve.append(row)
         if progress:
             tqdm.write(f"  {desc} epoch {epoch + 1}: {epoch_line(row, metrics)}  ({epoch_secs[-1]:.1f}s)")
@@ -112,4 +117,5 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
         model.load_state_dict(best_state)
     return FitResult(best_epoch=best_epoch, valid=best_valid, test=test(model) if test is not None else {},
                      curve=curve, seconds_per_epoch=float(np.mean(epoch_secs)) if epoch_secs else 0.0,
+                     cpu_seconds_per_epoch=float(np.mean(epoch_cpu)) if epoch_cpu else 0.0,
                      peak_rss_mb=peak_rss_mb(), stopped_early=stopped_early)

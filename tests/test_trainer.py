@@ -45,6 +45,9 @@ def test_fit_learns_reloads_best_and_adds_aux_losses():
     assert again["logloss"] == pytest.approx(res.valid["logloss"])
     assert 1 <= res.best_epoch <= len(res.curve)
     assert "train_aux" in res.curve[0]
+    # CPU time beside wall per epoch (training steps only), averaged into the result
+    assert all(r["cpu_seconds"] > 0 for r in res.curve)
+    assert res.cpu_seconds_per_epoch == pytest.approx(np.mean([r["cpu_seconds"] for r in res.curve]))
     assert model.spare.item() > 1.0  # the auxiliary loss was optimised too
 
 

@@ -42,7 +42,8 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
                        epoch_line: Callable[[dict, dict], str], test: Callable[[torch.nn.Module], dict] | None = None,
                        progress: bool = True, desc: str = "train", validate_start: bool = False,
                        device: torch.device | None = None, grad_clip: float | None = None,
-                       amp: bool = False, step_model: torch.nn.Module | None = None) -> FitResult:
+                       amp: bool = False, step_model: torch.nn.Module | None = None,
+                       plateau_lr_factor: float | None = None, min_lr: float = 1e-6) -> FitResult:
     """Train until ``validate(model)[stop_metric]`` has not improved for ``patience`` epochs (at most
     ``max_epochs``); the curve rows hold ``train_<loss_name>``, the auxiliary losses, ``valid_*`` and ``seconds``.
     ``epoch_line(row, metrics)`` is the progress line printed after an epoch. ``validate_start``: also validate the
@@ -51,8 +52,13 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
     moved there (None: where the model is); ``grad_clip``: clip the global gradient norm before each step;
     ``amp``: torch.autocast (``llmcf.train.device.amp_dtype``; a gradient scaler on cuda). ``step_model``: what the
     training steps call (a DistributedDataParallel wrapper of ``model`` under torchrun); validation, weights and
-    losses use ``model``."""
+    losses use ``model``. ``plateau_lr_factor``: after every epoch that does not improve the validation score,
+    multiply each parameter group's learning rate by it (not below ``min_lr``); the patience rule is unchanged, so
+    training stops as before unless an epoch at the lower rate improves."""
     from llmcf.train.device import amp_dtype, model_device, to_device
+
+    if plateau_lr_factor is not None and not 0.0 < plateau_lr_factor <= 1.0:
+        raise ValueError(f"train.plateau_lr_factor must lie in (0, 1], got {plateau_lr_factor}")
 
     device = model_device(model) if device is None else device
     model.to(device)
@@ -102,6 +108,7 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
                **{f"train_{k}": v / max(len(losses), 1) for k, v in aux_sums.items()},
                **{f"valid_{k}": v for k, v in metrics.items()}, "seconds": epoch_secs[-1],
                "cpu_seconds": epoch_cpu[-1]}
+        row["lr"] = opt.param_groups[0]["lr"]  # the rate this epoch trained with
         curve.append(row)
         if progress:
             tqdm.write(f"  {desc} epoch {epoch + 1}: {epoch_line(row, metrics)}  ({epoch_secs[-1]:.1f}s)")
@@ -110,6 +117,9 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
+            if plateau_lr_factor is not None:
+                for group in opt.param_groups:
+                    group["lr"] = max(group["lr"] * plateau_lr_factor, min_lr)
             if bad >= patience:
                 stopped_early = True
                 break

@@ -496,17 +496,19 @@ def main(argv=None) -> None:
 
     SETTINGS["max_epochs"] = args.max_epochs
 
-    variant = hashlib.sha256(json.dumps([args.set, args.fuxictr_param, args.history_pooling, args.threads,
-                                         SETTINGS]).encode()).hexdigest()[:8]
-    args.variant = variant
+    def key(*parts) -> str:
+        return hashlib.sha256(json.dumps([*parts, args.threads, SETTINGS]).encode()).hexdigest()[:8]
+
+    # each side's finished runs are keyed by the settings that side reads
+    variants = {"llmcf": key(args.set), "fuxictr": key(args.fuxictr_param, args.history_pooling)}
+    args.variant = variants["fuxictr"]
     done = {}
     for model in models:
         sides = {"llmcf": [], "fuxictr": []}
         for seed in range(args.seeds):
             order = ("llmcf", "fuxictr") if seed % 2 == 0 else ("fuxictr", "llmcf")
             for side in order:
-                key = f"{side}-{model}-{seed}"
-                cached = work / "results" / f"{key}-{variant}.done.json"
+                cached = work / "results" / f"{side}-{model}-{seed}-{variants[side]}.done.json"
                 if cached.exists():
                     r = json.loads(cached.read_text())
                 else:

@@ -12,9 +12,6 @@ Hyper-parameters (defaults):
     cross_layers=3    number of cross layers
     init_std=0.01     std of the embedding initialisation
     batch_norm=False  BatchNorm in the DNN
-    dense_init="torch" initialisation of the dense layers: "torch" (PyTorch's default for the DNN and output layers,
-                      cross weights N(0, 1/d)) or "xavier" (Glorot-normal weights and zero biases everywhere, cross
-                      weights N(0, 2/(d+1)): Glorot for a d → 1 map)
 """
 from __future__ import annotations
 
@@ -43,35 +40,18 @@ class CrossNet(nn.Module):
         return x
 
 
-def glorot_dense_(model: nn.Module) -> None:
-    """Glorot-normal weights and zero biases for every nn.Linear and CrossNet of ``model`` (embeddings untouched)."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, CrossNet):
-            for w, b in zip(m.w, m.b):
-                nn.init.normal_(w, std=(2.0 / (w.numel() + 1)) ** 0.5)
-                nn.init.zeros_(b)
-
-
 @BACKBONES.register("DCN")
 class DCN(nn.Module):
     def __init__(self, schema: FeatureSchema, embed_dim: int = 32, mlp: Sequence[int] = (200, 80),
                  dropout: float = 0.1, extra_dim: int = 0, cross_layers: int = 3, init_std: float = 1e-2,
-                 batch_norm: bool = False, dense_init: str = "torch"):
+                 batch_norm: bool = False):
         super().__init__()
-        if dense_init not in ("torch", "xavier"):
-            raise ValueError(f"dense_init must be 'torch' or 'xavier', got {dense_init!r}")
         self.extra_dim = extra_dim
         self.embed = FeatureEmbedding(schema, embed_dim, init_std)
         in_dim = self.embed.n_fields * embed_dim + extra_dim
         self.cross = self.cross_net(in_dim, cross_layers)
         self.dnn = MLP(in_dim, mlp, None, dropout, batch_norm=batch_norm)
         self.out = nn.Linear(in_dim + self.dnn.out_dim, 1)
-        if dense_init == "xavier":
-            glorot_dense_(self)
 
     def cross_net(self, in_dim: int, layers: int) -> nn.Module:
         """The cross network (DCN-V2 swaps in its matrix version; the DNN tower and output stay the same)."""

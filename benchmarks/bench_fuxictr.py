@@ -355,7 +355,7 @@ def render(rec: dict) -> str:
     def ms(d, digits=4):
         return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
 
-    out = ["# Ranking backbones: llmcf vs FuxiCTR on the same rows (benchmarks/bench_fuxictr.py)", "",
+    out = [f"## {rec['label']}: {rec['title']}", "",
            f"- command: `{rec['command']}`", f"- date: {rec['date']} (git {rec['git_commit']})",
            f"- machine: {rec['machine']}; load average {rec['load_start']:.1f} at start, {rec['load_end']:.1f} at "
            "end (shared machine)",
@@ -396,6 +396,15 @@ def render(rec: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_all(records: dict) -> str:
+    """The .md record: one section per labelled run (``--label``), in the order they were first recorded."""
+    head = ["# Ranking backbones: llmcf vs FuxiCTR on the same rows (benchmarks/bench_fuxictr.py)", "",
+            "Generated from fuxictr.json. Each section is one invocation; test metrics by our metric code on the "
+            "same test rows, mean ± sample std over seeds; CPU s/epoch is the process time of an epoch's training "
+            "steps in each side's own process (1 torch thread), validation excluded."]
+    return "\n".join(head) + "\n\n" + "\n".join(render(r) for r in records.values())
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, help="run directory with data built by `llmcf data build`")
@@ -414,6 +423,9 @@ def main(argv=None) -> None:
                     help="extra FuxiCTR model keyword KEY=VALUE (JSON value; recorded)")
     ap.add_argument("--work", type=Path, help="export and per-run results (default <run>/fuxictr)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "fuxictr.json")
+    ap.add_argument("--label", default="main", help="name of this run's section in the record (replaced when rerun "
+                                                    "with the same label; other sections are kept)")
+    ap.add_argument("--title", default="the same training rule on both sides", help="the section's heading")
     ap.add_argument("--note", default="")
     ap.add_argument("--reading", default="", help="a closing paragraph for the .md record")
     ap.add_argument("--fuxictr-worker", metavar="SPEC", help=argparse.SUPPRESS)
@@ -476,7 +488,7 @@ def main(argv=None) -> None:
     except (OSError, subprocess.CalledProcessError):
         rev = "unknown"
     stats = json.loads((run_dir / "data" / "stats.json").read_text())
-    rec = {"command": cmd, "date": f"{started:%Y-%m-%d %H:%M} UTC", "git_commit": rev,
+    rec = {"label": args.label, "title": args.title, "command": cmd, "date": f"{started:%Y-%m-%d %H:%M} UTC", "git_commit": rev,
            "machine": f"{cpu_model()}, {os.cpu_count()} CPUs{ram_suffix()}, Python {platform.python_version()}, "
                       f"{args.threads} torch thread(s) per side",
            "load_start": load_start, "load_end": load_start, "torch_ours": torch.__version__,
@@ -527,8 +539,10 @@ def main(argv=None) -> None:
                     rec["fuxictr_version"], rec["torch_fuxictr"] = r.get("fuxictr_version"), r.get("torch")
             rec["models"][model] = {s: {"summary": summarise(v), "per_seed": v} for s, v in sides.items() if v}
             rec["load_end"] = os.getloadavg()[0]
-            atomic_write_json(args.out, portable(rec))
-            atomic_write_text(args.out.with_suffix(".md"), portable(render(rec)))
+            records = json.loads(args.out.read_text()).get("records", {}) if args.out.exists() else {}
+            records[args.label] = portable(rec)
+            atomic_write_json(args.out, {"records": records})
+            atomic_write_text(args.out.with_suffix(".md"), render_all(records))
         done[model] = rec["models"][model]
         a, b = done[model]["llmcf"]["summary"], done[model]["fuxictr"]["summary"]
         print(f"[fuxictr] {model}: test AUC llmcf {a['test_auc']['mean']:.4f} vs FuxiCTR {b['test_auc']['mean']:.4f}; "

@@ -45,6 +45,9 @@ def test_fit_learns_reloads_best_and_adds_aux_losses():
     assert again["logloss"] == pytest.approx(res.valid["logloss"])
     assert 1 <= res.best_epoch <= len(res.curve)
     assert "train_aux" in res.curve[0]
+    # CPU time beside wall per epoch (training steps only), averaged into the result
+    assert all(r["cpu_seconds"] > 0 for r in res.curve)
+    assert res.cpu_seconds_per_epoch == pytest.approx(np.mean([r["cpu_seconds"] for r in res.curve]))
     assert model.spare.item() > 1.0  # the auxiliary loss was optimised too
 
 
@@ -61,6 +64,16 @@ def test_early_stopping_stops_after_patience_without_improvement():
     cfg = TrainConfig(lr=0.01, batch_size=64, max_epochs=10, patience=2)
     res = fit(Constant(), ArrayBatches(tr, 64, shuffle=True), ArrayBatches(va, 256), va["label"], cfg, progress=False)
     assert res.stopped_early and len(res.curve) == 3 and res.best_epoch == 1
+    assert [r["lr"] for r in res.curve] == [0.01] * 3  # no decay unless asked
+
+    # plateau_lr_factor: every epoch without a better valid AUC multiplies the rate; patience still stops training
+    cfg = TrainConfig(lr=0.01, batch_size=64, max_epochs=10, patience=3, plateau_lr_factor=0.1)
+    res = fit(Constant(), ArrayBatches(tr, 64, shuffle=True), ArrayBatches(va, 256), va["label"], cfg, progress=False)
+    assert len(res.curve) == 4 and res.best_epoch == 1
+    assert [r["lr"] for r in res.curve] == pytest.approx([0.01, 0.01, 0.001, 0.0001])
+    with pytest.raises(ValueError, match="plateau_lr_factor"):
+        fit(Constant(), ArrayBatches(tr, 64), ArrayBatches(va, 256), va["label"],
+            TrainConfig(plateau_lr_factor=1.5), progress=False)
 
 
 def test_batches_cover_every_row_once_and_gather_context():

@@ -127,6 +127,11 @@ class TrainConfig:
     """Mixed precision (torch.autocast: float16 with a gradient scaler on cuda, bfloat16 on cpu)."""
     grad_clip: float | None = None
     """Clip the global gradient L2 norm to this value before each optimiser step (None = no clipping)."""
+    plateau_lr_factor: float | None = None
+    """CTR training: multiply the learning rate by this factor after every epoch that does not improve validation
+    AUC (not below 1e-6; None = keep it constant, the paper's rule). Early stopping still counts those epochs, so
+    with patience 2 the model gets one more epoch at the lower rate. FuxiCTR's trainers do this by default (factor
+    0.1); benchmarks/results/fuxictr.md measures what it is worth on DCN."""
 
 
 @dataclass

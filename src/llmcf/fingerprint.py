@@ -27,7 +27,7 @@ stage and model hashes."""
 ADDED_AT_DEFAULT: dict[tuple[str, str], object] = {("train", "ict_lr"): None, ("ict", "fusion"): "concat",
                                                    ("ict", "warm_start"): False, ("ict", "sim_input"): False,
                                                    ("retrieval", "bank"): "cot", ("train", "amp"): False,
-                                                   ("train", "grad_clip"): None,
+                                                   ("train", "grad_clip"): None, ("train", "plateau_lr_factor"): None,
                                                    ("retrieval", "auto_exact_max"): 1_000_000}
 """Config fields added after results were recorded: left out of every hash while at their default (the behaviour
 before they existed), so adding a switch neither reruns a stage nor retrains a cached seed."""

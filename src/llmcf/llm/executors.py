@@ -37,6 +37,25 @@ class ShardJob(Protocol):
         """(one record per row, in order, each with the row's ``key``; new tokens generated, 0 if not counted)."""
 
 
+class BackendJob:
+    """A shard job holding one generation backend, built by ``make_backend`` in the process that runs the job (a
+    ``backend`` given is used as is, e.g. a stand-in in tests); its per-call progress bar is turned off, since the
+    stage shows one bar. Subclasses define ``columns`` and ``run``."""
+
+    columns: tuple[str, ...] | None = None
+
+    def __init__(self, llm: LLMConfig, model_path=None, backend=None):
+        self.llm, self.model_path, self.backend = llm, model_path, backend
+
+    def setup(self) -> None:
+        if self.backend is None:
+            from llmcf.llm.backends.factory import make_backend
+
+            self.backend = make_backend(self.llm, self.model_path)
+        if hasattr(self.backend, "progress"):
+            self.backend.progress = False
+
+
 EXECUTORS: Registry = Registry("llm executor")
 """``llm.executor`` → ``f(job, pool, pending, shard_size, llm) -> Iterator[(k, records, new_tokens)]``."""
 

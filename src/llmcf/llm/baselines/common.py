@@ -83,24 +83,6 @@ def read_generation(folder: Path, what: str, rerun: str, partial: bool = False) 
     return manifest, pool, recs
 
 
-class BackendJob:
-    """A shard job holding one generation backend (built in the process that runs it; ``backend`` given: used as
-    is). Subclasses define ``columns`` and ``run``."""
-
-    columns: tuple[str, ...] | None = None
-
-    def __init__(self, llm: LLMConfig, model_path: Path | None, backend=None):
-        self.llm, self.model_path, self.backend = llm, model_path, backend
-
-    def setup(self) -> None:
-        from llmcf.llm.cot.generate import make_backend_quiet
-
-        if self.backend is None:
-            self.backend = make_backend_quiet(self.llm, self.model_path)
-        elif hasattr(self.backend, "progress"):
-            self.backend.progress = False
-
-
 def teacher_model(run_dir: Path, cfg) -> tuple[Path | None, dict]:
     """The model the baselines ask (the RecGen-tuned one unless ``recgen.skip`` or untrained: as CoT generation)."""
     from llmcf.llm.cot.generate import resolve_cot_model

@@ -24,7 +24,8 @@ import pandas as pd
 from llmcf.config import Config, DataConfig
 from llmcf.fingerprint import pool_hash
 from llmcf.llm.backends.base import SamplingParams
-from llmcf.llm.baselines.common import BackendJob, read_generation, run_generation, teacher_model
+from llmcf.llm.baselines.common import read_generation, run_generation, teacher_model
+from llmcf.llm.executors import BackendJob
 from llmcf.llm.recgen.prompts import base_form, item_texts
 from llmcf.rundir import RunDir
 

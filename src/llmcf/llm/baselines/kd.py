@@ -15,7 +15,8 @@ import pandas as pd
 
 from llmcf.config import Config
 from llmcf.fingerprint import pool_hash
-from llmcf.llm.baselines.common import BackendJob, read_generation, run_generation, teacher_model
+from llmcf.llm.baselines.common import read_generation, run_generation, teacher_model
+from llmcf.llm.executors import BackendJob
 from llmcf.llm.recgen.data import read_item_texts, read_split, sample_rows
 from llmcf.llm.recgen.prompts import rec_prompts_for
 from llmcf.rundir import RunDir

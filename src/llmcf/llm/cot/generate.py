@@ -183,35 +183,22 @@ def generate_shard(backend, rows: pd.DataFrame, k: int, cfg: Config) -> tuple[li
     return records, new_tokens, unit
 
 
-class CotJob:
+class CotJob(executors.BackendJob):
     """The shard job of CoT generation (``llmcf.llm.executors``): one backend, ``generate_shard`` per shard."""
 
     columns = ("key", "user_id", "pos", "item_id", "label", "prompt")
 
     def __init__(self, cfg: Config, model_path: Path | None, backend=None):
-        self.cfg, self.model_path, self.backend = cfg, model_path, backend
-        self.unit = "tok/s"
+        super().__init__(cfg.llm, model_path, backend)
+        self.cfg, self.unit = cfg, "tok/s"
 
     def setup(self) -> None:
-        if self.backend is None:
-            self.backend = make_backend_quiet(self.cfg.llm, self.model_path)
-        elif hasattr(self.backend, "progress"):
-            self.backend.progress = False  # one bar (ours) instead of one per call
+        super().setup()
         self.unit = _token_counter(self.backend)[1]
 
     def run(self, rows: pd.DataFrame, k: int) -> tuple[list[dict], int]:
         records, tokens, self.unit = generate_shard(self.backend, rows, k, self.cfg)
         return records, tokens
-
-
-def make_backend_quiet(llm, model_path):
-    """A backend built by ``make_backend`` with its own per-call progress bar off (the stage shows one bar)."""
-    from llmcf.llm.backends.factory import make_backend
-
-    backend = make_backend(llm, model_path)
-    if hasattr(backend, "progress"):
-        backend.progress = False
-    return backend
 
 
 def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:

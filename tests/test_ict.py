@@ -479,3 +479,22 @@ def test_context_bank_reports_bad_files(tmp_path):
     _write_run(tmp_path, drop_column="cot_row")
     with pytest.raises(DataError, match="bank.parquet.*cot_row"):
         ContextBank.from_run(tmp_path, None, hist_len=3)
+
+
+def test_features_of_one_request_shared_history_equal_the_per_row_path():
+    """A request's candidates share the user and history: those fields are computed once (``_features_shared``),
+    and the tokens equal the general path's (rows computed one at a time), an empty history included."""
+    ict = make_ict("full")
+    g = torch.Generator().manual_seed(3)
+    items = torch.randint(0, N_ITEMS, (7,), generator=g)
+    for hist_row in (torch.randint(0, N_ITEMS, (L,), generator=g), torch.zeros(L, dtype=torch.long)):
+        user, hist = torch.full((7,), 5), hist_row.expand(7, L).clone()
+        with torch.no_grad():
+            shared = ict.features(user, items, hist)
+            rows = torch.cat([ict.features(user[i:i + 1], items[i:i + 1], hist[i:i + 1]) for i in range(7)])
+        torch.testing.assert_close(shared, rows, atol=1e-6, rtol=0)
+    hist[3, 0] = 7 if hist[3, 0] != 7 else 8  # one row differs: the general path, same numbers row by row
+    with torch.no_grad():
+        mixed = ict.features(user, items, hist)
+        rows = torch.cat([ict.features(user[i:i + 1], items[i:i + 1], hist[i:i + 1]) for i in range(7)])
+    torch.testing.assert_close(mixed, rows, atol=1e-6, rtol=0)

@@ -1,7 +1,7 @@
 """Architecture check: every module imports, there is no import cycle between modules, and no import (module-level
 or deferred inside a function) runs back up a layer. The layers, bottom up (README "Architecture"):
 
-    0  io, errors, publish, registry, fingerprint, rundir, progress, resources, estimate
+    0  io, errors, publish, registry, fingerprint, rundir, progress, resources, estimate, lookup
     1  config
     2  data
     3  models, retrieval, llm, embed
@@ -18,7 +18,7 @@ import llmcf
 
 LAYERS = {
     "io": 0, "errors": 0, "publish": 0, "registry": 0, "fingerprint": 0, "rundir": 0, "progress": 0, "resources": 0,
-    "estimate": 0,
+    "estimate": 0, "lookup": 0,
     "config": 1,
     "data": 2,
     "models": 3, "retrieval": 3, "llm": 3, "embed": 3,

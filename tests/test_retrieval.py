@@ -292,3 +292,18 @@ def test_misaligned_cot_embeddings_raise(tmp_path):
     np.save(run / "embed" / "cot.npy", np.zeros((3, 8), np.float32))
     with pytest.raises(DataError, match="cot.npy"):
         run_retrieve(run, Config(), progress=False)
+
+
+def test_id_index_small_and_large_queries_agree():
+    """IdIndex answers a few ids through a dict and many through pandas: the same positions, -1 for unknown ids."""
+    from llmcf.lookup import SMALL, IdIndex
+
+    ids = [f"i{j}" for j in range(1000)]
+    idx = IdIndex(ids)
+    rng = np.random.default_rng(0)
+    values = [f"i{j}" for j in rng.integers(0, 1300, SMALL * 3)]  # ids >= 1000 are unknown
+    want = np.array([int(v[1:]) if int(v[1:]) < 1000 else -1 for v in values])
+    np.testing.assert_array_equal(idx.positions(values), want)  # pandas path
+    np.testing.assert_array_equal(idx.positions(values[:SMALL]), want[:SMALL])  # dict path
+    assert idx.positions([]).shape == (0,) and idx.positions(["nope"]).tolist() == [-1]
+    assert not IdIndex(["a", "b", "a"]).is_unique

@@ -98,6 +98,7 @@ class ICT(nn.Module):
         self.no_cot = nn.Parameter(torch.zeros(dim)) if no_cot_token and self.uses_cot else None
         self.sim_proj = nn.Linear(1, dim) if sim_input else None
         self._example_bank, self._example_cache, self._example_versions = None, None, None  # cache_examples
+        self._example_params: list[nn.Parameter] | None = None
 
     # ---- tokens -------------------------------------------------------------------------------------------------
     def features(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
@@ -107,6 +108,8 @@ class ICT(nn.Module):
         for targets and history positions; history fields are means over the present history items, and the history
         text field is the mapped mean of their (frozen) text embeddings."""
         n, hist_len = hist.shape
+        if n > 1 and bool((user == user[0]).all()) and bool((hist == hist[:1]).all()):
+            return self._features_shared(user, item, hist)
         uniq, inv = torch.unique(torch.cat([item, hist.reshape(-1)]), return_inverse=True)
         table = torch.cat([
             self.item_emb(uniq),
@@ -120,6 +123,26 @@ class ICT(nn.Module):
             self.text_mlp(F.embedding(item, self.item_text)),
             hist_mean,
             self.text_mlp(_bag_mean(hist, self.item_text)),
+        ], -1))
+
+    def _features_shared(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+        """``features`` when every row has the same user and history (a request's candidates): the user and history
+        fields are computed once and broadcast; the same numbers as the general path."""
+        n = len(item)
+        h = hist[:1]
+        uniq, inv = torch.unique(torch.cat([item, h.reshape(-1)]), return_inverse=True)
+        table = torch.cat([
+            self.item_emb(uniq),
+            self.brand_emb(self.item_brand[uniq]),
+            _bag_mean(self.item_cats[uniq], self.cat_emb.weight),
+        ], -1) * (uniq > 0)[:, None]
+        hist_mean = table[inv[n:]].view(1, h.shape[1], -1).sum(1) / (h > 0).sum(1, keepdim=True).clamp_min(1)
+        return self.feat_mlp(torch.cat([
+            self.user_emb(user[:1]).expand(n, -1),
+            table[inv[:n]],
+            self.text_mlp(F.embedding(item, self.item_text)),
+            hist_mean.expand(n, -1),
+            self.text_mlp(_bag_mean(h, self.item_text)).expand(n, -1),
         ], -1))
 
     def _examples(self, f_ex: torch.Tensor, ctx_cot: torch.Tensor | None, ctx_label: torch.Tensor,
@@ -146,14 +169,16 @@ class ICT(nn.Module):
             self._example_bank = self._example_cache = None
             return
         self._example_bank = {k: v for k, v in bank.items() if k != "ctx_row"}
-        self._example_cache = None
+        self._example_cache = self._example_params = None
         self._example_versions = None
 
     def _cached_examples(self) -> torch.Tensor | None:
         bank = self._example_bank
         if bank is None or self.training:
             return None
-        versions = (self.item_text.device, *(p._version for p in self.parameters()))  # moved or changed: redo
+        if self._example_params is None:  # walking the module tree per request costs more than this check
+            self._example_params = list(self.parameters())
+        versions = (self.item_text.device, *(p._version for p in self._example_params))  # moved or changed: redo
         if self._example_cache is None or versions != self._example_versions:
             hist_len = bank["ctx_hist"].shape[-1]
             bank = {key: v.to(self.item_text.device) for key, v in bank.items()}  # where the model is now
@@ -225,12 +250,13 @@ class ICT(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def encode(self, batch: dict[str, torch.Tensor], need_weights: bool = True,
-               read_only: bool = False) -> dict[str, torch.Tensor | None]:
+               read_only: bool = False, query_only: bool = False) -> dict[str, torch.Tensor | None]:
         """Everything the forward pass computes: hidden [B,T,dim] (None for mean_pool), present [B,T],
         attention [B,H,T,T] of the last layer (for mean_pool: the pooling weights [B,1,1,T]; None when not
         ``need_weights``) and w [B,dim]. ``read_only`` (not with ``need_weights``): hidden [B, K + 1, dim] holds
         only the positions the forward pass reads, each example's features token and then f_q (the last layer
-        computes nothing else; equal to those positions of the full hidden)."""
+        computes nothing else; equal to those positions of the full hidden); ``query_only`` (with ``read_only``):
+        hidden [B, 1, dim] holds f_q's alone (nothing reads the examples' positions: no reconstruction loss)."""
         seq, present = self.tokens(batch)
         if self.variant == "mean_pool":
             weights = present.to(seq.dtype) / present.sum(1, keepdim=True)
@@ -239,8 +265,9 @@ class ICT(nn.Module):
         keep = None
         if read_only:
             t = seq.shape[1]
-            keep = torch.cat([torch.arange(0, t - 1, self.tokens_per_example, device=seq.device),
-                              torch.tensor([t - 1], device=seq.device)])
+            last = torch.tensor([t - 1], device=seq.device)
+            keep = last if query_only else \
+                torch.cat([torch.arange(0, t - 1, self.tokens_per_example, device=seq.device), last])
         hidden, attn = self.decoder(seq, present, need_weights, keep)
         return {"hidden": hidden, "present": present, "attention": attn, "w": hidden[:, -1]}
 
@@ -256,9 +283,11 @@ class ICT(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], return_attention: bool = False):
         """-> (w [B, dim], {"recon": scalar} for variant full else {}), plus the last layer's attention of the query
         position over the tokens [B, H, T] when ``return_attention`` (names: ``token_names(K)``)."""
-        out = self.encode(batch, need_weights=return_attention, read_only=not return_attention)
+        recon = self.variant == "full" and (self.training or "ctx_cot" in batch)  # scoring may gather ctx_row only
+        out = self.encode(batch, need_weights=return_attention, read_only=not return_attention,
+                          query_only=not recon)
         losses = {}
-        if self.variant == "full" and (self.training or "ctx_cot" in batch):  # scoring may gather ctx_row only
+        if recon:
             mask = batch["ctx_mask"].bool()
             if self.no_cot is not None:
                 mask = mask & batch["ctx_has_cot"].bool()

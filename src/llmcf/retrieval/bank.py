@@ -23,6 +23,7 @@ import pandas as pd
 from llmcf.config import ConfigError, RetrievalConfig
 from llmcf.errors import DataError, RunError
 from llmcf.io import load_npy, save_npy, write_parquet
+from llmcf.lookup import IdIndex
 from llmcf.rundir import BANK_FILE_COLUMNS, RunDir
 
 
@@ -37,7 +38,7 @@ class ItemVectors:
                             f"{vectors.shape}", file=source)
         if not np.isfinite(vectors).all():
             raise DataError("holds NaN or infinite values", file=source)
-        self.index = pd.Index([str(i) for i in item_ids])
+        self.index = IdIndex(item_ids)
         if not self.index.is_unique:
             raise DataError("item ids are not unique", file=source)
         # one extra zero row at the end: the target of every unknown id
@@ -58,8 +59,7 @@ class ItemVectors:
 
     def rows(self, item_ids: Sequence[str | None]) -> np.ndarray:
         """Row of each id in ``table`` (the zero row for None / unknown ids)."""
-        ids = pd.Index(["" if i is None else str(i) for i in item_ids])
-        r = self.index.get_indexer(ids)
+        r = self.index.positions(["" if i is None else str(i) for i in item_ids])
         r[r < 0] = len(self.index)
         return r
 

@@ -20,6 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from llmcf.config import ConfigError, RetrievalConfig
+from llmcf.lookup import IdIndex
 from llmcf.retrieval.index import search
 
 RULES = ("same_or_later", "later")
@@ -76,8 +77,8 @@ class Selector:
                  indexes: dict[int, faiss.Index], cfg: RetrievalConfig):
         check_config(cfg)
         self.cfg = cfg
-        self.users = pd.Index(pd.unique(np.asarray(bank_users, dtype=object)))
-        self.bank_user = self.users.get_indexer(np.asarray(bank_users, dtype=object)).astype(np.int64)
+        self.users = IdIndex(pd.unique(np.asarray([str(u) for u in bank_users], dtype=object)))
+        self.bank_user = self.users.positions([str(u) for u in bank_users])
         self.bank_pos = np.asarray(bank_pos, dtype=np.int64)
         labels = np.asarray(bank_labels)
         self.rows = {lab: np.flatnonzero(labels == lab).astype(np.int64) for lab in (0, 1)}
@@ -93,8 +94,7 @@ class Selector:
 
     def user_codes(self, users: Sequence[str | None]) -> np.ndarray:
         """Bank user code per query user; -1 for None or a user without bank rows (no same-user rule applies)."""
-        vals = np.asarray(["\x00none" if u is None else str(u) for u in users], dtype=object)
-        return self.users.get_indexer(vals).astype(np.int64) if len(vals) else np.zeros(0, np.int64)
+        return self.users.positions(["\x00none" if u is None else str(u) for u in users])
 
     def forbidden(self, rows: np.ndarray, ucode: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Mask of candidate bank rows [N, k] the leakage rule forbids for queries (ucode [N], pos [N])."""
@@ -107,7 +107,7 @@ class Selector:
     def block_users(self, users: Sequence[str]) -> int:
         """Never return the bank rows of ``users`` again (one array swap: a concurrent query sees the old mask or
         the new one). Returns the number of rows blocked."""
-        codes = self.users.get_indexer(np.asarray([str(u) for u in users], dtype=object))
+        codes = self.users.positions([str(u) for u in users])
         mask = self.blocked | np.isin(self.bank_user, codes[codes >= 0])
         self.blocked = mask
         return int(mask.sum())

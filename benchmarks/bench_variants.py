@@ -5,8 +5,8 @@ backbone on a real dataset, the backbone alone against LLM-CF *w/o CoT* with
                    of the README's results (240), K = 4 balanced, concat fusion
     nocot-hybrid   the hybrid bank (``retrieval.bank: hybrid``): every train row is an in-context candidate
     nocot-safe     the default bank with safe fusion (``ict.fusion: residual``: starts equal to the backbone)
-    (and, with ``--variants``, hybrid + safe, similarity input, K = 2 / 8, unbalanced, history-only keys,
-    reconstruction weight 0.1 / 0 against the default 1.0)
+    (and, with ``--variants``, hybrid + safe, similarity input, K = 2 / 8, unbalanced, history-only keys; the
+    reconstruction weight is not among them: w/o CoT has no reconstruction loss, so it needs the full variant)
 
 The w/o CoT variant reads no CoT text, so the bank rows here carry none (their CoT slot is a placeholder sentence the
 variant never reads): what differs between the rows is only which training rows can be retrieved and how the ICT
@@ -57,9 +57,6 @@ VARIANTS = {
     "nocot-k8": {"ict": True, "sets": {"retrieval.k": 8}},
     "nocot-unbalanced": {"ict": True, "sets": {"retrieval.balanced": False}},
     "nocot-history-only": {"ict": True, "sets": {"retrieval.history_weight": 1.0, "retrieval.target_weight": 0.0}},
-    # the reconstruction loss's weight (default ict.recon_weight = 1.0, as nocot-bank)
-    "nocot-recon0.1": {"ict": True, "sets": {"ict.recon_weight": 0.1}},
-    "nocot-recon0": {"ict": True, "sets": {"ict.recon_weight": 0.0}},
     # study (a), bank size: the default bank with more random train rows (own cot/ and embed/ in its folder)
     "nocot-bank1k": {"ict": True, "sets": {}, "bank_rows": 1000},
     "nocot-bank4k": {"ict": True, "sets": {}, "bank_rows": 4000},

@@ -30,6 +30,10 @@ def test_search_space_merges_sections_and_rejects_bad_specs():
     assert "model.params.attention_mlp" in space and "model.dropout" not in space
     assert "retrieval.k" in space and "ict.dim" in space and "train.lr" in space
     assert "retrieval.k" not in search_space(cfg, "DIN", ict=False)
+    assert "ict.recon_weight" in space  # the full variant has the reconstruction loss ...
+    nocot = load_config(None, ["ict.variant=no_cot"])
+    assert "ict.recon_weight" not in search_space(nocot, "DIN", ict=True)  # ... w/o CoT has none to weigh
+    assert "ict.dim" in search_space(nocot, "DIN", ict=True)
     for bad, msg in (({"train.nope": {"low": 1, "high": 2}}, "unknown config field"),
                      ({"data.history_len": {"low": 1, "high": 2}}, "cannot be tuned"),
                      ({"train.lr": {"low": 0.0, "high": 1.0, "log": True}}, "log scale"),

@@ -437,7 +437,8 @@ class TuneConfig:
     a distribution: ``{low, high}`` (float; ``log: true`` for a log scale; integers when both bounds are integers,
     optional ``step``) or ``{choices: [...]}`` (any YAML values, lists included). The space of a trial is ``space``
     (every backbone) ∪ ``models[<backbone>]`` ∪ (with --ict) ``ict``; a later one overrides an earlier one's field
-    and a field mapped to null is left out. Setting ``models`` in a preset replaces the shipped per-backbone table."""
+    and a field mapped to null is left out (``ict.recon_weight`` is left out for a variant without the reconstruction
+    loss: no_cot, mean_pool). Setting ``models`` in a preset replaces the shipped per-backbone table."""
 
     trials: int = 20
     """Trials per study (``--trials`` overrides): give the backbone and LLM-CF the same number."""

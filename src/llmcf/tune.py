@@ -51,6 +51,9 @@ def search_space(cfg: Config, model_name: str, ict: bool) -> dict[str, dict]:
                 continue
             _check_spec(cfg, f"{where}.{key}", key, spec)
             merged[key] = spec
+    if ict and cfg.ict.variant != "full" and "ict.recon_weight" in merged:
+        # only the full variant has the reconstruction loss: a trial varying its weight would retrain the same model
+        merged.pop("ict.recon_weight")
     if not merged:
         raise ConfigError(f"tune: the search space of {model_name} is empty")
     return merged

@@ -18,12 +18,18 @@ def test_overrides_are_typed_and_nested(tmp_path):
     assert cfg.train.lr == 0.5 and cfg.train.seeds == 3
     assert cfg.model.params == {"num_layers": 3, "heads": 4}
     assert cfg.data.split_ratio == [0.7, 0.2, 0.1]
+    # YAML 1.1 reads 1e-3 (no dot) as a string; a float field takes it as the number it spells, in a file too
+    p.write_text("train:\n  lr: 1e-3\n")
+    assert load_config(p, ["recgen.lr=3E-4"]).train.lr == 0.001
+    assert load_config(None, ["recgen.lr=3E-4"]).recgen.lr == 3e-4
 
 
 @pytest.mark.parametrize("override, fragment", [
     ("train.nope=1", "unknown field 'nope'"),
     ("train.seeds=abc", "train.seeds: expected an integer"),
     ("ict.enabled=3", "ict.enabled: expected true/false"),
+    ("train.lr=fast", "train.lr: expected a number"),
+    ("train.lr=nan", "train.lr: expected a number"),
     ("seeds", "expected section.field=value"),
 ])
 def test_bad_overrides_name_the_field(override, fragment):

@@ -340,3 +340,26 @@ def test_micro_batches_give_the_same_update_and_leave_hashes_alone(tiny_dir, tok
         assert loss == pytest.approx(ref_loss, abs=1e-5)
         for n, p in w.items():
             assert (p - ref_w[n]).abs().max() < 1e-3, (n, float((p - ref_w[n]).abs().max()))
+
+
+def test_lora_on_the_top_layers_only(tiny_dir):
+    """recgen.lora_layers=N adapts only the top N decoder layers (no LoRA weight below them, so no gradient flows
+    there); out of range is a clear error; at its default it leaves the RecGen fingerprint unchanged."""
+    from llmcf.errors import LLMCFError
+    from llmcf.fingerprint import recgen_fingerprint
+    from llmcf.llm.recgen_train import prepare_model
+
+    model = load_tiny(tiny_dir)
+    n = model.config.num_hidden_layers
+    top = prepare_model(model, "lora", 8, 16, 0.0, layers=1)
+    adapted = {int(name.split(".layers.")[1].split(".")[0]) for name, p in top.named_parameters()
+               if p.requires_grad}
+    assert adapted == {n - 1}
+    every = prepare_model(load_tiny(tiny_dir), "lora", 8, 16, 0.0)
+    assert {int(name.split(".layers.")[1].split(".")[0]) for name, p in every.named_parameters()
+            if p.requires_grad} == set(range(n))
+    with pytest.raises(LLMCFError, match="lora_layers"):
+        prepare_model(load_tiny(tiny_dir), "lora", 8, 16, 0.0, layers=n + 1)
+    rc = vars(Config().recgen)
+    assert "lora_layers" not in recgen_fingerprint(dict(rc), "m", "d", "float32")
+    assert "lora_layers" in recgen_fingerprint({**rc, "lora_layers": 2}, "m", "d", "float32")

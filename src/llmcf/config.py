@@ -8,6 +8,7 @@ Override syntax on the CLI: ``--set train.lr=0.001 --set model.params.num_heads=
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,9 @@ class RecGenConfig:
     """full | lora"""
     lora_r: int = 8
     lora_alpha: int = 16
+    lora_layers: int | None = None
+    """LoRA on the top N decoder layers only (None = all): the backward pass stops below them, so a step costs less
+    (benchmarks/results/recgen.md)."""
     lr: float = 1e-4
     epochs: float = 1.0
     max_steps: int | None = None
@@ -534,6 +538,13 @@ def _coerce(val, default, where):
     if isinstance(default, float):
         if isinstance(val, (int, float)) and not isinstance(val, bool):
             return float(val)
+        if isinstance(val, str):  # YAML 1.1 reads 1e-3 (no dot) as a string: take it as the number it spells
+            try:
+                num = float(val)
+            except ValueError:
+                num = None
+            if num is not None and math.isfinite(num):
+                return num
         raise ConfigError(f"{where}: expected a number, got {val!r}")
     if isinstance(default, str) and not isinstance(val, str):
         raise ConfigError(f"{where}: expected a string, got {val!r}")

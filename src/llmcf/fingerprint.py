@@ -28,7 +28,8 @@ ADDED_AT_DEFAULT: dict[tuple[str, str], object] = {("train", "ict_lr"): None, ("
                                                    ("ict", "warm_start"): False, ("ict", "sim_input"): False,
                                                    ("retrieval", "bank"): "cot", ("train", "amp"): False,
                                                    ("train", "grad_clip"): None, ("train", "plateau_lr_factor"): None,
-                                                   ("retrieval", "auto_exact_max"): 1_000_000}
+                                                   ("retrieval", "auto_exact_max"): 1_000_000,
+                                                   ("recgen", "lora_layers"): None}
 """Config fields added after results were recorded: left out of every hash while at their default (the behaviour
 before they existed), so adding a switch neither reruns a stage nor retrains a cached seed."""
 
@@ -255,7 +256,7 @@ def pool_hash(system: str, keys: Iterable[str], prompts: Iterable[str]) -> str:
 def recgen_fingerprint(recgen_cfg: dict, base: str, data_digest: str, dtype: str) -> str:
     """What the tuned RecGen model depends on (as the JSON text recorded with it): its config without evaluation,
     checkpointing and memory fields, the base model, the training mix and the dtype."""
-    rec = {k: v for k, v in recgen_cfg.items()
+    rec = {k: v for k, v in without_added_defaults("recgen", recgen_cfg).items()
            if not k.startswith("mmlu") and k not in ("eval_rows", "save_every", "skip", *NOT_HASHED["recgen"])}
     return json.dumps({"recgen": rec, "base": base, "data": data_digest, "dtype": dtype}, sort_keys=True, default=str)
 

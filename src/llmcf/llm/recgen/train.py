@@ -57,8 +57,9 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def prepare_model(model, method: str, r: int, alpha: int, dropout: float):
-    """LoRA-wrap (peft) or unfreeze every parameter (full fine-tuning)."""
+def prepare_model(model, method: str, r: int, alpha: int, dropout: float, layers: int | None = None):
+    """LoRA-wrap (peft) or unfreeze every parameter (full fine-tuning). ``layers`` (LoRA only): adapt only the top
+    ``layers`` decoder layers; nothing below them needs a gradient, so the backward pass stops there."""
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -71,7 +72,15 @@ def prepare_model(model, method: str, r: int, alpha: int, dropout: float):
     targets = [t for t in LORA_TARGETS if t in present]
     if not targets:
         raise LLMCFError(f"LoRA: none of {LORA_TARGETS} found in the model")
-    lcfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    extra = {}
+    if layers is not None:
+        total = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+        if not 1 <= int(layers) <= total:
+            raise LLMCFError(f"recgen.lora_layers={layers}: expected 1..{total} (the model's decoder layers) or null "
+                             "for all")
+        extra["layers_to_transform"] = list(range(total - int(layers), total))
+    lcfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM",
+                      **extra)
     return get_peft_model(model, lcfg)
 
 
@@ -230,7 +239,7 @@ def run_recgen_train(run_dir: Path, cfg: Config) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
     if cfg.llm.device != "cpu" and torch.cuda.is_available():
         model.to("cuda" if cfg.llm.device == "auto" else cfg.llm.device)
-    model = prepare_model(model, rc.method, rc.lora_r, rc.lora_alpha, rc.lora_dropout)
+    model = prepare_model(model, rc.method, rc.lora_r, rc.lora_alpha, rc.lora_dropout, rc.lora_layers)
     ckpt = recgen_dir(run_dir) / "ckpt"
     t0 = time.perf_counter()
     curve = train_loop(model, tokenizer, encoded, rc, total, ckpt_dir=ckpt, fingerprint=fingerprint)

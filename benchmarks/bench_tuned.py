@@ -9,7 +9,9 @@ the same plus ``tune.ict`` (ICT dim/layers/lr, reconstruction weight, K). The tw
 in turn, so machine load hits both alike and a cut-off run still compares equal budgets. Each side's best trial
 (seed 0, as every trial) is then trained with seeds 0..n-1 and read on test once; the table reports test AUC /
 LogLoss mean ± std, the difference against the tuned backbone with its 2-SE check, the valid AUC of the chosen
-trial, s/epoch, and the cold / popularity slices.
+trial, s/epoch, and the cold / popularity slices. A third row, the backbone alone trained with the backbone
+hyper-parameters of LLM-CF's best trial (an ablation, not a selection), separates what the in-context module adds
+from what the two searches' different picks of lr, dropout, ... add.
 
 LLM-CF here is the *w/o CoT* variant over a bank of ``--bank-rows`` random train rows (bench_variants.py's bank): it
 needs no LLM stage, which this machine cannot afford inside a tuning loop; with CoTs, point ``--run-dir`` at a run
@@ -38,6 +40,7 @@ from llmcf.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIDES = ("backbone", "llmcf")
+ABLATION = "backbone @ LLM-CF's backbone params"
 
 
 def side_config(cfg, side: str, with_cot: bool):
@@ -48,17 +51,21 @@ def side_config(cfg, side: str, with_cot: bool):
     return apply_params(cfg, {"ict.enabled": True, "ict.variant": "full" if with_cot else "no_cot"})
 
 
-def final_train(run: Path, best_yaml: Path, model: str, seeds: int) -> dict:
-    """Train the chosen configuration with seeds 0..seeds-1 in its own folder (tuned/<tag>/) and read test."""
+def final_train(run: Path, best_yaml: Path, model: str, seeds: int, name: str | None = None,
+                sets: dict | None = None) -> dict:
+    """Train the chosen configuration (``sets`` applied on top) with seeds 0..seeds-1 in its own folder
+    (tuned/<name or tag>/) and read test."""
     from llmcf.config import load_config
     from llmcf.slices import SliceTable, load_predictions
     from llmcf.train.stage import RunData, run_train
-    from llmcf.tune import retrieval_dir
+    from llmcf.tune import apply_params, retrieval_dir
 
     cfg = load_config(best_yaml)
+    if sets:
+        cfg = apply_params(cfg, sets)
     cfg.train.seeds = seeds
     src = retrieval_dir(run, cfg) if cfg.ict.enabled else run
-    out = run / "tuned" / best_yaml.parent.name
+    out = run / "tuned" / (name or best_yaml.parent.name)
     out.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()
     summary = run_train(out, cfg, model, run=RunData(src, cfg), progress=False)
@@ -96,7 +103,17 @@ def markdown(rec: dict) -> str:
                 lines.append(f"| {side} | {fmt(r['test']['auc'])} | {versus(r, base)} | {fmt(r['test']['logloss'])}"
                              f" | {versus(r, base, 'logloss')} | {fmt(r['valid']['auc'])} | {r['best_epochs']} | "
                              f"{r['seconds_per_epoch']['mean']:.1f} | {r['wall_seconds']} | {r['cpu_seconds']} |")
-        rows = [(side, finals[side]) for side in SIDES if side in finals]
+        ab = finals.get(ABLATION)
+        if ab:
+            lines.append(f"| {ABLATION} | {fmt(ab['test']['auc'])} | {versus(ab, base)} | {fmt(ab['test']['logloss'])}"
+                         f" | {versus(ab, base, 'logloss')} | {fmt(ab['valid']['auc'])} | {ab['best_epochs']} | "
+                         f"{ab['seconds_per_epoch']['mean']:.1f} | {ab['wall_seconds']} | {ab['cpu_seconds']} |")
+            lines += ["", f"`{ABLATION}` is an ablation, not a selection: the backbone alone with the backbone "
+                      "hyper-parameters (lr, weight decay, embedding size, dropout, backbone fields) of LLM-CF's best "
+                      "trial, so LLM-CF minus this row is what the in-context module adds at equal backbone settings "
+                      f"(LLM-CF vs this row: AUC {versus(finals['llmcf'], ab)}, LogLoss "
+                      f"{versus(finals['llmcf'], ab, 'logloss')})." if "llmcf" in finals else ""]
+        rows = [(side, finals[side]) for side in (*SIDES, ABLATION) if side in finals]
         for kind in ("user", "item"):
             first = rows[0][1]
             lines += ["", f"Test AUC by {kind} training rows (edges {first['edges'][kind]}; mean over seeds):", "",
@@ -146,6 +163,17 @@ def main() -> int:
                        + ("with the run's CoTs" if a.with_cot else f"w/o CoT, bank = {a.bank_rows} random train rows")
                        + f"; test read once per seed (0..{a.seeds - 1}) for each side's best trial",
            "trials": a.trials, "seeds": a.seeds, "studies": {}, "finals": {}}
+    prev = json.loads(out_json.read_text()) if out_json.exists() else None
+    if prev and prev.get("command") == rec["command"]:  # resuming the same study: keep when it started
+        rec["started"], rec["machine"] = prev["started"], prev["machine"]
+
+    def timed(side: str, row: dict) -> dict:
+        """A final whose seeds were all cached took no time now: keep the times recorded when they trained."""
+        old = ((prev or {}).get("finals") or {}).get(side)
+        if old and old.get("tag") == row["tag"] and old.get("seeds") == row["seeds"] and row["wall_seconds"] < 10:
+            row = {**row, "wall_seconds": old["wall_seconds"], "cpu_seconds": old["cpu_seconds"]}
+        return row
+
     if a.with_cot:
         if not (a.run_dir / "cot" / "selected.parquet").exists():
             ap.error(f"--with-cot: {a.run_dir / 'cot' / 'selected.parquet'} is missing (run `llmcf run` there first)")
@@ -166,9 +194,17 @@ def main() -> int:
     for side in SIDES:
         print(f"=== {side}: best configuration, seeds 0..{a.seeds - 1} ===", flush=True)
         best = a.run_dir / "tune" / study_tag(a.model, sides[side]) / "best.yaml"
-        rec["finals"][side] = final_train(a.run_dir, best, a.model, a.seeds)
+        rec["finals"][side] = timed(side, final_train(a.run_dir, best, a.model, a.seeds))
         rec["status"] = "" if len(rec["finals"]) == len(SIDES) else "Partial: LLM-CF's final training is running."
         save()
+    print(f"=== {ABLATION}, seeds 0..{a.seeds - 1} ===", flush=True)
+    best = a.run_dir / "tune" / study_tag(a.model, sides["llmcf"]) / "best.yaml"
+    rec["status"] = "Partial: the ablation row is training."
+    rec["finals"][ABLATION] = timed(ABLATION, final_train(a.run_dir, best, a.model, a.seeds,
+                                                         name=f"{a.model}-at-llmcf-params",
+                                                         sets={"ict.enabled": False}))
+    rec["status"] = ""
+    save()
     print(markdown(rec), flush=True)
     return 0
 

@@ -128,3 +128,25 @@ def test_real_tiny_study_through_the_cli_and_the_report(run_dir, capsys):
 def test_tune_rejects_unknown_models(run_dir, capsys):
     assert main(["tune", "--run", str(run_dir), "--model", "NotAModel", "--trials", "1"]) == 1
     assert "NotAModel" in capsys.readouterr().err
+
+
+def test_a_wo_cot_study_started_with_the_reconstruction_weight_resumes(run_dir):
+    """Studies of w/o CoT begun while ict.recon_weight was still searched (it is inert there) resume with the space
+    they were started with, instead of being refused as another space."""
+    cfg = load_config(None, ["ict.enabled=true", "ict.variant=no_cot", "tune.startup_trials=1",
+                             "tune.space={train.lr: {low: 0.001, high: 0.1, log: true}}", "tune.models={}",
+                             "tune.ict={ict.dim: {choices: [8, 16]}, ict.recon_weight: {choices: [0.0, 1.0]}}"])
+    seen = []
+
+    def trainer(run, trial_dir, tcfg, name, cache):
+        seen.append(tcfg.ict.recon_weight)
+        return 0.5 + tcfg.train.lr
+
+    run_tune(run_dir, cfg, "DIN", trials=1, trainer=trainer)
+    (study_dir,) = (run_dir / "tune").iterdir()
+    study = optuna.load_study(study_name=study_dir.name, storage=f"sqlite:///{study_dir / 'study.db'}")
+    old = {**study.user_attrs["space"], "ict.recon_weight": {"choices": [0.0, 1.0]}}
+    assert "ict.recon_weight" not in study.user_attrs["space"]  # today's space leaves it out ...
+    study.set_user_attr("space", old)  # ... an older study has it
+    summary = run_tune(run_dir, cfg, "DIN", trials=2, trainer=trainer)
+    assert summary["trials"] == 2 and "ict.recon_weight" in summary["space"]

@@ -276,6 +276,9 @@ def run_tune(run_dir: Path, cfg: Config, model_name: str, trials: int | None = N
     study = optuna.create_study(study_name=tag, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed))
     prev_space = study.user_attrs.get("space")
+    if prev_space is not None and prev_space != space and "ict.recon_weight" in prev_space \
+            and {k: v for k, v in prev_space.items() if k != "ict.recon_weight"} == space:
+        space = prev_space  # a w/o CoT study started while the inert weight was still searched: resume it as it was
     if prev_space is not None and prev_space != space:
         raise ConfigError(f"{out / 'study.db'}: this study was started with another search space; delete "
                           f"{out} to start over, or restore the tune section it used")

@@ -19,6 +19,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -76,10 +77,6 @@ def main() -> int:
             print(f"{p}: {res[p]['cpu'][-1]:.1f} CPU s/step, {res[p]['wall'][-1]:.1f} wall s/step", flush=True)
             del model
 
-    def med(v):
-        s = sorted(v)
-        return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
-
     first = placements[0]
     lines = ["", f"## {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC: RecGen step cost by LoRA placement "
                  "(bench_recgen_step.py)", "",
@@ -91,11 +88,11 @@ def main() -> int:
              f"{mean_len:.0f} tokens per row, history {a.history_items} items); median of {a.rounds} rounds, "
              "placements alternating", "",
              "| LoRA on | trainable params | CPU s/step | wall s/step | CPU vs all layers |", "|---|---|---|---|---|"]
-    ref = med(res["all"]["cpu"]) if "all" in res else None
+    ref = median(res["all"]["cpu"]) if "all" in res else None
     for p in placements:
-        c = med(res[p]["cpu"])
+        c = median(res[p]["cpu"])
         lines.append(f"| {'all layers' if p == 'all' else f'top {p}'} | {res[p]['trainable']:,} | {c:.1f} | "
-                     f"{med(res[p]['wall']):.1f} | {'–' if ref is None else f'{c / ref:.2f}x'} |")
+                     f"{median(res[p]['wall']):.1f} | {'–' if ref is None else f'{c / ref:.2f}x'} |")
     text = "\n".join(lines) + "\n"
     print(text)
     with open(a.out, "a") as f:

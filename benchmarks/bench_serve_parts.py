@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("backbone score", "llmcf score", "retrieve", "query keys", "order seeds", "batch", "model forward",
@@ -86,11 +87,6 @@ def measure(run: str, base_tag: str, llmcf_tag: str, n: int, candidates: int, hi
                                                          for b in full]))
             out["backbone forward"].append(cpu_ms(lambda: [base.model(b) for b in plain]))
     return out
-
-
-def median(v: list[float]) -> float:
-    s = sorted(v)
-    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
 
 
 def main() -> int:

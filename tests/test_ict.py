@@ -482,7 +482,7 @@ def test_context_bank_reports_bad_files(tmp_path):
 
 
 def test_features_of_one_request_shared_history_equal_the_per_row_path():
-    """A request's candidates share the user and history: those fields are computed once (``_features_shared``),
+    """A request's candidates share the user and history: those fields are computed once,
     and the tokens equal the general path's (rows computed one at a time), an empty history included."""
     ict = make_ict("full")
     g = torch.Generator().manual_seed(3)

@@ -108,41 +108,26 @@ class ICT(nn.Module):
         for targets and history positions; history fields are means over the present history items, and the history
         text field is the mapped mean of their (frozen) text embeddings."""
         n, hist_len = hist.shape
-        if n > 1 and bool((user == user[0]).all()) and bool((hist == hist[:1]).all()):
-            return self._features_shared(user, item, hist)
-        uniq, inv = torch.unique(torch.cat([item, hist.reshape(-1)]), return_inverse=True)
-        table = torch.cat([
-            self.item_emb(uniq),
-            self.brand_emb(self.item_brand[uniq]),
-            _bag_mean(self.item_cats[uniq], self.cat_emb.weight),
-        ], -1) * (uniq > 0)[:, None]  # padding items contribute zeros
-        hist_mean = table[inv[n:]].view(n, hist_len, -1).sum(1) / (hist > 0).sum(1, keepdim=True).clamp_min(1)
-        return self.feat_mlp(torch.cat([
-            self.user_emb(user),
-            table[inv[:n]],
-            self.text_mlp(F.embedding(item, self.item_text)),
-            hist_mean,
-            self.text_mlp(_bag_mean(hist, self.item_text)),
-        ], -1))
-
-    def _features_shared(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
-        """``features`` when every row has the same user and history (a request's candidates): the user and history
-        fields are computed once and broadcast; the same numbers as the general path."""
-        n = len(item)
-        h = hist[:1]
+        # a request's candidates share one user and history: their user and history fields are computed once and
+        # broadcast (the same numbers as computing every row)
+        shared = n > 1 and bool((user == user[0]).all()) and bool((hist == hist[:1]).all())
+        u, h = (user[:1], hist[:1]) if shared else (user, hist)
         uniq, inv = torch.unique(torch.cat([item, h.reshape(-1)]), return_inverse=True)
         table = torch.cat([
             self.item_emb(uniq),
             self.brand_emb(self.item_brand[uniq]),
             _bag_mean(self.item_cats[uniq], self.cat_emb.weight),
-        ], -1) * (uniq > 0)[:, None]
-        hist_mean = table[inv[n:]].view(1, h.shape[1], -1).sum(1) / (h > 0).sum(1, keepdim=True).clamp_min(1)
+        ], -1) * (uniq > 0)[:, None]  # padding items contribute zeros
+        hist_mean = table[inv[n:]].view(len(h), hist_len, -1).sum(1) / (h > 0).sum(1, keepdim=True).clamp_min(1)
+        user_part = [self.user_emb(u), hist_mean, self.text_mlp(_bag_mean(h, self.item_text))]
+        if shared:
+            user_part = [x.expand(n, -1) for x in user_part]
         return self.feat_mlp(torch.cat([
-            self.user_emb(user[:1]).expand(n, -1),
+            user_part[0],
             table[inv[:n]],
             self.text_mlp(F.embedding(item, self.item_text)),
-            hist_mean.expand(n, -1),
-            self.text_mlp(_bag_mean(h, self.item_text)).expand(n, -1),
+            user_part[1],
+            user_part[2],
         ], -1))
 
     def _examples(self, f_ex: torch.Tensor, ctx_cot: torch.Tensor | None, ctx_label: torch.Tensor,

@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--eval-rows", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--method", default="lora")
+    ap.add_argument("--lora-layers", type=int, default=None, help="LoRA on the top N decoder layers only")
     ap.add_argument("--history-items", type=int, default=10)
     ap.add_argument("--mmlu-subjects", default="high_school_geography,marketing,nutrition,us_foreign_policy")
     ap.add_argument("--mmlu-questions", type=int, default=25)
@@ -61,6 +62,7 @@ def main() -> None:
     from llmcf.config import load_config
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
+    from llmcf.io import atomic_write_json
     from llmcf.llm.models import resolve_model
     from llmcf.llm.recgen.eval import run_recgen_eval
     from llmcf.llm.recgen.train import run_recgen_train
@@ -72,6 +74,8 @@ def main() -> None:
             f"recgen.history_items={a.history_items}", f"recgen.mmlu_max_questions={a.mmlu_questions}",
             f"recgen.heldout_general={a.heldout}",
             f"llm.batch_size={a.batch_size}"] + ([f"llm.threads={a.threads}"] if a.threads else [])
+    if a.lora_layers:
+        sets.append(f"recgen.lora_layers={a.lora_layers}")
     if general.exists():
         sets.append(f"recgen.general_data={general}")
     if mmlu.exists():
@@ -85,6 +89,11 @@ def main() -> None:
     for variant in a.variants.split(","):
         vdir = a.run / variant
         vdir.mkdir(parents=True, exist_ok=True)
+        done = vdir / "bench_result.json"
+        if done.exists():  # a finished variant of a cut-off run: its result is kept, not recomputed
+            results[variant] = json.loads(done.read_text())
+            print(f"{variant}: kept from {done}", flush=True)
+            continue
         if not (vdir / "data").exists():
             (vdir / "data").symlink_to((data_dir / "data").resolve())
         extra = {"base": [], "rec_only": ["recgen.general_ratio=0.0"], "mixed": ["recgen.general_ratio=0.25"]}[variant]
@@ -100,11 +109,14 @@ def main() -> None:
         res["wall_s"] = round(time.perf_counter() - t0, 1)
         res["train"] = train_s and {k: train_s[k] for k in ("train_seconds", "loss_first", "loss_last", "data")}
         results[variant] = res
+        atomic_write_json(done, res)
+        print(f"{variant}: rec AUC {res['rec']['auc']:.4f}, MMLU {res['mmlu'].get('accuracy')}, "
+              f"{res['wall_s']} s", flush=True)
 
     lines = [f"\n## RecGen tuning on ml-100k ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
              f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
              f"- machine: {machine(a.threads)} (shared with other jobs while this ran: timings are upper bounds)",
-             f"- budget: {a.method}, {a.steps} steps x batch {a.batch_size} (lr {a.lr}, cosine, 5% warm-up), "
+             f"- budget: {a.method}{f' (top {a.lora_layers} layers)' if a.lora_layers else ''}, {a.steps} steps x batch {a.batch_size} (lr {a.lr}, cosine, 5% warm-up), "
              f"{a.num_rec} rec rows, history {a.history_items} items; eval on {a.eval_rows} test rows, "
              f"perplexity on {a.heldout} held-out general answers; "
              f"MMLU 5-shot, {a.mmlu_questions} questions x [{a.mmlu_subjects}]; general data: "

@@ -134,6 +134,8 @@ def main() -> int:
     ap.add_argument("--model", default="DCN")
     ap.add_argument("--trials", type=int, default=12, help="trials per side (the same budget for both)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds-per-trial", type=int, default=1,
+                    help="tune.seeds: each trial's objective is the mean valid AUC of seeds 0..n-1")
     ap.add_argument("--max-epochs", type=int, default=10)
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--bank-rows", type=int, default=240)
@@ -149,7 +151,8 @@ def main() -> int:
 
     torch.set_num_threads(a.threads)
     cfg = load_config(a.preset, [f"data.dataset={a.dataset}", f"train.max_epochs={a.max_epochs}",
-                                 f"train.patience={a.patience}", f"train.threads={a.threads}", "embed.batch_size=64"])
+                                 f"train.patience={a.patience}", f"train.threads={a.threads}", "embed.batch_size=64",
+                                 f"tune.seeds={a.seeds_per_trial}"])
     name = a.name or f"{Path(a.dataset).name}-{a.model}"
     out_json, out_md = RESULTS / f"tuned-{name}.json", RESULTS / f"tuned-{name}.md"
     rec = {"name": name, "command": "python benchmarks/bench_tuned.py " + shlex.join(sys.argv[1:]),
@@ -158,8 +161,9 @@ def main() -> int:
            "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "protocol": f"{a.preset} preset split/label; {a.model}; `llmcf tune` on each side, {a.trials} trials "
                        f"(TPE seed {cfg.tune.seed}, {cfg.tune.startup_trials} random start-up trials), objective "
-                       f"valid AUC of seed 0; early stopping on valid AUC (patience {a.patience}, max {a.max_epochs} "
-                       f"epochs) in every trial and final run; LLM-CF "
+                       + ("valid AUC of seed 0" if a.seeds_per_trial == 1 else
+                          f"mean valid AUC of seeds 0..{a.seeds_per_trial - 1}")
+                       + f"; early stopping on valid AUC (patience {a.patience}, max {a.max_epochs} epochs) in every trial and final run; LLM-CF "
                        + ("with the run's CoTs" if a.with_cot else f"w/o CoT, bank = {a.bank_rows} random train rows")
                        + f"; test read once per seed (0..{a.seeds - 1}) for each side's best trial",
            "trials": a.trials, "seeds": a.seeds, "studies": {}, "finals": {}}

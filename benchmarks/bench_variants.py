@@ -10,7 +10,9 @@ backbone on a real dataset, the backbone alone against LLM-CF *w/o CoT* with
 
 The w/o CoT variant reads no CoT text, so the bank rows here carry none (their CoT slot is a placeholder sentence the
 variant never reads): what differs between the rows is only which training rows can be retrieved and how the ICT
-enters the backbone. The full variant (with CoTs) needs the LLM stages; run it with bench_llmcf.py.
+enters the backbone. The full variant (with CoTs) needs the LLM stages: give ``--cot-run R``, a run of the same preset
+and dataset where ``llmcf cot generate`` and ``llmcf cot score`` wrote real CoTs, and pick the ``*-cotbank`` variants
+(full, full with reconstruction weight 0.1 / 0, and w/o CoT over exactly those rows).
 
     nice -n 10 python benchmarks/bench_variants.py --dataset ../shared/data/ml-100k --preset ml-100k --seeds 3
 
@@ -60,6 +62,13 @@ VARIANTS = {
     # study (a), bank size: the default bank with more random train rows (own cot/ and embed/ in its folder)
     "nocot-bank1k": {"ict": True, "sets": {}, "bank_rows": 1000},
     "nocot-bank4k": {"ict": True, "sets": {}, "bank_rows": 4000},
+    # study (a) with real CoTs (``--cot-run``: a run of the same preset whose ``llmcf cot generate`` + ``cot score``
+    # wrote cot/selected.parquet): the full variant over that bank, its reconstruction weight, and w/o CoT over the
+    # very same rows (what the CoT text adds beyond which rows are retrievable)
+    "full-cotbank": {"ict": True, "variant": "full", "sets": {}, "cot_bank": True},
+    "full-cotbank-r01": {"ict": True, "variant": "full", "sets": {"ict.recon_weight": 0.1}, "cot_bank": True},
+    "full-cotbank-r0": {"ict": True, "variant": "full", "sets": {"ict.recon_weight": 0.0}, "cot_bank": True},
+    "nocot-cotbank": {"ict": True, "sets": {}, "cot_bank": True},
 }
 DEFAULT_VARIANTS = ("base", "nocot-bank", "nocot-hybrid", "nocot-safe")
 PLACEHOLDER = "no chain of thought: the w/o CoT variant does not read this text"
@@ -90,21 +99,44 @@ def sample_bank(cfg, run: Path, dest: Path, bank_rows: int, seed: int) -> None:
         run_embed(dest, cfg)
 
 
-def view(cfg, run: Path, name: str) -> Path:
+def check_cot_run(run: Path, cot_run: Path) -> None:
+    """``cot_run`` must hold scored CoTs over the same train split as ``run`` (same rows, same order)."""
+    sel = cot_run / "cot" / "selected.parquet"
+    if not sel.exists():
+        raise SystemExit(f"--cot-run {cot_run}: no cot/selected.parquet (run `llmcf cot generate` and `llmcf cot "
+                         f"score` on it first)")
+    mine, theirs = (pd.read_parquet(d / "data" / "train.parquet") for d in (run, cot_run))
+    if not mine.equals(theirs):
+        raise SystemExit(f"--cot-run {cot_run}: its data/train.parquet differs from {run}'s (build both with the "
+                         f"same preset and dataset)")
+
+
+def view(cfg, run: Path, name: str, cot_run: Path | None = None) -> Path:
     """<run>/variants/<name>/ with relative links to the shared stage outputs (its own bank if the variant sets
-    ``bank_rows``)."""
+    ``bank_rows``; the CoT run's cot/ and its own embeddings of them if it sets ``cot_bank``)."""
     v = run / "variants" / name
     v.mkdir(parents=True, exist_ok=True)
-    own_bank = "bank_rows" in VARIANTS[name]
-    for sub in ("data",) if own_bank else ("data", "embed", "cot"):
+    spec = VARIANTS[name]
+    if spec.get("cot_bank") and cot_run is None:
+        raise SystemExit(f"variant {name} needs --cot-run (a run with real CoTs)")
+    links = {"data": run / "data"}
+    if spec.get("cot_bank"):
+        links["cot"] = cot_run / "cot"
+    elif "bank_rows" not in spec:
+        links.update(embed=run / "embed", cot=run / "cot")
+    for sub, target in links.items():
         if not (v / sub).exists():
-            os.symlink(os.path.relpath(run / sub, v), v / sub, target_is_directory=True)
-    if own_bank:
-        sample_bank(cfg, v, v, VARIANTS[name]["bank_rows"], seed=0)
+            os.symlink(os.path.relpath(target, v), v / sub, target_is_directory=True)
+    if "bank_rows" in spec:
+        sample_bank(cfg, v, v, spec["bank_rows"], seed=0)
+    elif spec.get("cot_bank") and not (v / "embed" / "cot.npy").exists():
+        from llmcf.embed import run_embed
+
+        run_embed(v, cfg)
     return v
 
 
-def run_variant(cfg, run: Path, name: str, model: str, seeds: int) -> dict:
+def run_variant(cfg, run: Path, name: str, model: str, seeds: int, cot_run: Path | None = None) -> dict:
     from llmcf.config import save_config
     from llmcf.retrieval.stage import run_retrieve
     from llmcf.slices import SliceTable, load_predictions
@@ -112,8 +144,9 @@ def run_variant(cfg, run: Path, name: str, model: str, seeds: int) -> dict:
     from llmcf.tune import apply_params
 
     spec = VARIANTS[name]
-    vcfg = apply_params(cfg, {**spec["sets"], "ict.enabled": spec["ict"], "ict.variant": "no_cot"})
-    d = view(vcfg, run, name)
+    vcfg = apply_params(cfg, {**spec["sets"], "ict.enabled": spec["ict"],
+                              "ict.variant": spec.get("variant", "no_cot")})
+    d = view(vcfg, run, name, cot_run)
     save_config(vcfg, d / "config.yaml")
     t0, c0 = time.perf_counter(), time.process_time()
     if spec["ict"]:
@@ -198,6 +231,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--run-dir", type=Path, default=Path("runs/bench-variants-ml-100k"))
     ap.add_argument("--name", default=None)
+    ap.add_argument("--cot-run", type=Path, default=None,
+                    help="a run of the same preset with real CoTs (cot/selected.parquet) for the *-cotbank variants")
     a = ap.parse_args()
     import torch
 
@@ -223,11 +258,16 @@ def main() -> int:
                        f"{a.bank_rows} random train rows (seed 0)",
            "variants": variants, "seeds": a.seeds, "rows": []}
     prepare(cfg, a.run_dir, a.bank_rows, seed=0)
+    if a.cot_run is not None:
+        check_cot_run(a.run_dir, a.cot_run)
+        sel = pd.read_parquet(a.cot_run / "cot" / "selected.parquet")
+        rec["protocol"] += (f"; CoT bank = {len(sel)} train rows with real CoTs from the CoT run "
+                            f"({a.cot_run.name}: {cfg.llm.model}, see its config)")
     # seed-major: seed 0 of every variant first, so a cut-off run still compares them all on one seed
     for n in range(1, a.seeds + 1):
         for v in variants:
             print(f"=== {v}, seeds 0..{n - 1} ===", flush=True)
-            row = run_variant(cfg, a.run_dir, v, a.model, n)
+            row = run_variant(cfg, a.run_dir, v, a.model, n, a.cot_run)
             rows = {r["variant"]: r for r in rec["rows"]}
             rows[v] = row
             rec["rows"] = [rows[x] for x in variants if x in rows]

@@ -150,3 +150,25 @@ def test_a_wo_cot_study_started_with_the_reconstruction_weight_resumes(run_dir):
     study.set_user_attr("space", old)  # ... an older study has it
     summary = run_tune(run_dir, cfg, "DIN", trials=2, trainer=trainer)
     assert summary["trials"] == 2 and "ict.recon_weight" in summary["space"]
+
+
+def test_seeds_per_trial_average_real_trainings_and_stay_fixed_for_the_study(run_dir):
+    """tune.seeds=2: every trial trains seeds 0 and 1 and its objective is their mean validation AUC; resuming the
+    study with another number of seeds is refused; best.yaml trains the run's own train.seeds."""
+    sets = ["train.max_epochs=1", "train.batch_size=32", "model.embed_dim=4", "model.mlp=[8]", "train.seeds=3",
+            "tune.startup_trials=2", "tune.space={train.lr: {low: 0.001, high: 0.05, log: true}}", "tune.models={}",
+            "tune.seeds=2"]
+    summary = run_tune(run_dir, load_config(None, sets), "DCN", trials=2)
+    out = run_dir / "tune" / "DCN"
+    assert summary["seeds_per_trial"] == 2 and "mean of 2 seeds" in summary["objective"]
+    for t in summary["all"]:
+        seeds = [json.loads((out / "trials" / str(t["number"]) / "models" / "DCN" / f"seed_{s}" /
+                             "result.json").read_text())["valid"]["auc"] for s in (0, 1)]
+        assert seeds[0] != seeds[1]  # two real trainings, not one counted twice
+        assert t["valid_auc"] == pytest.approx(sum(seeds) / 2)
+        assert not (out / "trials" / str(t["number"]) / "models" / "DCN" / "seed_2").exists()
+    assert load_config(out / "best.yaml").train.seeds == 3
+    with pytest.raises(ConfigError, match="average 2 seed"):
+        run_tune(run_dir, load_config(None, sets[:-1] + ["tune.seeds=1"]), "DCN", trials=3)
+    with pytest.raises(ConfigError, match="tune.seeds"):
+        run_tune(run_dir, load_config(None, sets[:-1] + ["tune.seeds=0"]), "DCN", trials=3)

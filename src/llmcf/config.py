@@ -450,6 +450,10 @@ class TuneConfig:
     """Seed of the TPE sampler."""
     startup_trials: int = 5
     """Random trials before TPE starts modelling."""
+    seeds: int = 1
+    """Seeds per trial (``train.seed`` .. ``train.seed + seeds - 1``): the objective is their mean validation AUC.
+    One seed is a noisy selector on small data (benchmarks/results/tuned-ml-100k-DCN.md: the backbone's best trial
+    won on one seed and had unstable seeds); 3 costs 3× per trial. A study keeps the value it was started with."""
     space: dict[str, Any] = field(default_factory=_tune_space)
     models: dict[str, Any] = field(default_factory=_tune_models)
     ict: dict[str, Any] = field(default_factory=_tune_ict)

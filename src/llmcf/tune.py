@@ -4,9 +4,10 @@
 
 The search space is the ``tune`` section of the config (``TuneConfig``): ``space`` (every backbone) ∪
 ``models[<backbone>]`` ∪, with ``--ict``, ``ict`` (ICT size, depth, learning rate, reconstruction weight, K). Each
-trial trains one seed (``train.seed``) through the training stage (``llmcf.train.stage.run_train``) with the trial's
-values set on the run's config, under the same early-stopping rule as ``llmcf train``; its objective is the best
-validation AUC. Test rows are scored by the training stage as always but never read here.
+trial trains ``tune.seeds`` seeds (default one: ``train.seed``) through the training stage
+(``llmcf.train.stage.run_train``) with the trial's values set on the run's config, under the same early-stopping rule
+as ``llmcf train``; its objective is the best validation AUC (the mean over the seeds). Test rows are scored by the
+training stage as always but never read here.
 
 Files, in ``run_dir/tune/<tag>/`` (tag as in models/: DIN, DIN+llmcf, ...):
     study.db             the Optuna study (SQLite): resumable — rerun the same command after Ctrl-C or a kill and
@@ -265,8 +266,11 @@ def run_tune(run_dir: Path, cfg: Config, model_name: str, trials: int | None = N
     space = search_space(cfg, model_name, ict)
     if ict and cfg.ict.warm_start:
         cfg, space = warm_start_study(run_dir, cfg, model_name, space)
+    seeds = int(cfg.tune.seeds)
+    if seeds < 1:
+        raise ConfigError(f"tune.seeds: seeds per trial must be >= 1, got {seeds}")
     base = copy.deepcopy(cfg)
-    base.train.seeds = 1
+    base.train.seeds = seeds
     base.models = [model_name]
     tag = study_tag(model_name, base)
     out = run_dir / "tune" / tag
@@ -283,13 +287,19 @@ def run_tune(run_dir: Path, cfg: Config, model_name: str, trials: int | None = N
         raise ConfigError(f"{out / 'study.db'}: this study was started with another search space; delete "
                           f"{out} to start over, or restore the tune section it used")
     study.set_user_attr("space", space)
+    prev_seeds = study.user_attrs.get("seeds_per_trial", 1 if prev_space is not None else None)
+    if prev_seeds is not None and prev_seeds != seeds:
+        raise ConfigError(f"{out / 'study.db'}: this study's trials average {prev_seeds} seed(s) each, not "
+                          f"tune.seeds={seeds}; set it back, or delete {out} to start over")
+    study.set_user_attr("seeds_per_trial", seeds)
     requeued = _recover_interrupted(study)
     done = len(_finished(study))
     # the sampler's random stream restarts on resume: reseed it by progress so a resumed study stays reproducible
     study.sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed + done,
                                                n_startup_trials=cfg.tune.startup_trials)
     print(f"[tune] {tag}: {done}/{n_trials} trials finished" + (f", {requeued} interrupted one(s) queued again"
-                                                                 if requeued else "") + f" -> {out}")
+                                                                 if requeued else "")
+          + (f", {seeds} seeds per trial" if seeds > 1 else "") + f" -> {out}")
     cache: dict = {}
 
     def objective(trial) -> float:
@@ -305,10 +315,13 @@ def run_tune(run_dir: Path, cfg: Config, model_name: str, trials: int | None = N
 
     while len(_finished(study)) < n_trials:
         study.optimize(objective, n_trials=n_trials - len(_finished(study)), catch=(RuntimeError, ValueError))
-    return write_outputs(study, base, space, out, tag, model_name)
+    return write_outputs(study, base, space, out, tag, model_name, final_seeds=cfg.train.seeds)
 
 
-def write_outputs(study, base: Config, space: dict, out: Path, tag: str, model_name: str) -> dict:
+def write_outputs(study, base: Config, space: dict, out: Path, tag: str, model_name: str,
+                  final_seeds: int | None = None) -> dict:
+    """best.yaml (the best trial's values on the run's config, ``train.seeds`` = ``final_seeds``: the seeds
+    ``llmcf train --config best.yaml`` trains) and summary.json."""
     import optuna
     from optuna.trial import TrialState
 
@@ -317,14 +330,20 @@ def write_outputs(study, base: Config, space: dict, out: Path, tag: str, model_n
         raise RunError(f"{out}: no trial finished (see the errors above)")
     best = max(complete, key=lambda t: t.value)
     best_values = decode(space, best.params)
-    save_config(apply_params(base, best_values), out / "best.yaml")
+    best_cfg = apply_params(base, best_values)
+    if final_seeds is not None:
+        best_cfg.train.seeds = int(final_seeds)
+    save_config(best_cfg, out / "best.yaml")
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=base.tune.seed)
         imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
         importance = {k: float(v) for k, v in imp.items()}
     except (RuntimeError, ValueError, ZeroDivisionError):  # too few trials, or no parameter varied
         importance = {}
-    summary = {"tag": tag, "model": model_name, "ict": bool(base.ict.enabled), "objective": "valid AUC",
+    seeds = int(base.train.seeds)
+    objective = "valid AUC" if seeds == 1 else f"valid AUC, mean of {seeds} seeds"
+    summary = {"tag": tag, "model": model_name, "ict": bool(base.ict.enabled), "objective": objective,
+               "seeds_per_trial": seeds,
                "sampler": f"TPE seed {base.tune.seed}, {base.tune.startup_trials} random start-up trials",
                "trials": len(complete), "space": space,
                "best": {"number": best.number, "valid_auc": best.value, "params": best_values},
@@ -355,7 +374,9 @@ def tune_markdown(summaries: list[dict]) -> str:
     budgets = sorted({s["trials"] for s in summaries})
     note = ("equal trial budgets" if len(budgets) == 1 else
             f"UNEQUAL trial budgets ({', '.join(map(str, budgets))}): tuned comparisons between these are not fair")
-    return "\n".join(rows) + f"\n\nObjective: validation AUC only (one seed per trial); {note}."
+    per = sorted({s.get("seeds_per_trial", 1) for s in summaries})
+    seeds = " / ".join("one seed" if n == 1 else f"mean of {n} seeds" for n in per)
+    return "\n".join(rows) + f"\n\nObjective: validation AUC only ({seeds} per trial); {note}."
 
 
 def _short(v: Any) -> str:

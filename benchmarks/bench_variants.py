@@ -59,6 +59,10 @@ VARIANTS = {
     "nocot-k8": {"ict": True, "sets": {"retrieval.k": 8}},
     "nocot-unbalanced": {"ict": True, "sets": {"retrieval.balanced": False}},
     "nocot-history-only": {"ict": True, "sets": {"retrieval.history_weight": 1.0, "retrieval.target_weight": 0.0}},
+    # learning-rate decay on plateau (FuxiCTR's default, worth +0.005 AUC to DCN alone: benchmarks/results/fuxictr.md)
+    # on both sides: does the in-context module still add anything to a backbone trained with it?
+    "base-decay": {"ict": False, "sets": {"train.plateau_lr_factor": 0.1}},
+    "nocot-bank-decay": {"ict": True, "sets": {"train.plateau_lr_factor": 0.1}},
     # study (a), bank size: the default bank with more random train rows (own cot/ and embed/ in its folder)
     "nocot-bank1k": {"ict": True, "sets": {}, "bank_rows": 1000},
     "nocot-bank4k": {"ict": True, "sets": {}, "bank_rows": 4000},
@@ -187,7 +191,7 @@ def versus(row: dict, base: dict | None, metric: str = "auc") -> str:
 
 
 def markdown(rec: dict) -> str:
-    lines = [f"# Variant study (no LLM): {rec['name']}", "", f"- command: `{rec['command']}`",
+    lines = [f"# Variant study: {rec['name']}", "", f"- command: `{rec['command']}`",
              f"- machine: {rec['machine']}", f"- started: {rec['started']}", f"- protocol: {rec['protocol']}", "",
              "| variant | bank rows | test AUC | Δ AUC vs base | test LogLoss | Δ LogLoss vs base | valid AUC | "
              "best epochs | s/epoch | last seed wall s | CPU s |",

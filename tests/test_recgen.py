@@ -363,3 +363,31 @@ def test_lora_on_the_top_layers_only(tiny_dir):
     rc = vars(Config().recgen)
     assert "lora_layers" not in recgen_fingerprint(dict(rc), "m", "d", "float32")
     assert "lora_layers" in recgen_fingerprint({**rc, "lora_layers": 2}, "m", "d", "float32")
+
+
+def test_bf16_autocast_trains_in_bfloat16_with_float32_weights(tiny_dir, tok):
+    """recgen.amp: the forward matmuls run in bfloat16 (the dtype of every Linear's output), the trainable weights
+    stay float32, the loss still falls; at its default it leaves the RecGen fingerprint unchanged."""
+    from llmcf.fingerprint import recgen_fingerprint
+    from llmcf.llm.recgen_train import prepare_model, train_loop
+
+    exs = [SFTExample([{"role": "user", "content": f"Item {k}: like it? Answer Yes or No."}],
+                      "Yes" if k % 2 else "No", "rec") for k in range(8)]
+    enc = [tokenize_example(tok, e, 256) for e in exs]
+    curves = {}
+    for amp in (False, True):
+        cfg = small_cfg(tiny_dir, "lora", steps=20, lr=3e-2)
+        cfg.recgen.amp = amp
+        model = prepare_model(load_tiny(tiny_dir), "lora", 8, 16, 0.0)
+        seen = set()
+        for m in model.modules():
+            if type(m) is torch.nn.Linear:
+                m.register_forward_hook(lambda mod, args, out: seen.add(out.dtype))
+        curves[amp] = [c["loss"] for c in train_loop(model, tok, enc, cfg.recgen, 20, progress=False)]
+        assert seen == {torch.bfloat16 if amp else torch.float32}
+        assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert np.mean(curves[True][-3:]) < 0.75 * curves[True][0]
+    assert curves[True] != curves[False]  # another computation, not the fp32 one relabelled
+    rc = vars(Config().recgen)
+    assert "amp" not in json.loads(recgen_fingerprint(dict(rc), "m", "d", "float32"))["recgen"]
+    assert json.loads(recgen_fingerprint({**rc, "amp": True}, "m", "d", "float32"))["recgen"]["amp"] is True

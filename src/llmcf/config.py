@@ -183,6 +183,10 @@ class RecGenConfig:
     lora_layers: int | None = None
     """LoRA on the top N decoder layers only (None = all): the backward pass stops below them, so a step costs less
     (benchmarks/results/recgen.md)."""
+    amp: bool = False
+    """Mixed precision for RecGen training: the forward pass runs under ``torch.autocast`` in bfloat16 while the
+    weights, the LoRA adapters and AdamW stay float32. Pays on CPUs with native bf16 (AVX512-BF16 or AMX; see
+    ``lscpu``) and on CUDA; elsewhere bf16 is emulated and slower. Cost and accuracy: benchmarks/results/recgen.md."""
     lr: float = 1e-4
     epochs: float = 1.0
     max_steps: int | None = None

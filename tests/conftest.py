@@ -10,6 +10,17 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _float32_everywhere():
+    """``llm.dtype: auto`` is bfloat16 on hardware with native bf16 and float32 elsewhere: the suite runs as on a
+    machine without it, so exact-value tests mean the same on every machine (tests of ``auto`` patch it back)."""
+    from llmcf.llm.backends import hf
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hf, "native_bf16", lambda device: False)
+        yield
+
+
 @pytest.fixture
 def tiny_schema():
     """A FeatureSchema of 20 users, 40 items (brands, one or two categories each) and history length 4."""

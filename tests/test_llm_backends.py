@@ -322,3 +322,35 @@ def test_openai_sync_api_works_inside_a_running_event_loop(server):
         return client(server).generate([chat("z")], SamplingParams())
 
     assert asyncio.run(caller()) == [["re:z s0 c0"]]
+
+
+# ---------------------------------------------------------------------------- llm.dtype: auto
+def test_auto_dtype_is_bf16_for_inference_only_where_native(tiny_dir, monkeypatch):
+    """llm.dtype=auto: bfloat16 weights for inference on hardware with native bf16 (patched here), float32 without
+    it and always for RecGen training; explicit values pass through; the engine line says what auto chose; auto is
+    hashed as float32 (no stage reruns), an explicit bfloat16 is not."""
+    from llmcf.config import load_config
+    from llmcf.fingerprint import stage_hash
+    from llmcf.llm.backends import hf as hf_mod
+    from llmcf.llm.backends.factory import engine_line
+
+    assert hf_mod.resolve_dtype("auto", "cpu") == "float32"  # the suite's machine: no native bf16
+    be32 = hf_mod.HFBackend(tiny_dir, batch_size=4, device="cpu", progress=False)
+    assert be32.dtype == "float32"
+    monkeypatch.setattr(hf_mod, "native_bf16", lambda device: True)
+    assert hf_mod.resolve_dtype("auto", "cpu") == "bfloat16"
+    assert hf_mod.resolve_dtype("auto", "cpu", purpose="train") == "float32"
+    assert hf_mod.resolve_dtype("float16", "cpu") == "float16"
+    be16 = hf_mod.HFBackend(tiny_dir, batch_size=4, device="cpu", progress=False)
+    assert be16.dtype == "bfloat16" and {p.dtype for p in be16.model.parameters()} == {torch.bfloat16}
+    p16, p32 = be16.score_yes_no(PROMPTS), be32.score_yes_no(PROMPTS)
+    assert np.all((p16 > 0) & (p16 < 1)) and np.abs(p16 - p32).max() < 0.1 and not np.array_equal(p16, p32)
+    out = be16.generate(PROMPTS[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=4))
+    assert len(out) == 1 and isinstance(out[0][0], str)
+    cfg = load_config(None, ["llm.backend=hf"])
+    assert "bfloat16 (llm.dtype=auto)" in engine_line(cfg.llm)
+    with pytest.raises(LLMCFError, match="llm.dtype"):
+        hf_mod.HFBackend(tiny_dir, dtype="int8", device="cpu", progress=False)
+    hashes = {d: stage_hash(load_config(None, [f"llm.dtype={d}"]), "cot_generate", "") for d in
+              ("auto", "float32", "bfloat16")}
+    assert hashes["auto"] == hashes["float32"] != hashes["bfloat16"]

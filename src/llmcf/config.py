@@ -147,7 +147,13 @@ class LLMConfig:
     max_concurrency: int = 8
     timeout_s: float = 120.0
     max_retries: int = 3
-    dtype: str = "float32"
+    dtype: str = "auto"
+    """hf backend inference (CoT, KAR and self-distilled texts; p(Yes), MMLU, perplexity): auto | float32 | bfloat16 |
+    float16. ``auto`` = bfloat16 where the hardware computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU
+    with bf16), float32 elsewhere; ~2x cheaper p(Yes) and ~1.5x cheaper generation on such a CPU
+    (benchmarks/results/generation.md). RecGen *training* loads float32 weights under ``auto`` (``recgen.amp`` for
+    bf16 autocast); an explicit value applies to training too. ``auto`` is hashed as float32, so it reruns no stage
+    that float32 ran."""
     device: str = "auto"
     """hf backend: auto (cuda if available) | cpu | cuda | cuda:N."""
     api_model: str | None = None

@@ -33,11 +33,13 @@ ADDED_AT_DEFAULT: dict[tuple[str, str], object] = {("train", "ict_lr"): None, ("
 """Config fields added after results were recorded: left out of every hash while at their default (the behaviour
 before they existed), so adding a switch neither reruns a stage nor retrains a cached seed."""
 
-HASHED_AS: dict[tuple[str, str], dict] = {("retrieval", "index"): {"auto": "flat"}}
+HASHED_AS: dict[tuple[str, str], dict] = {("retrieval", "index"): {"auto": "flat"}, ("llm", "dtype"): {"auto": "float32"}}
 """Values hashed as another one: ``index: auto`` (the default since the scaling work) builds the exact flat index
 for every bank bucket up to ``retrieval.auto_exact_max`` vectors, which covers every run recorded with ``flat``, so
 those runs keep their stage stamps and trained seeds. (A run whose bucket exceeds the threshold and that was
-retrieved with ``flat`` before keeps that exact index until its retrieval stage reruns for another reason.)"""
+retrieved with ``flat`` before keeps that exact index until its retrieval stage reruns for another reason.)
+``llm.dtype: auto`` (the default since the bf16 measurements) is float32 on hardware without native bf16, and only
+changes inference precision elsewhere: runs recorded with float32 keep their stamps."""
 
 SEED_FIELDS = ("seed", "seeds")
 """train.* fields that say which seeds to run; one seed's result does not depend on them."""

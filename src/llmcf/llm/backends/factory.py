@@ -41,6 +41,17 @@ def backend_name(cfg: LLMConfig) -> str:
     return name
 
 
+def hf_dtype_text(cfg: LLMConfig) -> str:
+    """The hf engine's inference dtype as the engine line shows it (``auto`` resolved on this machine)."""
+    from llmcf.llm.backends.hf import resolve_dtype
+
+    try:
+        real = resolve_dtype(cfg.dtype, cfg.device)
+    except RuntimeError:  # a device this machine lacks: the backend itself reports it when it loads
+        real = cfg.dtype
+    return f"{real} (llm.dtype=auto)" if str(cfg.dtype) == "auto" else real
+
+
 def engine_line(cfg: LLMConfig) -> str:
     """One line naming the generation engine a run will use (printed by ``llmcf run`` and the demo)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -51,7 +62,8 @@ def engine_line(cfg: LLMConfig) -> str:
         ver = f"{pkg} {version(pkg)}" if pkg else ""
     except PackageNotFoundError:
         ver = f"{pkg} not installed"
-    how = {"llamacpp": "GGUF on CPU", "hf": "torch " + cfg.dtype, "openai": f"endpoint {cfg.endpoint}"}.get(name, "")
+    how = {"llamacpp": "GGUF on CPU", "hf": "torch " + hf_dtype_text(cfg),
+           "openai": f"endpoint {cfg.endpoint}"}.get(name, "")
     auto = " (llm.backend=auto" + ("" if name == "llamacpp" else "; pip install 'llmcf[llamacpp]' for the llama.cpp "
                                      "engine: less memory, not faster on a 2-core CPU here") + ")" if str(cfg.backend).lower() == "auto" else ""
     return f"LLM engine: {name} ({', '.join(x for x in (ver, how) if x)}){auto}"

@@ -22,6 +22,31 @@ def _pick_device(device: str):
     return torch.device(device)
 
 
+def native_bf16(device) -> bool:
+    """Whether ``device`` computes bfloat16 matmuls natively (CPU: oneDNN's AVX512-BF16 / AMX check; CUDA: the
+    GPU's bf16 support). Where it does not, bf16 is emulated and slower than float32."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(dtype: str, device: str = "auto", purpose: str = "inference") -> str:
+    """The torch dtype name ``llm.dtype`` means on ``device``: an explicit value as is; ``auto`` = bfloat16 for
+    inference where the device computes it natively, else float32, and float32 for training (``purpose="train"``)."""
+    if str(dtype) != "auto":
+        return str(dtype)
+    if purpose == "train":
+        return "float32"
+    return "bfloat16" if native_bf16(_pick_device(device)) else "float32"
+
+
 def render_chat(tokenizer, messages: Prompt, add_generation_prompt: bool = True) -> str:
     """The prompt text of one conversation (a plain ``role: content`` layout if the tokenizer has no template)."""
     if getattr(tokenizer, "chat_template", None):
@@ -41,7 +66,7 @@ def first_token_id(tokenizer, word: str) -> int:
 class HFBackend:
     """transformers backend. ``model``/``tokenizer`` may be passed in directly (tests, training loops)."""
 
-    def __init__(self, model_path: str | Path | None = None, batch_size: int = 8, dtype: str = "float32",
+    def __init__(self, model_path: str | Path | None = None, batch_size: int = 8, dtype: str = "auto",
                  device: str = "auto", progress: bool = True, model=None, tokenizer=None,
                  threads: int | None = None):
         import torch
@@ -56,13 +81,15 @@ class HFBackend:
             model_path = Path(model_path)
             if not (model_path / "config.json").exists():
                 raise LLMCFError(f"{model_path}: not a Hugging Face model directory (no config.json)")
-            torch_dtype = getattr(torch, dtype, None)
-            if not isinstance(torch_dtype, torch.dtype):
-                raise LLMCFError(f"llm.dtype: unknown torch dtype '{dtype}' (expected float32, bfloat16, float16)")
+            dtype = resolve_dtype(dtype, device)
+            torch_dtype = getattr(torch, dtype, None) if dtype in ("float32", "bfloat16", "float16") else None
+            if torch_dtype is None:
+                raise LLMCFError(f"llm.dtype: unknown dtype '{dtype}' (expected auto, float32, bfloat16, float16)")
             tokenizer = AutoTokenizer.from_pretrained(str(model_path))
             model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch_dtype)
             model.to(_pick_device(device))
         self.model = model.eval()
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:

@@ -92,6 +92,8 @@ def run_recgen_eval(run_dir: Path, cfg: Config, model_path: Path | None = None, 
     result: dict = {"tag": tag, "model": str(model_path), "engine": engine}
     if engine == "llamacpp":
         result["gguf"] = scorer.gguf_path.name
+    else:
+        result["dtype"] = backend.dtype
 
     test = sample_rows(read_split(run_dir, "test"), rc.eval_rows, rc.seed)
     prompts = rec_prompts_for(test, read_item_texts(run_dir), cfg.data, rc.history_items)

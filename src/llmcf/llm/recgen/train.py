@@ -26,6 +26,7 @@ from llmcf.config import Config
 from llmcf.fingerprint import recgen_fingerprint
 from llmcf.errors import LLMCFError
 from llmcf.io import atomic_write_json
+from llmcf.llm.backends.hf import resolve_dtype
 from llmcf.llm.models import install_dir, resolve_model
 from llmcf.llm.recgen.data import (IGNORE, build_sft_mix, collate, examples_digest, recgen_dir,
                                    tokenize_example)
@@ -214,7 +215,8 @@ def run_recgen_train(run_dir: Path, cfg: Config) -> Path:
     out_dir = recgen_dir(run_dir) / "model"
     base = resolve_model(cfg.llm.model)
     examples, info = build_sft_mix(run_dir, cfg)
-    fingerprint = recgen_fingerprint(dict(vars(rc)), str(base), examples_digest(examples), cfg.llm.dtype)
+    train_dtype = resolve_dtype(cfg.llm.dtype, purpose="train")
+    fingerprint = recgen_fingerprint(dict(vars(rc)), str(base), examples_digest(examples), train_dtype)
     info_path = out_dir / INFO_FILE
     if info_path.exists() and json.loads(info_path.read_text()).get("fingerprint") == fingerprint:
         print(f"[recgen] {out_dir} is up to date", flush=True)
@@ -237,8 +239,7 @@ def run_recgen_train(run_dir: Path, cfg: Config) -> Path:
                       step_schedule(len(encoded), rc.batch_size, rc.grad_accum, total, rc.seed), rc.num_rec, total)
     print(f"[recgen] {trained_on_line(t_on)}", flush=True)
 
-    dtype = getattr(torch, cfg.llm.dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=getattr(torch, train_dtype))
     if cfg.llm.device != "cpu" and torch.cuda.is_available():
         model.to("cuda" if cfg.llm.device == "auto" else cfg.llm.device)
     model = prepare_model(model, rc.method, rc.lora_r, rc.lora_alpha, rc.lora_dropout, rc.lora_layers)

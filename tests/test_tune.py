@@ -8,7 +8,7 @@ import yaml
 
 from llmcf.cli import main
 from llmcf.config import ConfigError, load_config
-from llmcf.tune import apply_params, run_tune, search_space
+from llmcf.tune import apply_params, run_tune, search_space, tune_markdown
 from test_cli import _write_atomic
 
 optuna = pytest.importorskip("optuna")  # an extra (llmcf[tune]); `make install` installs it
@@ -168,6 +168,9 @@ def test_seeds_per_trial_average_real_trainings_and_stay_fixed_for_the_study(run
         assert t["valid_auc"] == pytest.approx(sum(seeds) / 2)
         assert not (out / "trials" / str(t["number"]) / "models" / "DCN" / "seed_2").exists()
     assert load_config(out / "best.yaml").train.seeds == 3
+    # the report flags studies whose trials average different numbers of seeds as an unfair pair
+    one_seed = {**summary, "tag": "DCN+llmcf", "seeds_per_trial": 1}
+    assert "UNEQUAL" in tune_markdown([summary, one_seed]) and "UNEQUAL" not in tune_markdown([summary, summary])
     with pytest.raises(ConfigError, match="average 2 seed"):
         run_tune(run_dir, load_config(None, sets[:-1] + ["tune.seeds=1"]), "DCN", trials=3)
     with pytest.raises(ConfigError, match="tune.seeds"):

@@ -286,11 +286,11 @@ def run_tune(run_dir: Path, cfg: Config, model_name: str, trials: int | None = N
     if prev_space is not None and prev_space != space:
         raise ConfigError(f"{out / 'study.db'}: this study was started with another search space; delete "
                           f"{out} to start over, or restore the tune section it used")
-    study.set_user_attr("space", space)
     prev_seeds = study.user_attrs.get("seeds_per_trial", 1 if prev_space is not None else None)
     if prev_seeds is not None and prev_seeds != seeds:
         raise ConfigError(f"{out / 'study.db'}: this study's trials average {prev_seeds} seed(s) each, not "
                           f"tune.seeds={seeds}; set it back, or delete {out} to start over")
+    study.set_user_attr("space", space)
     study.set_user_attr("seeds_per_trial", seeds)
     requeued = _recover_interrupted(study)
     done = len(_finished(study))
@@ -319,7 +319,7 @@ def run_tune(run_dir: Path, cfg: Config, model_name: str, trials: int | None = N
 
 
 def write_outputs(study, base: Config, space: dict, out: Path, tag: str, model_name: str,
-                  final_seeds: int | None = None) -> dict:
+                  final_seeds: int) -> dict:
     """best.yaml (the best trial's values on the run's config, ``train.seeds`` = ``final_seeds``: the seeds
     ``llmcf train --config best.yaml`` trains) and summary.json."""
     import optuna
@@ -331,8 +331,7 @@ def write_outputs(study, base: Config, space: dict, out: Path, tag: str, model_n
     best = max(complete, key=lambda t: t.value)
     best_values = decode(space, best.params)
     best_cfg = apply_params(base, best_values)
-    if final_seeds is not None:
-        best_cfg.train.seeds = int(final_seeds)
+    best_cfg.train.seeds = int(final_seeds)
     save_config(best_cfg, out / "best.yaml")
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=base.tune.seed)
@@ -371,11 +370,11 @@ def tune_markdown(summaries: list[dict]) -> str:
         imp = ", ".join(f"{k} {v:.2f}" for k, v in list(s["importance"].items())[:3]) or "–"
         rows.append(f"| {s['tag']} | {s['trials']} | {s['best']['number']} | {s['best']['valid_auc']:.4f} | {vals} | "
                     f"{imp} |")
-    budgets = sorted({s["trials"] for s in summaries})
+    budgets = sorted({(s["trials"], s.get("seeds_per_trial", 1)) for s in summaries})
     note = ("equal trial budgets" if len(budgets) == 1 else
-            f"UNEQUAL trial budgets ({', '.join(map(str, budgets))}): tuned comparisons between these are not fair")
-    per = sorted({s.get("seeds_per_trial", 1) for s in summaries})
-    seeds = " / ".join("one seed" if n == 1 else f"mean of {n} seeds" for n in per)
+            f"UNEQUAL trial budgets ({', '.join(f'{t} trials x {n} seed(s)' for t, n in budgets)}): tuned "
+            "comparisons between these are not fair")
+    seeds = " / ".join("one seed" if n == 1 else f"mean of {n} seeds" for n in sorted({n for _, n in budgets}))
     return "\n".join(rows) + f"\n\nObjective: validation AUC only ({seeds} per trial); {note}."
 
 

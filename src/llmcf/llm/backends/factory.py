@@ -45,10 +45,7 @@ def hf_dtype_text(cfg: LLMConfig) -> str:
     """The hf engine's inference dtype as the engine line shows it (``auto`` resolved on this machine)."""
     from llmcf.llm.backends.hf import resolve_dtype
 
-    try:
-        real = resolve_dtype(cfg.dtype, cfg.device)
-    except RuntimeError:  # a device this machine lacks: the backend itself reports it when it loads
-        real = cfg.dtype
+    real = resolve_dtype(cfg.dtype, cfg.device)
     return f"{real} (llm.dtype=auto)" if str(cfg.dtype) == "auto" else real
 
 

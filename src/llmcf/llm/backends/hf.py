@@ -27,8 +27,8 @@ def native_bf16(device) -> bool:
     GPU's bf16 support). Where it does not, bf16 is emulated and slower than float32."""
     import torch
 
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cuda":  # no CUDA here: False, and loading the model onto it reports the error
+        return torch.cuda.is_available() and bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu":
         return False
     try:

@@ -116,7 +116,7 @@ def train_loop(model, tokenizer, encoded: list[dict], rc, total_steps: int, ckpt
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup), last_epoch=start - 1)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    amp = bool(getattr(rc, "amp", False))
+    amp = bool(rc.amp)
     model.train()
     bar = EstimatingBar(total=total_steps, initial=start, desc="recgen train", unit="step", disable=not progress,
                         dynamic_ncols=True, warmup_units=1, rate_key="recgen train")

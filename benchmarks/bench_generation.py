@@ -104,7 +104,7 @@ def worker(engine: str, threads: int, gguf: str, conn) -> None:
         c0, t0 = time.process_time(), time.perf_counter()
         if msg[0] == "gen":
             out = be.generate(msg[1], msg[2])
-            res = {"new_tokens": be.last_stats["new_tokens"], "sample": out[0][0][:300]}
+            res = {"new_tokens": be.last_stats["new_tokens"], "sample": out[0][0][:300], "outputs": out}
         else:
             res = {"p": be.score_yes_no(msg[1]).tolist()}
         res.update(wall=time.perf_counter() - t0, cpu=time.process_time() - c0)

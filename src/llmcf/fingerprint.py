@@ -29,7 +29,8 @@ ADDED_AT_DEFAULT: dict[tuple[str, str], object] = {("train", "ict_lr"): None, ("
                                                    ("retrieval", "bank"): "cot", ("train", "amp"): False,
                                                    ("train", "grad_clip"): None, ("train", "plateau_lr_factor"): None,
                                                    ("retrieval", "auto_exact_max"): 1_000_000,
-                                                   ("recgen", "lora_layers"): None, ("recgen", "amp"): False}
+                                                   ("recgen", "lora_layers"): None, ("recgen", "amp"): False,
+                                                   ("llm", "prompt_style"): "full"}
 """Config fields added after results were recorded: left out of every hash while at their default (the behaviour
 before they existed), so adding a switch neither reruns a stage nor retrains a cached seed."""
 

@@ -60,11 +60,12 @@ def run_kd_score(run_dir: Path, cfg: Config, backend=None) -> dict:
     run_dir = Path(run_dir)
     train = read_split(run_dir, "train")
     pool = build_kd_pool(train, cfg)
-    texts = read_item_texts(run_dir)
+    texts = read_item_texts(run_dir, cfg.llm.prompt_style)
     hist_items = cfg.baseline.kd_history_items if cfg.baseline.kd_history_items is not None else cfg.recgen.history_items
-    prompts = rec_prompts_for(pool, texts, cfg.data, hist_items)
+    prompts = rec_prompts_for(pool, texts, cfg.data, hist_items, cfg.llm.prompt_style)
     model_path, ident = teacher_model(run_dir, cfg)
-    parts = {"pool_hash": pool_hash("kd", pool["key"], [p[0]["content"] for p in prompts]), "model": ident}
+    parts = {"pool_hash": pool_hash("kd", pool["key"], ["\n".join(m["content"] for m in p) for p in prompts]),
+             "model": ident}
     pool_out = pool.drop(columns=["history"])
     job = KDJob(cfg.llm, model_path, dict(zip(pool["key"], prompts)), backend)
     return run_generation(kd_dir(run_dir), pool_out, parts, cfg.baseline.kd_shard_size, job, cfg.llm,

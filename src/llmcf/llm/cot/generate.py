@@ -37,7 +37,7 @@ from llmcf.errors import DataError, LLMCFError, RunError
 from llmcf.io import atomic_path, atomic_write_json, write_parquet
 from llmcf.llm import executors, shards
 from llmcf.llm.backends.base import SamplingParams
-from llmcf.llm.cot.prompts import SYSTEM, input_text, user_message
+from llmcf.llm.cot.prompts import input_text, system_prompt, user_message
 from llmcf.llm.recgen.prompts import item_texts
 from llmcf.rundir import RunDir
 
@@ -82,7 +82,9 @@ def build_pool(train: pd.DataFrame, items: pd.DataFrame, cfg: Config, train_path
         raise LLMCFError("set cot.count or cot.fraction: how many train rows get a chain of thought")
     idx = np.sort(np.random.default_rng(c.seed).choice(n, size=size, replace=False)) if n else np.array([], int)
     pool = df.iloc[idx].reset_index(drop=True)
-    texts = item_texts(items, blank="placeholder")
+    style = cfg.llm.prompt_style
+    texts = item_texts(items, blank="placeholder")  # the relevance reference keeps the full item text
+    lines = texts if style == "full" else item_texts(items, blank="placeholder", style=style)
     prompts, inputs, hists = [], [], []
     for r in pool.itertuples(index=False):
         if r.item_id not in texts:
@@ -95,7 +97,7 @@ def build_pool(train: pd.DataFrame, items: pd.DataFrame, cfg: Config, train_path
             raise DataError(f"history item {unknown[0]!r} (row {r.key}) is not in items.parquet", file=train_path,
                             field="history")
         htexts = [texts[h] for h in hist]
-        prompts.append(user_message(htexts, texts[r.item_id], int(r.label), cfg.data))
+        prompts.append(user_message([lines[h] for h in hist], lines[r.item_id], int(r.label), cfg.data, style))
         inputs.append(input_text(htexts, texts[r.item_id]))
         hists.append(hist)
     return pd.DataFrame({
@@ -105,8 +107,8 @@ def build_pool(train: pd.DataFrame, items: pd.DataFrame, cfg: Config, train_path
     })
 
 
-def pool_hash(pool: pd.DataFrame) -> str:
-    return fingerprint.pool_hash(SYSTEM, pool["key"], pool["prompt"])
+def pool_hash(pool: pd.DataFrame, style: str = "full") -> str:
+    return fingerprint.pool_hash(system_prompt(style), pool["key"], pool["prompt"])
 
 
 def resolve_cot_model(run_dir: Path, cfg: Config) -> tuple[Path | None, dict[str, Any]]:
@@ -167,7 +169,8 @@ def generate_shard(backend, rows: pd.DataFrame, k: int, cfg: Config) -> tuple[li
     records, new_tokens = [], 0
     for b in range(0, len(rows), bs):
         chunk = rows.iloc[b:b + bs]
-        prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}] for p in chunk["prompt"]]
+        system = system_prompt(cfg.llm.prompt_style)
+        prompts = [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in chunk["prompt"]]
         outs = backend.generate(prompts, sampling_params(cfg, seed=cfg.cot.seed + 1_000_003 * k + b))
         if len(outs) != len(prompts) or any(len(o) != params.n for o in outs):
             raise LLMCFError(f"generation backend returned {[len(o) for o in outs]} completions for "
@@ -212,7 +215,7 @@ def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
         raise LLMCFError("cot.shard_size and cot.candidates must be >= 1")
     model_path, model_ident = resolve_cot_model(run_dir, cfg)
     params = sampling_params(cfg)
-    phash = pool_hash(pool)
+    phash = pool_hash(pool, cfg.llm.prompt_style)
     parts = {"pool_hash": phash, "sampling": {k: v for k, v in vars(params).items() if k != "seed"},
              "seed": cfg.cot.seed, "shard_size": cfg.cot.shard_size, "model": model_ident}
     gen_id = fingerprint.generation_id(parts)

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 from llmcf.config import DataConfig
 from llmcf.llm.backends.base import Prompt
+from llmcf.llm.prompt_style import check_style
 
 SYSTEM = ("You are a recommendation analyst. You explain, step by step and in plain language, why a user made a "
           "decision about an item, using only the information you are given.")
+SYSTEM_COMPACT = "You explain, step by step, why a user made a decision about an item."
+
+
+def system_prompt(style: str = "full") -> str:
+    """The CoT prompt's system turn for ``llm.prompt_style``."""
+    return SYSTEM_COMPACT if check_style(style) == "compact" else SYSTEM
 
 
 def _plural(noun: str) -> str:
@@ -24,9 +31,13 @@ def label_sentence(label: int, data: DataConfig) -> str:
     return f"The user {verb} the target new {data.item_noun}."
 
 
-def instruction_lines(data: DataConfig) -> list[str]:
+def instruction_lines(data: DataConfig, style: str = "full") -> list[str]:
     """The reasoning request: the fixed part of the prompt (a CoT that repeats it is an echo)."""
     noun, nouns = data.item_noun, _plural(data.item_noun)
+    if check_style(style) == "compact":
+        return [f"Explain why, in four steps: (1) the user's tastes, from the past {nouns}; (2) the target {noun} and "
+                f"the related past {nouns}; (3) how well the two match; (4) whether the user wants variety. "
+                "End with the decision."]
     return [
         "Explain, step by step, why the user made this decision. Reason through these four points:",
         f"(1) User profile: describe the tastes and interests that the user's past {nouns} reveal.",
@@ -53,7 +64,8 @@ def input_text(history_texts: list[str], target_text: str) -> str:
     return "\n".join([*history_texts, target_text])
 
 
-def user_message(history_texts: list[str], target_text: str, label: int, data: DataConfig) -> str:
+def user_message(history_texts: list[str], target_text: str, label: int, data: DataConfig,
+                 style: str = "full") -> str:
     nouns = _plural(data.item_noun)
     lines = [f"The user's past {nouns}, oldest first:"]
     if history_texts:
@@ -62,11 +74,13 @@ def user_message(history_texts: list[str], target_text: str, label: int, data: D
         lines.append("(none: this is the user's first interaction)")
     lines += ["", f"Target new {data.item_noun}: {target_text}",
               f"User's decision: {label_sentence(label, data)}", ""]
-    lines += instruction_lines(data)
+    lines += instruction_lines(data, style)
     return "\n".join(lines)
 
 
-def build_cot_prompt(history_texts: list[str], target_text: str, label: int, data: DataConfig) -> Prompt:
-    """The chat prompt for one train row (a system turn and a user turn)."""
-    return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": user_message(history_texts, target_text, label, data)}]
+def build_cot_prompt(history_texts: list[str], target_text: str, label: int, data: DataConfig,
+                     style: str = "full") -> Prompt:
+    """The chat prompt for one train row (a system turn and a user turn); ``history_texts``/``target_text`` are
+    item lines of the same style (``item_texts(..., style=style)``)."""
+    return [{"role": "system", "content": system_prompt(style)},
+            {"role": "user", "content": user_message(history_texts, target_text, label, data, style)}]

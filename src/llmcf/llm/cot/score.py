@@ -34,7 +34,7 @@ from llmcf.config import Config
 from llmcf.errors import LLMCFError
 from llmcf.io import atomic_write_json, write_parquet
 from llmcf.llm.cot.generate import read_generation
-from llmcf.llm.cot.prompts import SYSTEM, aspect_sentences, instruction_lines, label_sentence
+from llmcf.llm.cot.prompts import aspect_sentences, instruction_lines, label_sentence, system_prompt
 from llmcf.rundir import RunDir
 
 # A small general-purpose opinion lexicon of our own, with words common in recommendation explanations.
@@ -145,7 +145,8 @@ def _sentence_completeness(cands: list[str], aspects: np.ndarray, encoder) -> np
 def score_candidates(cands: list[str], prompts: list[str], inputs: list[str], labels: list[int], cfg: Config,
                      encoder) -> pd.DataFrame:
     """The four terms, the score and the zero reason for each candidate (parallel lists, one entry per candidate)."""
-    instruction = "\n".join(instruction_lines(cfg.data))
+    style = cfg.llm.prompt_style
+    instruction, system = "\n".join(instruction_lines(cfg.data, style)), system_prompt(style)
     refs = encoder.encode(aspect_sentences(cfg.data) + [label_sentence(0, cfg.data), label_sentence(1, cfg.data)])
     aspects, label_vecs = refs[:4], refs[4:]
     uniq_inputs = sorted(set(inputs))
@@ -162,7 +163,7 @@ def score_candidates(cands: list[str], prompts: list[str], inputs: list[str], la
     relevance = _cos_clip(c_vecs, in_vecs[[in_pos[t] for t in inputs]])
     consistency = _cos_clip(c_vecs, label_vecs[lab])
     coh = np.array([coherence(c) for c in cands], dtype=np.float64)
-    echo = np.array([echo_share(c, SYSTEM + "\n" + p, instruction) for c, p in zip(cands, prompts)])
+    echo = np.array([echo_share(c, system + "\n" + p, instruction) for c, p in zip(cands, prompts)])
     reason = np.where(np.array([len(c.strip()) < cfg.cot.min_chars for c in cands], dtype=bool), "too_short",
                       np.where(echo >= cfg.cot.echo_threshold, "echo", ""))
     score = 0.25 * (coh + completeness + relevance + consistency)

@@ -50,9 +50,10 @@ def read_split(run_dir: Path, split: str) -> pd.DataFrame:
     return df
 
 
-def read_item_texts(run_dir: Path) -> dict[str, str]:
+def read_item_texts(run_dir: Path, style: str = "full") -> dict[str, str]:
+    """The run's item lines for RecGen-style prompts in ``llm.prompt_style`` ``style``."""
     run = RunDir(run_dir)
-    return item_texts(run.read_items(), file=str(run.items))
+    return item_texts(run.read_items(), file=str(run.items), style=style)
 
 
 def sample_rows(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -64,7 +65,8 @@ def sample_rows(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def rec_examples(df: pd.DataFrame, texts: dict[str, str], cfg: Config) -> list[SFTExample]:
-    return [SFTExample(rec_prompt(list(h) if h is not None else [], t, texts, cfg.data, cfg.recgen.history_items),
+    return [SFTExample(rec_prompt(list(h) if h is not None else [], t, texts, cfg.data, cfg.recgen.history_items,
+                                  cfg.llm.prompt_style),
                        rec_answer(y), "rec")
             for h, t, y in zip(df["history"], df["item_id"], df["label"])]
 

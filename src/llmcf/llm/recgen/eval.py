@@ -96,7 +96,8 @@ def run_recgen_eval(run_dir: Path, cfg: Config, model_path: Path | None = None, 
         result["dtype"] = backend.dtype
 
     test = sample_rows(read_split(run_dir, "test"), rc.eval_rows, rc.seed)
-    prompts = rec_prompts_for(test, read_item_texts(run_dir), cfg.data, rc.history_items)
+    style = cfg.llm.prompt_style
+    prompts = rec_prompts_for(test, read_item_texts(run_dir, style), cfg.data, rc.history_items, style)
     result["rec"] = rec_metrics(test["label"].to_numpy(), backend.score_yes_no(prompts))
 
     if rc.mmlu_dir and rc.mmlu_subjects:

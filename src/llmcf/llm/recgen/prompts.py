@@ -18,6 +18,7 @@ import pandas as pd
 
 from llmcf.config import DataConfig
 from llmcf.errors import DataError
+from llmcf.llm.prompt_style import check_style, compact_texts, rec_system
 
 YES, NO = "Yes", "No"
 
@@ -39,15 +40,23 @@ def base_form(verb: str) -> str:
     return " ".join([w, *words[1:]])
 
 
-def item_texts(items: pd.DataFrame, file: str = "items.parquet", blank: str = "title") -> dict[str, str]:
+def item_texts(items: pd.DataFrame, file: str = "items.parquet", blank: str = "title",
+               style: str = "full") -> dict[str, str]:
     """item_id → text from the items table (the one reader of item texts for the LLM prompts).
 
     blank: what an item with an empty ``text`` shows — ``title`` (RecGen prompts: its title, else "") or
     ``placeholder`` (CoT prompts: ``item <id> (no description)``, so a prompt never shows an empty line; duplicate
-    item ids are then an error)."""
+    item ids are then an error). style: ``llm.prompt_style`` — ``full`` is the ``text`` column, ``compact`` the
+    shorter line of ``llmcf.llm.prompt_style.compact_texts``."""
     for col in ("item_id", "text"):
         if col not in items.columns:
             raise DataError(f"missing column '{col}'", file=file, field=col)
+    if check_style(style) == "compact":
+        if blank == "placeholder" and items["item_id"].duplicated().any():
+            dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
+            raise DataError(f"item_id {dup!r} appears more than once", file=file, field="item_id")
+        lines = compact_texts(items)
+        return {i: t or (f"item {i} (no description)" if blank == "placeholder" else "") for i, t in lines.items()}
     if blank == "placeholder":
         if items["item_id"].duplicated().any():
             dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
@@ -73,12 +82,14 @@ def rec_question(data_cfg: DataConfig) -> str:
 
 
 def rec_prompt(history: Sequence[str], target: str, texts: Mapping[str, str], data_cfg: DataConfig,
-               history_items: int = 10) -> list[dict]:
-    """One chat prompt (a single user message) asking whether the user will like/purchase ``target``."""
+               history_items: int = 10, style: str = "full") -> list[dict]:
+    """One chat prompt asking whether the user will like/purchase ``target``: a single user message under
+    ``full``, a one-line system turn before it under ``compact`` (``texts`` from ``item_texts(..., style=style)``)."""
     noun = data_cfg.item_noun
     content = (f"The user's {noun} history, oldest first:\n{format_history(history, texts, history_items)}\n\n"
                f"Target new {noun}: {texts.get(str(target)) or f'item {target}'}\n\n{rec_question(data_cfg)}")
-    return [{"role": "user", "content": content}]
+    system = rec_system(style)
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
 
 
 def rec_answer(label: int) -> str:
@@ -86,7 +97,7 @@ def rec_answer(label: int) -> str:
 
 
 def rec_prompts_for(df: pd.DataFrame, texts: Mapping[str, str], data_cfg: DataConfig,
-                    history_items: int = 10) -> list[list[dict]]:
+                    history_items: int = 10, style: str = "full") -> list[list[dict]]:
     """Prompts for every row of a samples table (columns ``history``, ``item_id``)."""
-    return [rec_prompt(list(h) if h is not None else [], t, texts, data_cfg, history_items)
+    return [rec_prompt(list(h) if h is not None else [], t, texts, data_cfg, history_items, style)
             for h, t in zip(df["history"], df["item_id"])]

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_recgen.py [--steps 40] [--batch-size 8] [--num-rec 320] [--eval-rows 300]
         [--lr 1e-3] [--method lora] [--mmlu-subjects a,b,c] [--mmlu-questions 25] [--run /tmp/bench_recgen]
+        [--set recgen.amp=true --set llm.prompt_style=compact ...]
 
 Builds the ml-100k run data once (the ml-100k preset: rating >= 4, per-user 80/10/10), then for each variant a run
 directory sharing that data: ``base`` (evaluation only), ``rec_only`` (general_ratio 0) and ``mixed``
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--variants", default="base,rec_only,mixed")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is best on a busy machine)")
     ap.add_argument("--run", type=Path, default=Path("/tmp/bench_recgen"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="further config overrides for every variant, e.g. recgen.amp=true, llm.prompt_style=compact")
     a = ap.parse_args()
 
     from llmcf.config import load_config
@@ -76,6 +79,7 @@ def main() -> None:
             f"llm.batch_size={a.batch_size}"] + ([f"llm.threads={a.threads}"] if a.threads else [])
     if a.lora_layers:
         sets.append(f"recgen.lora_layers={a.lora_layers}")
+    sets += a.set
     if general.exists():
         sets.append(f"recgen.general_data={general}")
     if mmlu.exists():
@@ -117,7 +121,8 @@ def main() -> None:
              f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
              f"- machine: {machine(a.threads)} (shared with other jobs while this ran: timings are upper bounds)",
              f"- budget: {a.method}{f' (top {a.lora_layers} layers)' if a.lora_layers else ''}, {a.steps} steps x batch {a.batch_size} (lr {a.lr}, cosine, 5% warm-up), "
-             f"{a.num_rec} rec rows, history {a.history_items} items; eval on {a.eval_rows} test rows, "
+             f"{a.num_rec} rec rows, history {a.history_items} items{'; ' + ', '.join(a.set) if a.set else ''}; "
+             f"eval on {a.eval_rows} test rows, "
              f"perplexity on {a.heldout} held-out general answers; "
              f"MMLU 5-shot, {a.mmlu_questions} questions x [{a.mmlu_subjects}]; general data: "
              f"{general.name if general.exists() else 'self-distilled'}\n",

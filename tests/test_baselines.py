@@ -146,7 +146,7 @@ def test_kar_user_prompt_uses_only_the_users_training_interactions(tiny_run):
     data = tiny_run["run"] / "data"
     split = {s: pd.read_parquet(data / f"{s}.parquet") for s in ("train", "valid", "test")}
     items = pd.read_parquet(data / "items.parquet")
-    texts = item_texts(items, blank="placeholder")
+    texts = item_texts(items, blank="placeholder", style="full")
     cfg = _cfg(tiny_run, "baseline.kar_history_items=50")
     pool = build_kar_pool(split["train"], items, cfg)
     users = pool[pool["kind"] == "user"].set_index("id")["prompt"]

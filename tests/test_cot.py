@@ -1,4 +1,5 @@
 """CoT prompts, resumable generation (fake backend) and scoring (real MiniLM encoder, offline)."""
+import itertools
 import json
 import os
 
@@ -77,16 +78,18 @@ def test_prompt_holds_history_target_and_true_label():
     cfg = cfg_for()
     hist = ["title: Star Voyage; category: Sci-Fi", "title: Toy Town; category: Animation"]
     target = "title: Night Terror; category: Horror"
-    for label, verb in ((1, "likes"), (0, "does not like")):
-        msgs = build_cot_prompt(hist, target, label, cfg.data)
+    for (label, verb), style in itertools.product(((1, "likes"), (0, "does not like")), ("full", "compact")):
+        msgs = build_cot_prompt(hist, target, label, cfg.data, style=style)
         text = "\n".join(m["content"] for m in msgs)
         assert all(h in text for h in hist) and target in text
         assert label_sentence(label, cfg.data) in text
         assert f"The user {verb} the target new movie." in text
         other = label_sentence(1 - label, cfg.data)
         assert other not in text
-        assert all(line in text for line in instruction_lines(cfg.data))
-        assert "(4) Diversity" in text and "(1) User profile" in text
+        assert all(line in text for line in instruction_lines(cfg.data, style))
+        assert all(f"({k})" in text for k in range(1, 5))
+        if style == "full":
+            assert "(4) Diversity" in text and "(1) User profile" in text
 
 
 def test_pool_is_seeded_sized_and_uses_last_history_items(tmp_path):
@@ -103,7 +106,10 @@ def test_pool_is_seeded_sized_and_uses_last_history_items(tmp_path):
     for r in a.itertuples():
         assert list(r.history) == list(full.loc[r.key, "history"])[-3:]
         assert r.label == full.loc[r.key, "label"]
-    assert any("item i11 (no description)" in p for p in build_pool(train, items, cfg_for(fraction=1.0))["prompt"])
+    everything = build_pool(train, items, load_config(None, ["cot.fraction=1.0", "llm.prompt_style=full"]))["prompt"]
+    assert any("item i11 (no description)" in p for p in everything)
+    # compact lines are built from the title, which i11 still has
+    assert any("Mountain Life | Documentary" in p for p in build_pool(train, items, cfg_for(fraction=1.0))["prompt"])
 
 
 def test_generation_resumes_after_a_crash_without_duplicates(tmp_path):

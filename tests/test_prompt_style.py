@@ -13,7 +13,7 @@ from llmcf.errors import LLMCFError
 from llmcf.llm.cot.generate import build_pool, run_cot_generate
 from llmcf.llm.cot.prompts import SYSTEM, SYSTEM_COMPACT, build_cot_prompt, instruction_lines, label_sentence
 from llmcf.llm.cot.score import score_candidates
-from llmcf.llm.prompt_style import REC_SYSTEM_COMPACT, check_style, compact_texts
+from llmcf.llm.prompt_style import DEFAULT_STYLE, REC_SYSTEM_COMPACT, check_style, compact_texts
 from llmcf.llm.recgen.prompts import item_texts, rec_prompt
 from test_cot import FakeBackend, make_run, minilm  # noqa: F401 (fixture)
 
@@ -57,7 +57,7 @@ def test_compact_item_texts_placeholder_and_duplicates():
 def test_compact_cot_prompt_keeps_content_and_is_shorter():
     cfg = load_config(None, ["data.item_noun=movie"])
     hist, target = ["Star Voyage | Sci-Fi", "Toy Town | Animation"], "Night Terror | Horror"
-    full = build_cot_prompt(hist, target, 1, cfg.data)
+    full = build_cot_prompt(hist, target, 1, cfg.data, style="full")
     short = build_cot_prompt(hist, target, 1, cfg.data, style="compact")
     assert full[0]["content"] == SYSTEM and short[0]["content"] == SYSTEM_COMPACT
     text = short[1]["content"]
@@ -70,7 +70,7 @@ def test_compact_cot_prompt_keeps_content_and_is_shorter():
 def test_rec_prompt_styles():
     cfg = load_config(None, ["data.item_noun=movie"])
     texts = {"a": "A | Drama", "b": "B | Comedy"}
-    full = rec_prompt(["a"], "b", texts, cfg.data)
+    full = rec_prompt(["a"], "b", texts, cfg.data, style="full")
     short = rec_prompt(["a"], "b", texts, cfg.data, style="compact")
     assert [m["role"] for m in full] == ["user"]
     assert short[0] == {"role": "system", "content": REC_SYSTEM_COMPACT} and short[1] == full[0]
@@ -104,13 +104,14 @@ def test_compact_pool_and_generation(tmp_path):
 
 def test_style_enters_the_stage_stamps_only_when_compact():
     base = load_config(None, [])
-    assert base.llm.prompt_style == "full"
-    explicit = load_config(None, ["llm.prompt_style=full"])
-    short = load_config(None, ["llm.prompt_style=compact"])
+    assert base.llm.prompt_style == DEFAULT_STYLE == "compact"
+    full = load_config(None, ["llm.prompt_style=full"])
     for stage in ("recgen", "cot_generate"):
-        assert fingerprint.stage_hash(base, stage, "") == fingerprint.stage_hash(explicit, stage, "")
-        assert fingerprint.stage_hash(base, stage, "") != fingerprint.stage_hash(short, stage, "")
-    assert fingerprint.stage_hash(base, "embed", "") == fingerprint.stage_hash(short, "embed", "")
+        assert fingerprint.stage_hash(base, stage, "") != fingerprint.stage_hash(full, stage, "")
+    # full is left out of the hash: stamps recorded before the field existed still match under full
+    assert "prompt_style" not in fingerprint.section_payload(full, "llm")["llm"]
+    assert fingerprint.section_payload(base, "llm")["llm"]["prompt_style"] == "compact"
+    assert fingerprint.stage_hash(base, "embed", "") == fingerprint.stage_hash(full, "embed", "")
 
 
 def test_echo_check_follows_the_style(minilm):

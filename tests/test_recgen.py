@@ -73,13 +73,15 @@ def test_base_form_of_domain_verbs():
 def test_rec_prompt_wording_history_and_target():
     texts = {f"i{k}": f"title: T{k}" for k in range(20)}
     dc = DataConfig(item_noun="movie", positive_verb="likes")
-    msg = rec_prompt([f"i{k}" for k in range(15)], "i19", texts, dc, history_items=4)
+    msg = rec_prompt([f"i{k}" for k in range(15)], "i19", texts, dc, history_items=4, style="full")
     assert len(msg) == 1 and msg[0]["role"] == "user"
+    compact = rec_prompt([f"i{k}" for k in range(15)], "i19", texts, dc, history_items=4)
+    assert [m["role"] for m in compact] == ["system", "user"] and compact[1] == msg[0]
     c = msg[0]["content"]
     assert c.endswith("is the user likely to like the target new movie? Answer Yes or No.")
     assert "1. title: T11\n2. title: T12\n3. title: T13\n4. title: T14" in c and "T10" not in c
     assert "Target new movie: title: T19" in c
-    c2 = rec_prompt([], "zz", texts, DataConfig(item_noun="product", positive_verb="purchases"), 4)[0]["content"]
+    c2 = rec_prompt([], "zz", texts, DataConfig(item_noun="product", positive_verb="purchases"), 4)[-1]["content"]
     assert "(no earlier items)" in c2 and "item zz" in c2 and "likely to purchase the target new product?" in c2
 
 

@@ -154,12 +154,14 @@ class LLMConfig:
     (benchmarks/results/generation.md). RecGen *training* loads float32 weights under ``auto`` (``recgen.amp`` for
     bf16 autocast); an explicit value applies to training too. ``auto`` is hashed as float32, so it reruns no stage
     that float32 ran."""
-    prompt_style: str = "full"
-    """The wording of every LLM prompt (RecGen, its p(Yes) eval, CoT, KD teacher): ``full`` (item lines as
-    ``title: ...; category: ...``, the long CoT instruction, the chat template's default system turn for RecGen) |
-    ``compact`` (the same content in fewer tokens: ``Title | brand | categories`` item lines without field labels or
-    categories shared by nearly every item, a short system turn and instruction; ``llmcf.llm.prompt_style``). Lengths
-    and speed of both: benchmarks/results/prompts.md."""
+    prompt_style: str = "compact"
+    """The wording of the LLM prompts of RecGen (training and its p(Yes) eval), CoT generation and the KD teacher:
+    ``compact`` (the default since 2026-12-04: ``Title | brand | categories`` item lines without field labels or
+    categories shared by nearly every item, a short system turn and CoT instruction) | ``full`` (the wording of every
+    run recorded before: item lines as ``title: ...; category: ...``, the long CoT instruction, the chat template's
+    default system turn for RecGen). Same content; compact has 27-28 % fewer CoT-prompt tokens and 14-19 % fewer
+    RecGen-prompt tokens (``llmcf.llm.prompt_style``; benchmarks/results/prompts.md). KAR's prompts keep their own
+    wording."""
     device: str = "auto"
     """hf backend: auto (cuda if available) | cpu | cuda | cuda:N."""
     api_model: str | None = None

@@ -1,6 +1,6 @@
 """How the LLM prompts word an item and what fixed text they carry (``llm.prompt_style``).
 
-``full`` is the wording every recorded run used: an item line is the items table's ``text``
+``full`` is the wording every run recorded before 2026-12-04 used: an item line is the items table's ``text``
 (``title: Toy Story (1995); category: Animation, Children's, Comedy``). ``compact`` says the same in fewer tokens:
 
 - an item line is ``Toy Story (1995) | Animation, Children's, Comedy``: no field labels, the brand only when the
@@ -19,6 +19,8 @@ import pandas as pd
 from llmcf.errors import LLMCFError
 
 STYLES = ("full", "compact")
+DEFAULT_STYLE = "compact"
+"""``LLMConfig.prompt_style``'s default, and the default of the prompt builders' ``style`` argument."""
 
 COMMON_CATEGORY_SHARE = 0.9
 """compact: a category on at least this share of the items (with at least 10 items) is left out of item lines."""

@@ -86,7 +86,7 @@ def _sample(ids: list[str], n: int | None, seed: int, how: str = "random", count
 
 def build_kar_pool(train: pd.DataFrame, items: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     b = cfg.baseline
-    texts = item_texts(items, blank="placeholder")
+    texts = item_texts(items, blank="placeholder", style="full")  # KAR keeps its own (full) wording
     hists = user_histories(train, b.kar_history_items)
     u_counts = train["user_id"].astype(str).value_counts().to_dict()
     i_counts = train["item_id"].astype(str).value_counts().to_dict()

@@ -38,6 +38,7 @@ from llmcf.io import atomic_path, atomic_write_json, write_parquet
 from llmcf.llm import executors, shards
 from llmcf.llm.backends.base import SamplingParams
 from llmcf.llm.cot.prompts import input_text, system_prompt, user_message
+from llmcf.llm.prompt_style import DEFAULT_STYLE
 from llmcf.llm.recgen.prompts import item_texts
 from llmcf.rundir import RunDir
 
@@ -83,7 +84,7 @@ def build_pool(train: pd.DataFrame, items: pd.DataFrame, cfg: Config, train_path
     idx = np.sort(np.random.default_rng(c.seed).choice(n, size=size, replace=False)) if n else np.array([], int)
     pool = df.iloc[idx].reset_index(drop=True)
     style = cfg.llm.prompt_style
-    texts = item_texts(items, blank="placeholder")  # the relevance reference keeps the full item text
+    texts = item_texts(items, blank="placeholder", style="full")  # the relevance reference keeps the full text
     lines = texts if style == "full" else item_texts(items, blank="placeholder", style=style)
     prompts, inputs, hists = [], [], []
     for r in pool.itertuples(index=False):
@@ -107,7 +108,7 @@ def build_pool(train: pd.DataFrame, items: pd.DataFrame, cfg: Config, train_path
     })
 
 
-def pool_hash(pool: pd.DataFrame, style: str = "full") -> str:
+def pool_hash(pool: pd.DataFrame, style: str = DEFAULT_STYLE) -> str:
     return fingerprint.pool_hash(system_prompt(style), pool["key"], pool["prompt"])
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from llmcf.config import DataConfig
 from llmcf.llm.backends.base import Prompt
-from llmcf.llm.prompt_style import check_style
+from llmcf.llm.prompt_style import DEFAULT_STYLE, check_style
 
 SYSTEM = ("You are a recommendation analyst. You explain, step by step and in plain language, why a user made a "
           "decision about an item, using only the information you are given.")
 SYSTEM_COMPACT = "You explain, step by step, why a user made a decision about an item."
 
 
-def system_prompt(style: str = "full") -> str:
+def system_prompt(style: str = DEFAULT_STYLE) -> str:
     """The CoT prompt's system turn for ``llm.prompt_style``."""
     return SYSTEM_COMPACT if check_style(style) == "compact" else SYSTEM
 
@@ -31,7 +31,7 @@ def label_sentence(label: int, data: DataConfig) -> str:
     return f"The user {verb} the target new {data.item_noun}."
 
 
-def instruction_lines(data: DataConfig, style: str = "full") -> list[str]:
+def instruction_lines(data: DataConfig, style: str = DEFAULT_STYLE) -> list[str]:
     """The reasoning request: the fixed part of the prompt (a CoT that repeats it is an echo)."""
     noun, nouns = data.item_noun, _plural(data.item_noun)
     if check_style(style) == "compact":
@@ -65,7 +65,7 @@ def input_text(history_texts: list[str], target_text: str) -> str:
 
 
 def user_message(history_texts: list[str], target_text: str, label: int, data: DataConfig,
-                 style: str = "full") -> str:
+                 style: str = DEFAULT_STYLE) -> str:
     nouns = _plural(data.item_noun)
     lines = [f"The user's past {nouns}, oldest first:"]
     if history_texts:
@@ -79,7 +79,7 @@ def user_message(history_texts: list[str], target_text: str, label: int, data: D
 
 
 def build_cot_prompt(history_texts: list[str], target_text: str, label: int, data: DataConfig,
-                     style: str = "full") -> Prompt:
+                     style: str = DEFAULT_STYLE) -> Prompt:
     """The chat prompt for one train row (a system turn and a user turn); ``history_texts``/``target_text`` are
     item lines of the same style (``item_texts(..., style=style)``)."""
     return [{"role": "system", "content": system_prompt(style)},

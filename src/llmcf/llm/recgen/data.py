@@ -22,6 +22,7 @@ from llmcf.config import Config
 from llmcf.errors import DataError
 from llmcf.fingerprint import records_digest, self_distill_key
 from llmcf.io import atomic_write_json, atomic_write_text
+from llmcf.llm.prompt_style import DEFAULT_STYLE
 from llmcf.llm.recgen.prompts import item_texts, rec_answer, rec_prompt
 from llmcf.rundir import RunDir
 
@@ -50,7 +51,7 @@ def read_split(run_dir: Path, split: str) -> pd.DataFrame:
     return df
 
 
-def read_item_texts(run_dir: Path, style: str = "full") -> dict[str, str]:
+def read_item_texts(run_dir: Path, style: str = DEFAULT_STYLE) -> dict[str, str]:
     """The run's item lines for RecGen-style prompts in ``llm.prompt_style`` ``style``."""
     run = RunDir(run_dir)
     return item_texts(run.read_items(), file=str(run.items), style=style)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from llmcf.config import DataConfig
 from llmcf.errors import DataError
-from llmcf.llm.prompt_style import check_style, compact_texts, rec_system
+from llmcf.llm.prompt_style import DEFAULT_STYLE, check_style, compact_texts, rec_system
 
 YES, NO = "Yes", "No"
 
@@ -41,7 +41,7 @@ def base_form(verb: str) -> str:
 
 
 def item_texts(items: pd.DataFrame, file: str = "items.parquet", blank: str = "title",
-               style: str = "full") -> dict[str, str]:
+               style: str = DEFAULT_STYLE) -> dict[str, str]:
     """item_id → text from the items table (the one reader of item texts for the LLM prompts).
 
     blank: what an item with an empty ``text`` shows — ``title`` (RecGen prompts: its title, else "") or
@@ -82,7 +82,7 @@ def rec_question(data_cfg: DataConfig) -> str:
 
 
 def rec_prompt(history: Sequence[str], target: str, texts: Mapping[str, str], data_cfg: DataConfig,
-               history_items: int = 10, style: str = "full") -> list[dict]:
+               history_items: int = 10, style: str = DEFAULT_STYLE) -> list[dict]:
     """One chat prompt asking whether the user will like/purchase ``target``: a single user message under
     ``full``, a one-line system turn before it under ``compact`` (``texts`` from ``item_texts(..., style=style)``)."""
     noun = data_cfg.item_noun
@@ -97,7 +97,7 @@ def rec_answer(label: int) -> str:
 
 
 def rec_prompts_for(df: pd.DataFrame, texts: Mapping[str, str], data_cfg: DataConfig,
-                    history_items: int = 10, style: str = "full") -> list[list[dict]]:
+                    history_items: int = 10, style: str = DEFAULT_STYLE) -> list[list[dict]]:
     """Prompts for every row of a samples table (columns ``history``, ``item_id``)."""
     return [rec_prompt(list(h) if h is not None else [], t, texts, data_cfg, history_items, style)
             for h, t in zip(df["history"], df["item_id"])]

@@ -63,6 +63,9 @@ VARIANTS = {
     # on both sides: does the in-context module still add anything to a backbone trained with it?
     "base-decay": {"ict": False, "sets": {"train.plateau_lr_factor": 0.1}},
     "nocot-bank-decay": {"ict": True, "sets": {"train.plateau_lr_factor": 0.1}},
+    # a constant rate (the paper's rule; the ml-100k preset decays since 2026-12-04)
+    "base-constant": {"ict": False, "sets": {"train.plateau_lr_factor": None}},
+    "nocot-bank-constant": {"ict": True, "sets": {"train.plateau_lr_factor": None}},
     # study (a), bank size: the default bank with more random train rows (own cot/ and embed/ in its folder)
     "nocot-bank1k": {"ict": True, "sets": {}, "bank_rows": 1000},
     "nocot-bank4k": {"ict": True, "sets": {}, "bank_rows": 4000},
@@ -241,6 +244,7 @@ def main() -> int:
     import torch
 
     from llmcf.config import load_config
+    from llmcf.train.ctr_task import lr_rule
 
     torch.set_num_threads(a.threads)
     cfg = load_config(a.preset, [f"data.dataset={a.dataset}", f"train.seeds={a.seeds}",
@@ -257,7 +261,8 @@ def main() -> int:
                       f"({a.threads} thread), load average at start {os.getloadavg()[0]:.1f} (shared with other jobs)",
            "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "protocol": f"{a.preset} preset split/label; {a.model}; batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
-                       f"early stopping on valid AUC (patience {a.patience}, max {a.max_epochs} epochs); seeds "
+                       f"early stopping on valid AUC (patience {a.patience}, max {a.max_epochs} epochs"
+                       f"{lr_rule(cfg.train)}); seeds "
                        f"0..{a.seeds - 1}; K={cfg.retrieval.k} balanced={cfg.retrieval.balanced}; default bank = "
                        f"{a.bank_rows} random train rows (seed 0)",
            "variants": variants, "seeds": a.seeds, "rows": []}

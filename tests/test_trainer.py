@@ -5,6 +5,7 @@ from torch import nn
 
 from llmcf.config import TrainConfig
 from llmcf.train.batches import ArrayBatches
+from llmcf.train.ctr_task import lr_rule
 from llmcf.train.trainer import evaluate, fit
 
 torch.set_num_threads(1)
@@ -74,6 +75,9 @@ def test_early_stopping_stops_after_patience_without_improvement():
     with pytest.raises(ValueError, match="plateau_lr_factor"):
         fit(Constant(), ArrayBatches(tr, 64), ArrayBatches(va, 256), va["label"],
             TrainConfig(plateau_lr_factor=1.5), progress=False)
+    # the protocol line says which schedule trained the model
+    assert lr_rule(TrainConfig()) == ""
+    assert "x0.1 after every epoch without a better valid AUC" in lr_rule(cfg)
 
 
 def test_batches_cover_every_row_once_and_gather_context():

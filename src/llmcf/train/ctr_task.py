@@ -25,6 +25,12 @@ from llmcf.train.inputs import ContextInputs, load_context, load_model_inputs
 from llmcf.train.loop import FitResult
 
 
+
+def lr_rule(train) -> str:
+    """The learning-rate schedule in words, for the protocol's early-stopping line ('' for a constant rate)."""
+    f = train.plateau_lr_factor
+    return "" if f is None else f"; learning rate x{f:g} after every epoch without a better valid AUC"
+
 class RunData:
     """Everything the CTR trainer needs from a run directory, loaded once and shared by seeds and variants."""
 
@@ -159,11 +165,13 @@ class CTRTask:
         return {} if pred is None else {"test_pred.npy": pred}
 
     def protocol(self, cfg: Config) -> dict:
+        """What a reader needs to repeat the training (recorded in every summary.json and shown by the report)."""
         self._cfg = cfg  # the stage asks for the protocol once per training; summary_head reports for this config
         stats = self.run.rd.read_stats()
         ict = cfg.ict.enabled
         return {"task": "ctr", "split": stats.get("protocol", {}), "metrics": ["auc", "logloss", "gauc"],
-                "early_stopping": f"valid AUC, patience {cfg.train.patience}, max {cfg.train.max_epochs} epochs",
+                "early_stopping": f"valid AUC, patience {cfg.train.patience}, max {cfg.train.max_epochs} epochs"
+                                  + lr_rule(cfg.train),
                 "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay,
                 "ict_weight_decay": cfg.train.ict_weight_decay if ict else None,
                 "retrieval": asdict(cfg.retrieval) if ict else None, "ict": asdict(cfg.ict) if ict else None,

@@ -96,7 +96,8 @@ def measure_rate(cfg, run_dir: Path, rows: int) -> dict:
     be = make_backend(c.llm, path)
     load = time.perf_counter() - t0
     pool = build_kd_pool(train, c)
-    prompts = rec_prompts_for(pool, read_item_texts(run_dir), c.data, c.recgen.history_items)
+    style = c.llm.prompt_style
+    prompts = rec_prompts_for(pool, read_item_texts(run_dir, style), c.data, c.recgen.history_items, style)
     w, p = time.perf_counter(), time.process_time()
     be.score_yes_no(prompts)
     kd = (time.perf_counter() - w, time.process_time() - p)

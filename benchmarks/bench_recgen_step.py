@@ -59,7 +59,7 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(str(base))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    enc = [e for e in (tokenize_example(tok, x, cfg.recgen.cutoff_len) for x in rec_examples(sample_rows(read_split(a.run, "train"), n_rows, 0), read_item_texts(a.run), cfg))
+    enc = [e for e in (tokenize_example(tok, x, cfg.recgen.cutoff_len) for x in rec_examples(sample_rows(read_split(a.run, "train"), n_rows, 0), read_item_texts(a.run, cfg.llm.prompt_style), cfg))
            if e is not None][:n_rows]
     mean_len = sum(len(e["input_ids"]) for e in enc) / len(enc)
     placements = [p.strip() for p in a.layers.split(",") if p.strip()]

@@ -63,6 +63,10 @@ VARIANTS = {
     # on both sides: does the in-context module still add anything to a backbone trained with it?
     "base-decay": {"ict": False, "sets": {"train.plateau_lr_factor": 0.1}},
     "nocot-bank-decay": {"ict": True, "sets": {"train.plateau_lr_factor": 0.1}},
+    # with decay, the ICT still peaks at epoch 2-4 while the backbone improves to epoch 7-11: a 10x lower ICT rate,
+    # and safe fusion (zero-initialised residual), each on top of decay
+    "nocot-bank-decay-ictlr": {"ict": True, "sets": {"train.plateau_lr_factor": 0.1, "train.ict_lr": 0.001}},
+    "nocot-safe-decay": {"ict": True, "sets": {"train.plateau_lr_factor": 0.1, "ict.fusion": "residual"}},
     # a constant rate (the paper's rule; the ml-100k preset decays since 2026-12-04)
     "base-constant": {"ict": False, "sets": {"train.plateau_lr_factor": None}},
     "nocot-bank-constant": {"ict": True, "sets": {"train.plateau_lr_factor": None}},

@@ -198,12 +198,14 @@ def versus(row: dict, base: dict | None, metric: str = "auc") -> str:
 
 
 def markdown(rec: dict) -> str:
+    # the reference row: ``base`` when the study has it, else its first variant (e.g. base-decay)
+    base = next((r for r in rec["rows"] if r["variant"] == "base"), rec["rows"][0] if rec["rows"] else None)
+    ref = base["variant"] if base else "base"
     lines = [f"# Variant study: {rec['name']}", "", f"- command: `{rec['command']}`",
              f"- machine: {rec['machine']}", f"- started: {rec['started']}", f"- protocol: {rec['protocol']}", "",
-             "| variant | bank rows | test AUC | Δ AUC vs base | test LogLoss | Δ LogLoss vs base | valid AUC | "
+             f"| variant | bank rows | test AUC | Δ AUC vs {ref} | test LogLoss | Δ LogLoss vs {ref} | valid AUC | "
              "best epochs | s/epoch | last seed wall s | CPU s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    base = next((r for r in rec["rows"] if r["variant"] == "base"), None)
     for r in rec["rows"]:
         lines.append(f"| {r['variant']} | {r['bank_rows'] or '–'} | {fmt(r['test']['auc'])} | {versus(r, base)} | "
                      f"{fmt(r['test']['logloss'])} | {versus(r, base, 'logloss')} | {fmt(r['valid']['auc'])} | "

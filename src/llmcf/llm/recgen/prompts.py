@@ -51,16 +51,13 @@ def item_texts(items: pd.DataFrame, file: str = "items.parquet", blank: str = "t
     for col in ("item_id", "text"):
         if col not in items.columns:
             raise DataError(f"missing column '{col}'", file=file, field=col)
+    if blank == "placeholder" and items["item_id"].duplicated().any():
+        dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
+        raise DataError(f"item_id {dup!r} appears more than once", file=file, field="item_id")
     if check_style(style) == "compact":
-        if blank == "placeholder" and items["item_id"].duplicated().any():
-            dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
-            raise DataError(f"item_id {dup!r} appears more than once", file=file, field="item_id")
         lines = compact_texts(items)
         return {i: t or (f"item {i} (no description)" if blank == "placeholder" else "") for i, t in lines.items()}
     if blank == "placeholder":
-        if items["item_id"].duplicated().any():
-            dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
-            raise DataError(f"item_id {dup!r} appears more than once", file=file, field="item_id")
         return {iid: text.strip() or f"item {iid} (no description)"
                 for iid, text in zip(items["item_id"].astype(str), items["text"].fillna("").astype(str))}
     titles = items["title"] if "title" in items.columns else pd.Series([""] * len(items))

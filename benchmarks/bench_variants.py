@@ -80,6 +80,13 @@ VARIANTS = {
     "full-cotbank-r01": {"ict": True, "variant": "full", "sets": {"ict.recon_weight": 0.1}, "cot_bank": True},
     "full-cotbank-r0": {"ict": True, "variant": "full", "sets": {"ict.recon_weight": 0.0}, "cot_bank": True},
     "nocot-cotbank": {"ict": True, "sets": {}, "cot_bank": True},
+    # safe fusion warm-started from the trained backbone of the same seed (``ict.warm_start``; the study must run
+    # ``base`` first: its weights are linked in) — by construction never below the backbone on validation
+    "nocot-safe-warm": {"ict": True, "sets": {"ict.fusion": "residual", "ict.warm_start": True}, "warm": True},
+    "nocot-hybrid-safe-warm": {"ict": True, "warm": True,
+                               "sets": {"retrieval.bank": "hybrid", "ict.fusion": "residual", "ict.warm_start": True}},
+    "full-cotbank-warm": {"ict": True, "variant": "full", "cot_bank": True, "warm": True,
+                          "sets": {"ict.fusion": "residual", "ict.warm_start": True}},
 }
 DEFAULT_VARIANTS = ("base", "nocot-bank", "nocot-hybrid", "nocot-safe")
 PLACEHOLDER = "no chain of thought: the w/o CoT variant does not read this text"
@@ -147,6 +154,19 @@ def view(cfg, run: Path, name: str, cot_run: Path | None = None) -> Path:
     return v
 
 
+def link_base_model(run: Path, d: Path, model: str, seeds: int) -> None:
+    """``d``/models/``model`` -> the ``base`` variant's trained backbone (what ``ict.warm_start`` loads)."""
+    base = run / "variants" / "base" / "models" / model
+    missing = [s for s in range(seeds) if not (base / f"seed_{s}" / "model.safetensors").exists()]
+    if missing:
+        raise SystemExit(f"a warm-started variant needs the base {model} of seeds {missing} in {base}: put `base` "
+                         f"before it in --variants")
+    link = d / "models" / model
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(base, link.parent), link, target_is_directory=True)
+
+
 def run_variant(cfg, run: Path, name: str, model: str, seeds: int, cot_run: Path | None = None) -> dict:
     from llmcf.config import save_config
     from llmcf.retrieval.stage import run_retrieve
@@ -159,6 +179,8 @@ def run_variant(cfg, run: Path, name: str, model: str, seeds: int, cot_run: Path
                               "ict.variant": spec.get("variant", "no_cot")})
     d = view(vcfg, run, name, cot_run)
     save_config(vcfg, d / "config.yaml")
+    if spec.get("warm"):
+        link_base_model(run, d, model, seeds)
     t0, c0 = time.perf_counter(), time.process_time()
     if spec["ict"]:
         meta = d / "retrieval" / "meta.json"

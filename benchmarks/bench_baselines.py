@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shlex
 import sys
 import time
@@ -47,8 +48,40 @@ def build_config(a):
     return B.build_config(a)
 
 
-def run_stages(cfg, run_dir: Path) -> dict:
-    """data → recgen (train) → embed (items), stamped like ``llmcf run``; returns each stage's seconds."""
+def link_teacher(run_dir: Path, teacher: Path) -> None:
+    """``run_dir``/llm/recgen/model -> ``teacher`` (relative link), checked to be a tuned model trained on this
+    run's split; an existing model there that is not this link is an error (never overwritten)."""
+    from llmcf.rundir import RunDir
+
+    info = teacher / "recgen_train.json"
+    if not info.exists():
+        raise SystemExit(f"--teacher {teacher}: no recgen_train.json (expected a RecGen-tuned model folder)")
+    here = RunDir(run_dir).recgen_model
+    if here.is_symlink() or here.exists():
+        if here.resolve() != teacher.resolve():
+            raise SystemExit(f"--teacher {teacher}: {here} already holds another model; use another --run-dir")
+        return
+    mine = run_dir / "data" / "train.parquet"
+    theirs = teacher.parents[2] / "data" / "train.parquet"  # <run>/llm/recgen/model -> <run>/data
+    if mine.exists() and theirs.exists() and mine.read_bytes() != theirs.read_bytes():
+        raise SystemExit(f"--teacher {teacher}: trained on another split ({theirs} differs from {mine})")
+    here.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.relpath(teacher.resolve(), here.parent.resolve()), here, target_is_directory=True)
+
+
+def teacher_text(a) -> str:
+    """How the KD teacher / KAR generator was tuned, for the record."""
+    if a.teacher is None:
+        return f"RecGen LoRA {a.recgen_steps} steps on {a.recgen_rows} rec rows (as bench_llmcf.py)"
+    t = json.loads((a.teacher / "recgen_train.json").read_text())
+    data = t.get("data", {})
+    return (f"RecGen-tuned model linked with --teacher ({t.get('steps')} steps on {data.get('rec')} rec rows, "
+            f"general share {data.get('general_share')})")
+
+
+def run_stages(cfg, run_dir: Path, train_recgen: bool = True) -> dict:
+    """data → recgen (train; skipped when a ``--teacher`` is linked) → embed (items), stamped like ``llmcf run``;
+    returns each stage's seconds."""
     from llmcf.config import save_config
     from llmcf.data.build import build_run_data
     from llmcf.data.loaders import load_dataset
@@ -60,7 +93,7 @@ def run_stages(cfg, run_dir: Path) -> dict:
     save_config(cfg, run_dir / "config.yaml")
     h = run_stage(run_dir, cfg, "data", "", lambda: build_run_data(load_dataset(cfg.data.dataset, cfg.data.format),
                                                                    cfg.data, run_dir), set())
-    if not cfg.recgen.skip:
+    if not cfg.recgen.skip and train_recgen:
         run_stage(run_dir, cfg, "recgen", h, lambda: run_recgen_train(run_dir, cfg), set())
     if not (run_dir / "embed" / "items.npy").exists():
         run_embed(run_dir, cfg)
@@ -258,6 +291,10 @@ def main(argv=None) -> None:
     ap.add_argument("--history-items", type=int, default=8)
     ap.add_argument("--recgen-steps", type=int, default=12)
     ap.add_argument("--recgen-rows", type=int, default=96)
+    ap.add_argument("--teacher", type=Path, default=None,
+                    help="an already tuned RecGen model folder (e.g. bench_recgen.py's <run>/rec_only/llm/recgen/model, "
+                         "trained on the same split) as the KD teacher and KAR generator, linked as the run's "
+                         "llm/recgen/model instead of training the short RecGen stage")
     ap.add_argument("--llm-batch", type=int, default=8)
     ap.add_argument("--llm-threads", type=int, default=1)
     ap.add_argument("--kd-rows", type=int, default=1200)
@@ -278,7 +315,10 @@ def main(argv=None) -> None:
     cfg = build_config(a)
     cmd = "python " + " ".join(shlex.quote(x) for x in ["benchmarks/bench_baselines.py",
                                                          *(argv if argv is not None else sys.argv[1:])])
-    stage_seconds = run_stages(cfg, a.run_dir)
+    if a.teacher is not None:
+        link_teacher(a.run_dir, a.teacher)
+        cfg.recgen.skip = False
+    stage_seconds = run_stages(cfg, a.run_dir, train_recgen=a.teacher is None)
     out = RESULTS_DIR / f"baselines-{name}.json"
     old = json.loads(out.read_text()) if out.exists() else {}
     if a.rate:
@@ -307,8 +347,7 @@ def main(argv=None) -> None:
         "protocol": f"split {first.get('split', {}).get('name', first.get('split'))}; {first['early_stopping']}; "
                     f"batch {first['batch_size']}, Adam lr {first['lr']}, weight decay {first['weight_decay']}, "
                     f"every method the same; seeds 0..{a.seeds - 1}; test at the best valid epoch",
-        "teacher": f"SmolLM2-135M-Instruct, RecGen LoRA {a.recgen_steps} steps on {a.recgen_rows} rec rows (as "
-                   f"bench_llmcf.py), transformers on CPU, {a.llm_threads} thread, batch {a.llm_batch}; KD prompt "
+        "teacher": f"SmolLM2-135M-Instruct, {teacher_text(a)}, transformers on CPU, {a.llm_threads} thread, batch {a.llm_batch}; KD prompt "
                    f"with {a.history_items} history items; KAR greedy ≤ {a.kar_tokens} new tokens, budget picks {a.kar_sample} users/items",
         "stage_seconds": stage_seconds, "rate": old.get("rate"),
         "models": sorted({r["model"] for r in rows}, key=lambda m: (m != "DIN", m)),

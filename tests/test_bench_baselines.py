@@ -1,0 +1,56 @@
+"""benchmarks/bench_baselines.py --teacher: an already tuned RecGen model linked as the run's, never overwritten."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_baselines_under_test", BENCHMARKS / "bench_baselines.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _teacher(root: Path, split: bytes) -> Path:
+    model = root / "llm" / "recgen" / "model"
+    model.mkdir(parents=True)
+    (model / "recgen_train.json").write_text('{"steps": 600, "data": {"rec": 4800, "general_share": 0.0}}')
+    (root / "data").mkdir()
+    (root / "data" / "train.parquet").write_bytes(split)
+    return model
+
+
+def test_teacher_is_linked_only_when_it_is_a_tuned_model_of_the_same_split(tmp_path):
+    bench = _bench()
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "train.parquet").write_bytes(b"split A")
+    with pytest.raises(SystemExit, match="recgen_train.json"):
+        bench.link_teacher(run, tmp_path)
+    other = _teacher(tmp_path / "other", b"split B")
+    with pytest.raises(SystemExit, match="another split"):
+        bench.link_teacher(run, other)
+    good = _teacher(tmp_path / "good", b"split A")
+    bench.link_teacher(run, good)
+    link = run / "llm" / "recgen" / "model"
+    assert link.is_symlink() and not Path(link.readlink()).is_absolute() and link.resolve() == good.resolve()
+    bench.link_teacher(run, good)  # the same teacher again: kept
+    with pytest.raises(SystemExit, match="already holds another model"):
+        bench.link_teacher(run, _teacher(tmp_path / "third", b"split A"))
+    assert link.resolve() == good.resolve()
+
+    class A:
+        teacher, recgen_steps, recgen_rows = good, 12, 96
+    assert "600 steps on 4800 rec rows" in bench.teacher_text(A)
+    A.teacher = None
+    assert bench.teacher_text(A).startswith("RecGen LoRA 12 steps on 96 rec rows")

@@ -17,6 +17,7 @@ from llmcf.errors import LLMCFError, RunError
 from llmcf.llm.cot_generate import build_pool, read_generation, run_cot_generate
 from llmcf.llm.cot_prompts import build_cot_prompt, instruction_lines, label_sentence
 from llmcf.llm.cot_score import coherence, run_cot_score, score_candidates, sentence_sentiment
+from llmcf.llm.cot.score import DEGENERATE_WARN, degenerate_warning
 
 torch.set_num_threads(1)
 
@@ -213,9 +214,9 @@ def test_scores_rank_good_over_repetitive_and_zero_echo_and_short(minilm):
             "So the user likes the target new movie.")
     repetitive = "The user likes the movie. " * 12
     echo = prompt
-    short = "Yes."
-    cands = [good, repetitive, echo, short]
-    df = score_candidates(cands, [prompt] * 4, ["\n".join(HIST + [TARGET])] * 4, [1] * 4, cfg, minilm)
+    short = "Fine."
+    cands = [good, repetitive, echo, short, " Yes.", "no", "Yes, because the user likes sci-fi films."]
+    df = score_candidates(cands, [prompt] * 7, ["\n".join(HIST + [TARGET])] * 7, [1] * 7, cfg, minilm)
     assert df.loc[0, "score"] > df.loc[1, "score"] > 0
     assert df.loc[0, "coherence"] > df.loc[1, "coherence"]
     assert df.loc[0, "relevance"] > df.loc[1, "relevance"]
@@ -224,6 +225,8 @@ def test_scores_rank_good_over_repetitive_and_zero_echo_and_short(minilm):
     assert by_sentence.loc[0, "completeness"] > by_sentence.loc[1, "completeness"]
     assert df.loc[2, "score"] == 0 and df.loc[2, "reject"] == "echo"
     assert df.loc[3, "score"] == 0 and df.loc[3, "reject"] == "too_short"
+    assert (df.loc[4:5, "score"] == 0).all() and (df.loc[4:5, "reject"] == "answer_only").all()
+    assert df.loc[6, "reject"] == "" and df.loc[6, "score"] > 0  # an answer with a reason is a CoT
     for col in ("coherence", "completeness", "relevance", "consistency"):
         assert ((df[col] >= 0) & (df[col] <= 1)).all()
     # quoting an item title is not an echo; repeating the instructions is
@@ -263,3 +266,14 @@ def test_run_cot_score_keeps_best_per_row_and_drops_zero_rows(tmp_path, minilm):
     assert list(sel.columns[:6]) == ["key", "user_id", "pos", "item_id", "label", "cot"]
     meta = json.loads((run / "cot" / "score_meta.json").read_text())
     assert meta["kept"] == len(sel) and meta["rejected"]["too_short"] == 3 * len(dropped)
+    assert (meta["warning"] is None) == (len(dropped) / 10 < DEGENERATE_WARN)
+
+
+def test_degenerate_bank_warning_names_the_cause():
+    assert degenerate_warning(100, 19, {"too_short": 40}, {"kind": "base"}) is None
+    w = degenerate_warning(100, 42, {"answer_only": 80, "too_short": 10}, {"kind": "recgen"})
+    assert "42/100 rows (42%)" in w and "forgetting" in w and "recgen.general_ratio" in w
+    w = degenerate_warning(100, 42, {"answer_only": 80}, {"kind": "base", "name": "smollm2-135m"})
+    assert "forgetting" not in w and "cot.max_new_tokens" in w
+    assert "temperature" in degenerate_warning(10, 5, {"echo": 9, "too_short": 1}, None)
+    assert degenerate_warning(0, 0, {}, None) is None

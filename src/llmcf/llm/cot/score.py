@@ -14,9 +14,12 @@ relevance    = clip(cos(candidate, input text = history item texts + target item
 consistency  = clip(cos(candidate, the row's label sentence), 0, 1)
 (cosines with the configured sentence encoder, ``embed.encoder``.)
 
-A candidate scores 0 when it is shorter than ``cot.min_chars`` characters (stripped) or is an *echo*: at least
-``cot.echo_threshold`` of its word 8-grams occur verbatim in the prompt, or at least that share of the instruction's
-8-grams occur in it (it repeats the request). Rows whose best score is 0 are dropped.
+A candidate scores 0 when it is only an answer word ("Yes", "no.": reason ``answer_only``; what a RecGen-tuned model
+that forgot how to explain writes), shorter than ``cot.min_chars`` characters (stripped; ``too_short``) or an *echo*:
+at least ``cot.echo_threshold`` of its word 8-grams occur verbatim in the prompt, or at least that share of the
+instruction's 8-grams occur in it (it repeats the request). Rows whose best score is 0 are dropped; when that is at
+least ``DEGENERATE_WARN`` of the rows, the score prints (and score_meta.json records) a warning naming the likely
+cause.
 
 Outputs in ``run_dir/cot/``: selected.parquet (one row per kept pool row, in pool order), all_scores.parquet (every
 candidate, its four terms and the reason of a zero), score_meta.json (counts and means).
@@ -111,6 +114,31 @@ def ngrams(toks: list[str], n: int = ECHO_N) -> set[tuple[str, ...]]:
     return {tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)}
 
 
+ANSWER_WORDS = frozenset({"yes", "no"})
+DEGENERATE_WARN = 0.2
+
+
+def answer_only(candidate: str) -> bool:
+    """The candidate is a bare answer word (case, surrounding punctuation and spaces ignored)."""
+    return re.sub(r"[^a-z]+", " ", candidate.lower()).strip() in ANSWER_WORDS
+
+
+def degenerate_warning(rows: int, dropped: int, rejected: dict[str, int], model: dict | None) -> str | None:
+    """A sentence for the user when ``dropped`` of ``rows`` pool rows lost every candidate (share >=
+    ``DEGENERATE_WARN``), naming the commonest reason and what to change; None otherwise."""
+    if rows == 0 or dropped / rows < DEGENERATE_WARN:
+        return None
+    top = max(rejected, key=rejected.get) if rejected else "unknown"
+    msg = f"{dropped}/{rows} rows ({dropped / rows:.0%}) have no usable CoT (most candidates rejected as {top})"
+    if top == "answer_only" and (model or {}).get("kind") == "recgen":
+        return (msg + ": the RecGen-tuned model answers Yes/No instead of explaining (forgetting). Tune it with "
+                "general data mixed in (recgen.general_ratio > 0, recgen.general_data) or generate with the base "
+                "model (recgen.skip: true)")
+    if top in ("answer_only", "too_short"):
+        return msg + ": raise cot.max_new_tokens, or check the model follows the CoT instruction"
+    return msg + ": the model repeats the prompt; try cot.temperature > 0 or more cot.candidates"
+
+
 def echo_share(candidate: str, prompt: str, instruction: str) -> float:
     """max(share of the candidate's 8-grams found in the prompt, share of the instruction's 8-grams in the candidate)."""
     ct = words(candidate)
@@ -164,8 +192,9 @@ def score_candidates(cands: list[str], prompts: list[str], inputs: list[str], la
     consistency = _cos_clip(c_vecs, label_vecs[lab])
     coh = np.array([coherence(c) for c in cands], dtype=np.float64)
     echo = np.array([echo_share(c, system + "\n" + p, instruction) for c, p in zip(cands, prompts)])
-    reason = np.where(np.array([len(c.strip()) < cfg.cot.min_chars for c in cands], dtype=bool), "too_short",
-                      np.where(echo >= cfg.cot.echo_threshold, "echo", ""))
+    reason = np.where(np.array([answer_only(c) for c in cands], dtype=bool), "answer_only",
+                      np.where(np.array([len(c.strip()) < cfg.cot.min_chars for c in cands], dtype=bool), "too_short",
+                               np.where(echo >= cfg.cot.echo_threshold, "echo", "")))
     score = 0.25 * (coh + completeness + relevance + consistency)
     score = np.where(reason == "", score, 0.0)
     return pd.DataFrame({"score": score, "coherence": coh, "completeness": completeness.astype(np.float64),
@@ -217,7 +246,10 @@ def run_cot_score(run_dir: Path, cfg: Config, encoder=None) -> Path:
             "kept_positive_rate": round(float(selected["label"].mean()), 4) if len(selected) else None,
             "means_of_kept": means, "seconds": round(time.perf_counter() - t0, 1),
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta["warning"] = degenerate_warning(meta["rows"], meta["dropped"], meta["rejected"], meta["model"])
     atomic_write_json(cot_dir / "score_meta.json", meta)
     print(f"[cot] kept {len(selected)}/{len(pool)} rows (mean score {means['score']}); "
           f"zeroed candidates: {meta['rejected'] or 'none'} -> {out}")
+    if meta["warning"]:
+        print(f"[cot] warning: {meta['warning']}", flush=True)
     return out

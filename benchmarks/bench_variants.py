@@ -46,6 +46,7 @@ from _machine import cpu_model, ram_suffix  # noqa: E402
 from llmcf.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FROZEN = {"ict.fusion": "residual", "ict.warm_start": True, "ict.freeze_backbone": True}
 VARIANTS = {
     "base": {"ict": False, "sets": {}},
     "nocot-bank": {"ict": True, "sets": {}},
@@ -87,6 +88,14 @@ VARIANTS = {
                                "sets": {"retrieval.bank": "hybrid", "ict.fusion": "residual", "ict.warm_start": True}},
     "full-cotbank-warm": {"ict": True, "variant": "full", "cot_bank": True, "warm": True,
                           "sets": {"ict.fusion": "residual", "ict.warm_start": True}},
+    # the residual probe (``ict.freeze_backbone``): the trained backbone of the same seed kept exactly, only the ICT
+    # learns on its residual, so whatever moves validation or test is the in-context module's own contribution
+    "nocot-frozen": {"ict": True, "warm": True, "sets": FROZEN},
+    "nocot-hybrid-frozen": {"ict": True, "warm": True, "sets": {**FROZEN, "retrieval.bank": "hybrid"}},
+    # unbalanced: the neighbours' labels are free to say how liked the target is (a k-NN signal beside the backbone)
+    "nocot-hybrid-unbal-frozen": {"ict": True, "warm": True,
+                                  "sets": {**FROZEN, "retrieval.bank": "hybrid", "retrieval.balanced": False}},
+    "full-cotbank-frozen": {"ict": True, "variant": "full", "cot_bank": True, "warm": True, "sets": FROZEN},
 }
 DEFAULT_VARIANTS = ("base", "nocot-bank", "nocot-hybrid", "nocot-safe")
 PLACEHOLDER = "no chain of thought: the w/o CoT variant does not read this text"

@@ -15,13 +15,13 @@ torch.set_num_threads(1)
 MCFG = ModelConfig(embed_dim=8, mlp=[16], dropout=0.0)
 
 
-def _pair(name: str, fusion: str = "residual"):
+def _pair(name: str, fusion: str = "residual", mcfg: ModelConfig = MCFG):
     schema, text = make_schema(), make_text()
     torch.manual_seed(0)
-    base = build_model(name, schema, MCFG, None).eval()
+    base = build_model(name, schema, mcfg, None).eval()
     icfg = ICTConfig(enabled=True, dim=8, field_dim=4, layers=1, heads=2, fusion=fusion)
     torch.manual_seed(1)
-    model = build_model(name, schema, MCFG, icfg, item_text=text, cot_dim=D).eval()
+    model = build_model(name, schema, mcfg, icfg, item_text=text, cot_dim=D).eval()
     return base, model
 
 
@@ -72,3 +72,34 @@ def test_warm_start_loads_the_base_weights_and_checks_the_fusion(tmp_path):
 def test_unknown_fusion_is_rejected():
     with pytest.raises(ValueError, match="ict.fusion"):  # ConfigError is a ValueError
         _pair("DIN", "sum")
+
+
+def test_frozen_backbone_keeps_every_base_weight_and_statistic_while_the_ict_learns(tmp_path):
+    # batch norm and dropout in the DNN: train mode would move the running statistics and draw masks
+    base, model = _pair("DIN", mcfg=ModelConfig(embed_dim=8, mlp=[16], dropout=0.3, params={"batch_norm": True}))
+    model.backbone.load_state_dict(base.state_dict())
+    model.freeze_backbone()
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    model.train()
+    assert not model.backbone.training and model.ict.training
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    batch = make_batch(b=8)
+    for _ in range(3):
+        out = model(batch)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
+        opt.zero_grad()
+        (loss + sum(out["losses"].values())).backward()
+        opt.step()
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any("running_mean" in k for k in before)  # the statistics were there to move
+    assert model.ict_head[2].weight.abs().sum() > 0  # the residual head learned
+    # what is added to the logit is the head's output alone
+    model.eval()
+    with torch.no_grad():
+        w, _ = model.ict(batch)
+        diff = model(batch)["logit"] - base.eval()(batch)["logit"]
+        assert torch.allclose(diff, model.ict_head(w).squeeze(-1), atol=1e-6)
+    _, concat = _pair("DIN", "concat")
+    with pytest.raises(ValueError, match="fusion: residual"):
+        concat.freeze_backbone()

@@ -239,6 +239,32 @@ def test_tuning_a_warm_started_llmcf_fixes_the_backbone_and_never_ends_below_it(
         run_tune(ict_run, cfg, "DIN", trials=2)
 
 
+def test_a_frozen_backbone_ends_as_the_base_model_plus_the_residual_head(ict_run, capsys):
+    """ict.freeze_backbone: the saved LLM-CF model's backbone is the trained base, weight for weight."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from llmcf.cli import main
+
+    assert main(["retrieve", "--run", str(ict_run)]) == 0
+    frozen = ["--set", "ict.fusion=residual", "--set", "ict.freeze_backbone=true", "--set", "train.max_epochs=2"]
+    capsys.readouterr()
+    assert main(["train", "--run", str(ict_run), "--model", "DIN", "--ict", "--quiet", *SMALL, *frozen]) == 1
+    assert "needs ict.warm_start" in capsys.readouterr().err  # freezing an untrained backbone is refused
+    assert main(["train", "--run", str(ict_run), "--model", "DIN", "--quiet", *SMALL]) == 0
+    assert main(["train", "--run", str(ict_run), "--model", "DIN", "--ict", "--quiet", *SMALL, *frozen,
+                 "--set", "ict.warm_start=true"]) == 0
+    base = load_file(str(ict_run / "models" / "DIN" / "seed_0" / "model.safetensors"))
+    llmcf = load_file(str(ict_run / "models" / "DIN+llmcf" / "seed_0" / "model.safetensors"))
+    assert base and all(torch.equal(llmcf[f"backbone.{k}"], v) for k, v in base.items())
+    res = json.loads((ict_run / "models" / "DIN+llmcf" / "seed_0" / "result.json").read_text())
+    base_valid = json.loads((ict_run / "models" / "DIN" / "seed_0" / "result.json").read_text())["valid"]["auc"]
+    assert res["valid"]["auc"] >= base_valid - 1e-9  # epoch 0 is the base model, which early stopping may keep
+    if res["best_epoch"] > 0:  # the head learned something validation kept
+        assert llmcf["ict_head.2.weight"].abs().sum() > 0
+
+
 def test_new_switches_at_their_default_keep_old_hashes():
     """A result recorded before these switches existed (its config has none of them) stays cached."""
     from llmcf.fingerprint import ADDED_AT_DEFAULT, digest, seed_hash

@@ -323,6 +323,11 @@ class ICTConfig:
     """With fusion=residual: start the backbone from the trained base model of the same seed
     (``models/<backbone>/seed_<s>/model.safetensors``; train the base first) and keep those weights if no epoch
     beats them on validation."""
+    freeze_backbone: bool = False
+    """With warm_start: the backbone keeps the trained base model's weights exactly (no gradient, and held in eval
+    mode, so dropout and batch-norm statistics do not move either); only the ICT and its fusion head learn, on the
+    base model's residual. The clean probe of what the in-context module adds to a trained backbone: its epoch 0 is
+    the base model, so the difference is the module's alone."""
 
 
 @dataclass

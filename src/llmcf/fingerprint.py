@@ -26,6 +26,7 @@ stage and model hashes."""
 
 ADDED_AT_DEFAULT: dict[tuple[str, str], object] = {("train", "ict_lr"): None, ("ict", "fusion"): "concat",
                                                    ("ict", "warm_start"): False, ("ict", "sim_input"): False,
+                                                   ("ict", "freeze_backbone"): False,
                                                    ("retrieval", "bank"): "cot", ("train", "amp"): False,
                                                    ("train", "grad_clip"): None, ("train", "plateau_lr_factor"): None,
                                                    ("retrieval", "auto_exact_max"): 1_000_000,

@@ -47,10 +47,27 @@ class LLMCFModel(nn.Module):
         if fusion not in FUSIONS:
             raise ValueError(f"ict.fusion '{fusion}': expected one of {', '.join(FUSIONS)}")
         self.backbone, self.ict, self.hide_target, self.fusion = backbone, ict, hide_target, fusion
+        self.backbone_frozen = False
         if fusion == "residual":
             self.ict_head = nn.Sequential(nn.Linear(ict.dim, ict.dim), nn.SiLU(), nn.Linear(ict.dim, 1))
             nn.init.zeros_(self.ict_head[2].weight)
             nn.init.zeros_(self.ict_head[2].bias)
+
+    def freeze_backbone(self) -> None:
+        """Keep the backbone's current weights (``ict.freeze_backbone``; residual fusion only): no gradients, and
+        eval mode whatever ``train()`` is called with, so dropout and batch-norm statistics stay put too."""
+        if self.fusion != "residual":
+            raise ValueError("ict.freeze_backbone needs ict.fusion: residual (the ICT then learns the residual of the "
+                             "backbone's logit)")
+        self.backbone_frozen = True
+        self.backbone.requires_grad_(False)
+        self.backbone.train(False)
+
+    def train(self, mode: bool = True) -> "LLMCFModel":
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.train(False)
+        return self
 
     def item_vectors(self) -> torch.Tensor:
         """The backbone's item table (sequential backbones)."""
@@ -66,7 +83,11 @@ class LLMCFModel(nn.Module):
         else:
             w, ict_losses = self.ict(query)
         if self.fusion == "residual":
-            out = self.backbone(batch)
+            if self.backbone_frozen:
+                with torch.no_grad():
+                    out = self.backbone(batch)
+            else:
+                out = self.backbone(batch)
             out = {**out, "logit": out["logit"] + self.ict_head(w).squeeze(-1)}
         else:
             out = self.backbone(batch, extra=w)

@@ -25,6 +25,17 @@ def _pair(name: str, fusion: str = "residual", mcfg: ModelConfig = MCFG):
     return base, model
 
 
+def _steps(model, batch, n: int = 3) -> None:
+    """n Adam steps (lr 0.05) on BCE + the model's auxiliary losses, over the parameters that take gradients."""
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for _ in range(n):
+        out = model(batch)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
+        opt.zero_grad()
+        (loss + sum(out["losses"].values())).backward()
+        opt.step()
+
+
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_at_init_safe_fusion_equals_the_backbone_with_the_same_weights(name):
     base, model = _pair(name)
@@ -42,14 +53,7 @@ def test_at_init_safe_fusion_equals_the_backbone_with_the_same_weights(name):
 def test_safe_fusion_gate_opens_under_training():
     base, model = _pair("DIN")
     model.train()
-    batch = make_batch(b=8)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(3):
-        out = model(batch)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
-        opt.zero_grad()
-        (loss + sum(out["losses"].values())).backward()
-        opt.step()
+    _steps(model, make_batch(b=8))
     assert model.ict_head[2].weight.abs().sum() > 0  # the zero-initialised layer moved
     assert model.ict.feat_mlp[0].weight.grad.abs().sum() > 0  # and gradients reach the ICT through it
 
@@ -82,14 +86,8 @@ def test_frozen_backbone_keeps_every_base_weight_and_statistic_while_the_ict_lea
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     model.train()
     assert not model.backbone.training and model.ict.training
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
     batch = make_batch(b=8)
-    for _ in range(3):
-        out = model(batch)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
-        opt.zero_grad()
-        (loss + sum(out["losses"].values())).backward()
-        opt.step()
+    _steps(model, batch)
     after = model.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert any("running_mean" in k for k in before)  # the statistics were there to move

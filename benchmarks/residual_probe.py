@@ -6,7 +6,9 @@ trained base model itself, so ``head(w)`` is everything the module contributes. 
 rows through the online scorer (``llmcf.serve.scorer.Scorer``, the path a served model takes) while recording both
 terms: the head's mean and standard deviation across rows against the backbone logit's standard deviation. A head
 whose std is a small fraction of the backbone's only shifts every score by a constant — it cannot change a ranking or
-the AUC; a head that varies with the row is where the module moves predictions.
+the AUC; a head that varies with the row is where the module moves predictions. The last column is how much the
+ICT's output vector ``w`` varies across the rows (its per-dimension std, averaged), for a freshly initialised ICT of
+the same config and for the trained one: a module that learned nothing row-specific collapses towards a constant.
 
     python benchmarks/residual_probe.py --run-dir ../runs/12/frozen-a --model DCN --name ml-100k-DCN-frozen
 
@@ -44,20 +46,43 @@ def probe(variant_dir: Path, tag: str, seed: int, rows: pd.DataFrame) -> dict:
     model = scorer.model
     if getattr(model, "fusion", None) != "residual":
         raise SystemExit(f"{variant_dir}/models/{tag}: not a safe-fusion (ict.fusion: residual) model")
-    heads, logits = [], []
-    hooks = [model.ict_head.register_forward_hook(lambda m, i, o: heads.append(o.detach().squeeze(-1))),
-             model.backbone.register_forward_hook(lambda m, i, o: logits.append(o["logit"].detach()))]
-    try:
+    heads, logits, ws = [], [], []
+
+    def on_head(module, inputs, output) -> None:  # a forward hook that returns None leaves the output alone
+        heads.append(output.detach().squeeze(-1))
+        ws.append(inputs[0].detach())
+
+    hooks = [model.ict_head.register_forward_hook(on_head),
+             model.backbone.register_forward_hook(lambda m, i, o: logits.append(o["logit"].detach()) and None)]
+
+    def score() -> None:
         scorer.score_rows(rows.user_id.tolist(), [list(h) for h in rows.history], rows.item_id.tolist(),
                           rows.pos.to_numpy())
+
+    try:
+        score()
+        head, base, w = (torch.cat(x).numpy() for x in (heads, logits, ws))
+        # the same rows through a freshly initialised ICT of the same config (torch seed = the seed): how much
+        # its output varies from row to row before training, against after
+        from llmcf.models.llmcf_model import build_ict
+
+        trained = model.ict
+        torch.manual_seed(seed)
+        model.ict = build_ict(scorer.schema, trained.item_text, scorer.context.cot_dim, scorer.cfg.ict,
+                              scorer.context.cot_gaps).eval()
+        model.ict.cache_examples(scorer.context.all_rows())  # as the loader prepares a served ICT
+        ws.clear()
+        score()
+        w_init = torch.cat(ws).numpy()
+        model.ict = trained
     finally:
         for h in hooks:
             h.remove()
-    head, base = torch.cat(heads).numpy(), torch.cat(logits).numpy()
     result = json.loads((variant_dir / "models" / tag / f"seed_{seed}" / "result.json").read_text())
     return {"seed": seed, "best_epoch": result["best_epoch"], "head_mean": float(head.mean()),
             "head_std": float(head.std()), "backbone_std": float(base.std()),
-            "corr": float(np.corrcoef(head, base)[0, 1]) if head.std() > 0 else float("nan")}
+            "corr": float(np.corrcoef(head, base)[0, 1]) if head.std() > 0 else float("nan"),
+            "w_std": float(w.std(0).mean()), "w_std_init": float(w_init.std(0).mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
              f"- machine: {cpu_model()}, {os.cpu_count()} CPUs{ram_suffix()}, torch {torch.__version__}",
              f"- rows: {len(rows)} validation rows sampled (seed 0), scored through the online scorer", "",
              "| variant | seed | best epoch | head mean | head std | backbone logit std | head std / backbone std "
-             "| corr(head, backbone) |", "|---|---|---|---|---|---|---|---|"]
+             "| corr(head, backbone) | ICT output std, at init → trained |", "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['variant']} | {r['seed']} | {r['best_epoch']} | {r['head_mean']:+.4f} | "
                      f"{r['head_std']:.5f} | {r['backbone_std']:.3f} | {r['head_std'] / r['backbone_std']:.4f} | "
-                     f"{r['corr']:+.2f} |")
+                     f"{r['corr']:+.2f} | {r['w_std_init']:.4f} → {r['w_std']:.4f} |")
     out = RESULTS / "residual-probe.md"
     old = out.read_text() if out.exists() else ("# The in-context term under safe fusion\n\nWritten by "
                                                 "`benchmarks/residual_probe.py` (its docstring says what it measures)."

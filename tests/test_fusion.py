@@ -101,3 +101,16 @@ def test_frozen_backbone_keeps_every_base_weight_and_statistic_while_the_ict_lea
     _, concat = _pair("DIN", "concat")
     with pytest.raises(ValueError, match="fusion: residual"):
         concat.freeze_backbone()
+
+
+def test_a_run_plan_with_warm_start_needs_the_base_model_trained_first():
+    from llmcf.config import ConfigError, load_config
+    from llmcf.pipeline import check_plan
+
+    warm = ["models=[DCN]", "ict.fusion=residual", "ict.warm_start=true"]
+    check_plan(load_config(None, warm + ["variants=[base, no_cot]"]))
+    for variants in ("[no_cot, base]", "[no_cot]"):
+        with pytest.raises(ConfigError, match="list 'base' first"):
+            check_plan(load_config(None, warm + [f"variants={variants}"]))
+    with pytest.raises(ConfigError, match="needs ict.warm_start"):
+        check_plan(load_config(None, ["models=[DCN]", "ict.fusion=residual", "ict.freeze_backbone=true"]))

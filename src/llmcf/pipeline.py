@@ -207,6 +207,13 @@ def check_plan(cfg: Config) -> None:
         if v not in VARIANTS:
             raise ConfigError(f"variants: unknown variant '{v}' (expected {', '.join(VARIANTS[:-1])} or "
                               f"{VARIANTS[-1]})")
+    ict_variants = [v for v in cfg.variants if v != "base"]
+    if cfg.ict.warm_start and ict_variants and cfg.models and \
+            ("base" not in cfg.variants or cfg.variants.index("base") > cfg.variants.index(ict_variants[0])):
+        raise ConfigError(f"ict.warm_start starts every LLM-CF model from its trained base model: list 'base' first in "
+                          f"variants (got {cfg.variants})")
+    if cfg.ict.freeze_backbone and not cfg.ict.warm_start:
+        raise ConfigError("ict.freeze_backbone keeps the trained base model's weights: it needs ict.warm_start: true")
 
 
 def cfg_variant(cfg: Config, variant: str) -> Config:

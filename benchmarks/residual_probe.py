@@ -55,13 +55,15 @@ def probe(variant_dir: Path, tag: str, seed: int, rows: pd.DataFrame) -> dict:
     hooks = [model.ict_head.register_forward_hook(on_head),
              model.backbone.register_forward_hook(lambda m, i, o: logits.append(o["logit"].detach()) and None)]
 
-    def score() -> None:
-        scorer.score_rows(rows.user_id.tolist(), [list(h) for h in rows.history], rows.item_id.tolist(),
-                          rows.pos.to_numpy())
+    def score() -> np.ndarray:
+        return scorer.score_rows(rows.user_id.tolist(), [list(h) for h in rows.history], rows.item_id.tolist(),
+                                 rows.pos.to_numpy(), logits=True)
 
     try:
-        score()
+        served = score()
         head, base, w = (torch.cat(x).numpy() for x in (heads, logits, ws))
+        if not np.allclose(head + base, served, atol=1e-4):  # the two terms read are the whole served logit
+            raise SystemExit(f"{variant_dir}/models/{tag}: head + backbone differ from the served logit")
         # the same rows through a freshly initialised ICT of the same config (torch seed = the seed): how much
         # its output varies from row to row before training, against after
         from llmcf.models.llmcf_model import build_ict

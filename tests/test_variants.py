@@ -1,6 +1,8 @@
 """Variants of the in-context module: hybrid bank (every train row, learned "no CoT" token) and similarity input."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +18,7 @@ from test_retrieval import build_run_dir
 from llmcf.models.ict import ICT
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_hybrid_bank_holds_every_train_row_and_keeps_the_cot_rows(tmp_path):
@@ -263,6 +266,23 @@ def test_a_frozen_backbone_ends_as_the_base_model_plus_the_residual_head(ict_run
     assert res["valid"]["auc"] >= base_valid - 1e-9  # epoch 0 is the base model, which early stopping may keep
     if res["best_epoch"] > 0:  # the head learned something validation kept
         assert llmcf["ict_head.2.weight"].abs().sum() > 0
+    # benchmarks/residual_probe.py reads it from a bench_variants-style folder: one row per seed, the two terms
+    # adding up to the served logit (it checks that itself), the concat-fusion and base models left out
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("residual_probe_under_test", ROOT / "benchmarks" /
+                                                  "residual_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    bench = ict_run.parent / "bench"
+    (bench / "variants").mkdir(parents=True)
+    (bench / "data").symlink_to(ict_run / "data", target_is_directory=True)
+    (bench / "variants" / "frozen").symlink_to(ict_run, target_is_directory=True)
+    probe.RESULTS = ict_run.parent / "results"
+    probe.RESULTS.mkdir()
+    assert probe.main(["--run-dir", str(bench), "--model", "DIN", "--name", "tiny", "--rows", "30"]) == 0
+    table = [ln for ln in (probe.RESULTS / "residual-probe.md").read_text().splitlines() if ln.startswith("| frozen")]
+    assert len(table) == 1 and table[0].startswith(f"| frozen | 0 | {res['best_epoch']} |")
 
 
 def test_new_switches_at_their_default_keep_old_hashes():

@@ -205,7 +205,11 @@ def run_variant(cfg, run: Path, name: str, model: str, seeds: int, cot_run: Path
     rmeta = json.loads((d / "retrieval" / "meta.json").read_text()) if spec["ict"] else {}
     return {"variant": name, "tag": summary["tag"], "seeds": summary["seeds"], "test": summary["test"],
             "valid": summary["valid"], "seconds_per_epoch": summary["seconds_per_epoch"],
-            "best_epochs": [r["best_epoch"] for r in results], "wall_seconds_last_seed": round(wall, 1),
+            "best_epochs": [r["best_epoch"] for r in results],
+            "per_seed": {"seed": [r["seed"] for r in results], "test_auc": [r["test"]["auc"] for r in results],
+                         "test_logloss": [r["test"]["logloss"] for r in results],
+                         "valid_auc": [r["valid"]["auc"] for r in results]},
+            "wall_seconds_last_seed": round(wall, 1),
             "cpu_seconds_last_seed": round(cpu, 1), "bank_rows": rmeta.get("bank_rows"),
             "slices": table.model(preds), "edges": {k: v["edges"] for k, v in table.kinds.items()},
             "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
@@ -228,6 +232,22 @@ def versus(row: dict, base: dict | None, metric: str = "auc") -> str:
     return f"{diff:+.4f} ({'> 2 SE' if abs(diff) > 2 * se else '< 2 SE'}, SE {se:.4f})"
 
 
+def paired(row: dict, base: dict, key: str = "test_auc") -> dict | None:
+    """Per-seed differences ``row`` − ``base`` over the seeds both have (a warm-started variant starts from the same
+    seed's base model, so its seeds pair with the base's): the differences, their mean, sample std and
+    SE = std/√n; None when fewer than two seeds pair or a record predates per-seed values."""
+    a, b = row.get("per_seed"), base.get("per_seed")
+    if not a or not b:
+        return None
+    theirs = dict(zip(b["seed"], b[key]))
+    diffs = [v - theirs[s] for s, v in zip(a["seed"], a[key]) if s in theirs]
+    if len(diffs) < 2:
+        return None
+    mean = sum(diffs) / len(diffs)
+    std = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    return {"diffs": diffs, "mean": mean, "std": std, "se": std / len(diffs) ** 0.5}
+
+
 def markdown(rec: dict) -> str:
     # the reference row: ``base`` when the study has it, else its first variant (e.g. base-decay)
     base = next((r for r in rec["rows"] if r["variant"] == "base"), rec["rows"][0] if rec["rows"] else None)
@@ -243,6 +263,19 @@ def markdown(rec: dict) -> str:
                      f"{r['best_epochs']} | "
                      f"{r['seconds_per_epoch']['mean']:.1f} | {r['wall_seconds_last_seed']} | "
                      f"{r['cpu_seconds_last_seed']} |")
+    pairs = [(r, paired(r, base), paired(r, base, "valid_auc"), paired(r, base, "test_logloss"))
+             for r in rec["rows"] if base and r is not base and VARIANTS.get(r["variant"], {}).get("warm")]
+    pairs = [p for p in pairs if p[1] is not None]
+    if pairs:
+        lines += ["", f"Paired by seed (a warm-started variant starts from the same seed's {ref} model; SE = std of the "
+                      "per-seed differences / √n):", "",
+                  f"| variant | Δ test AUC per seed | mean ± std | vs 2 SE | Δ valid AUC per seed | Δ test LogLoss, "
+                  "mean ± std |", "|---|---|---|---|---|---|"]
+        for r, t, v, ll in pairs:
+            lines.append(f"| {r['variant']} | {', '.join(f'{d:+.4f}' for d in t['diffs'])} | {t['mean']:+.4f} ± "
+                         f"{t['std']:.4f} | {'> 2 SE' if abs(t['mean']) > 2 * t['se'] else '< 2 SE'} (SE "
+                         f"{t['se']:.4f}) | {', '.join(f'{d:+.4f}' for d in v['diffs'])} | {ll['mean']:+.4f} ± "
+                         f"{ll['std']:.4f} |")
     if rec["rows"]:
         for kind in ("user", "item"):
             first = rec["rows"][0]["slices"][kind]
@@ -277,6 +310,9 @@ def main() -> int:
     ap.add_argument("--name", default=None)
     ap.add_argument("--cot-run", type=Path, default=None,
                     help="a run of the same preset with real CoTs (cot/selected.parquet) for the *-cotbank variants")
+    ap.add_argument("--refresh", action="store_true",
+                    help="rewrite the record's tables from the trained seeds (all cached), keeping its command, "
+                         "machine, start and each row's timings from the existing JSON (e.g. after a new column)")
     a = ap.parse_args()
     import torch
 
@@ -303,6 +339,11 @@ def main() -> int:
                        f"0..{a.seeds - 1}; K={cfg.retrieval.k} balanced={cfg.retrieval.balanced}; default bank = "
                        f"{a.bank_rows} random train rows (seed 0)",
            "variants": variants, "seeds": a.seeds, "rows": []}
+    prev = json.loads(out_json.read_text()) if a.refresh and out_json.exists() else None
+    if a.refresh and prev is None:
+        ap.error(f"--refresh: no record {out_json} to refresh")
+    if prev is not None:
+        rec.update({k: prev[k] for k in ("command", "machine", "started", "protocol")})
     prepare(cfg, a.run_dir, a.bank_rows, seed=0)
     if a.cot_run is not None:
         check_cot_run(a.run_dir, a.cot_run)
@@ -316,6 +357,10 @@ def main() -> int:
         for v in variants:
             print(f"=== {v}, seeds 0..{n - 1} ===", flush=True)
             row = run_variant(cfg, a.run_dir, v, a.model, n, a.cot_run)
+            if prev is not None:  # the timings of the run that trained the seeds, not of this re-read
+                old = next((r for r in prev["rows"] if r["variant"] == v), {})
+                row.update({k: old[k] for k in ("wall_seconds_last_seed", "cpu_seconds_last_seed", "finished")
+                            if k in old})
             rows = {r["variant"]: r for r in rec["rows"]}
             rows[v] = row
             rec["rows"] = [rows[x] for x in variants if x in rows]

@@ -35,3 +35,24 @@ def test_warm_variants_start_from_the_base_backbone_and_say_so_when_it_is_missin
     assert (link / "seed_0" / "model.safetensors").read_bytes() == b"w0"
     bench.link_base_model(run, d, "DCN", seeds=1)  # a second seed pass keeps the link
     assert (link / "seed_0" / "model.safetensors").read_bytes() == b"w0"
+
+
+def test_warm_variants_are_also_compared_seed_by_seed():
+    bench = _bench()
+    base = {"variant": "base", "per_seed": {"seed": [0, 1, 2], "test_auc": [0.80, 0.81, 0.79],
+                                            "valid_auc": [0.7, 0.7, 0.7], "test_logloss": [0.5, 0.5, 0.5]}}
+    warm = {"variant": "nocot-frozen", "per_seed": {"seed": [1, 0], "test_auc": [0.813, 0.802],
+                                                    "valid_auc": [0.71, 0.7], "test_logloss": [0.49, 0.5]}}
+    p = bench.paired(warm, base)
+    assert p["diffs"] == pytest.approx([0.003, 0.002]) and p["mean"] == pytest.approx(0.0025)
+    assert p["se"] == pytest.approx((0.0005 ** 2 * 2) ** 0.5 / 2 ** 0.5)
+    assert bench.paired({"variant": "x", "per_seed": {"seed": [0], "test_auc": [0.8]}}, base) is None
+    assert bench.paired({"variant": "old record"}, base) is None
+    row = {"test": {"auc": {"mean": 0.8, "std": 0.01, "n": 2}, "logloss": {"mean": 0.5, "std": 0.0, "n": 2}},
+           "valid": {"auc": {"mean": 0.7, "std": 0.0, "n": 2}}, "bank_rows": 240, "best_epochs": [1, 2],
+           "seconds_per_epoch": {"mean": 1.0}, "wall_seconds_last_seed": 1, "cpu_seconds_last_seed": 1,
+           "seeds": [0, 1], "slices": {"user": [], "item": []}, "edges": {"user": [], "item": []}}
+    rec = {"name": "t", "command": "c", "machine": "m", "started": "s", "protocol": "p", "seeds": 2,
+           "variants": ["base", "nocot-frozen"], "rows": [{**row, **base}, {**row, **warm}]}
+    text = bench.markdown(rec)
+    assert "| nocot-frozen | +0.0030, +0.0020 | +0.0025 ± 0.0007 | > 2 SE" in text

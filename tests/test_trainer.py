@@ -78,6 +78,12 @@ def test_early_stopping_stops_after_patience_without_improvement():
     # the protocol line says which schedule trained the model
     assert lr_rule(TrainConfig()) == ""
     assert "x0.1 after every epoch without a better valid AUC" in lr_rule(cfg)
+    # min_epochs: neither patience nor decay acts before it, so a flat start trains on at the full rate
+    cfg = TrainConfig(lr=0.01, batch_size=64, max_epochs=10, patience=2, plateau_lr_factor=0.1, min_epochs=4)
+    res = fit(Constant(), ArrayBatches(tr, 64, shuffle=True), ArrayBatches(va, 256), va["label"], cfg, progress=False)
+    assert len(res.curve) == 5 and res.best_epoch == 1  # epochs 1-3 free; 4 and 5 count against patience 2
+    assert [r["lr"] for r in res.curve] == pytest.approx([0.01] * 4 + [0.001])
+    assert "from epoch 4" in lr_rule(cfg)
 
 
 def test_batches_cover_every_row_once_and_gather_context():

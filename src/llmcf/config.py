@@ -133,6 +133,11 @@ class TrainConfig:
     AUC (not below 1e-6; None = keep it constant, the paper's rule). Early stopping still counts those epochs, so
     with patience 2 the model gets one more epoch at the lower rate. FuxiCTR's trainers do this by default (factor
     0.1); benchmarks/results/fuxictr.md measures what it is worth on DCN."""
+    min_epochs: int = 0
+    """CTR training: early stopping (and the plateau decay) apply only from this epoch on; before it every epoch
+    trains at the full rate. For a module that starts flat, e.g. a frozen-backbone residual probe whose first epochs
+    move validation AUC only in the fifth decimal (README, the residual probe). The best validation epoch is kept
+    as always."""
 
 
 @dataclass

@@ -29,6 +29,7 @@ ADDED_AT_DEFAULT: dict[tuple[str, str], object] = {("train", "ict_lr"): None, ("
                                                    ("ict", "freeze_backbone"): False,
                                                    ("retrieval", "bank"): "cot", ("train", "amp"): False,
                                                    ("train", "grad_clip"): None, ("train", "plateau_lr_factor"): None,
+                                                   ("train", "min_epochs"): 0,
                                                    ("retrieval", "auto_exact_max"): 1_000_000,
                                                    ("recgen", "lora_layers"): None, ("recgen", "amp"): False,
                                                    ("llm", "prompt_style"): "full"}

@@ -28,8 +28,9 @@ from llmcf.train.loop import FitResult
 
 def lr_rule(train) -> str:
     """The learning-rate schedule in words, for the protocol's early-stopping line ('' for a constant rate)."""
-    f = train.plateau_lr_factor
-    return "" if f is None else f"; learning rate x{f:g} after every epoch without a better valid AUC"
+    f, m = train.plateau_lr_factor, getattr(train, "min_epochs", 0)
+    rule = "" if f is None else f"; learning rate x{f:g} after every epoch without a better valid AUC"
+    return rule + (f"; early stopping{' and decay' if f is not None else ''} only from epoch {m} on" if m else "")
 
 class RunData:
     """Everything the CTR trainer needs from a run directory, loaded once and shared by seeds and variants."""

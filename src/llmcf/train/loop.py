@@ -43,7 +43,8 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
                        progress: bool = True, desc: str = "train", validate_start: bool = False,
                        device: torch.device | None = None, grad_clip: float | None = None,
                        amp: bool = False, step_model: torch.nn.Module | None = None,
-                       plateau_lr_factor: float | None = None, min_lr: float = 1e-6) -> FitResult:
+                       plateau_lr_factor: float | None = None, min_lr: float = 1e-6,
+                       min_epochs: int = 0) -> FitResult:
     """Train until ``validate(model)[stop_metric]`` has not improved for ``patience`` epochs (at most
     ``max_epochs``); the curve rows hold ``train_<loss_name>``, the auxiliary losses, ``valid_*`` and ``seconds``.
     ``epoch_line(row, metrics)`` is the progress line printed after an epoch. ``validate_start``: also validate the
@@ -54,7 +55,8 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
     training steps call (a DistributedDataParallel wrapper of ``model`` under torchrun); validation, weights and
     losses use ``model``. ``plateau_lr_factor``: after every epoch that does not improve the validation score,
     multiply each parameter group's learning rate by it (not below ``min_lr``); the patience rule is unchanged, so
-    training stops as before unless an epoch at the lower rate improves."""
+    training stops as before unless an epoch at the lower rate improves. ``min_epochs``: the epochs before epoch
+    ``min_epochs`` count neither against patience nor for the decay (the best epoch is still the one kept)."""
     from llmcf.train.device import amp_dtype, model_device, to_device
 
     if plateau_lr_factor is not None and not 0.0 < plateau_lr_factor <= 1.0:
@@ -115,7 +117,7 @@ def early_stopping_fit(model: torch.nn.Module, opt: torch.optim.Optimizer, train
         if metrics[stop_metric] > best:
             best, best_epoch, best_valid, bad = metrics[stop_metric], epoch + 1, metrics, 0
             best_state = copy.deepcopy(model.state_dict())
-        else:
+        elif epoch + 1 >= min_epochs:
             bad += 1
             if plateau_lr_factor is not None:
                 for group in opt.param_groups:

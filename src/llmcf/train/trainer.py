@@ -76,4 +76,4 @@ def fit(model: torch.nn.Module, train: ArrayBatches, valid: ArrayBatches, valid_
         epoch_line=lambda row, m: f"train bce {row['train_bce']:.4f}  valid auc {m['auc']:.4f}  "
                                   f"logloss {m['logloss']:.4f}",
         progress=progress, desc=desc, validate_start=validate_start, device=device, grad_clip=cfg.grad_clip,
-        amp=cfg.amp, plateau_lr_factor=cfg.plateau_lr_factor)
+        amp=cfg.amp, plateau_lr_factor=cfg.plateau_lr_factor, min_epochs=cfg.min_epochs)

@@ -77,8 +77,6 @@ ENGINES = ("hf", "hf-bf16", "llamacpp")
 
 def worker(engine: str, threads: int, gguf: str, conn) -> None:
     """Load one engine, then serve ("gen", prompts, params) / ("score", prompts) requests until ("stop",)."""
-    import resource
-
     from llmcf.llm.models import resolve_model
 
     model_dir = resolve_model("smollm2-135m")
@@ -96,15 +94,27 @@ def worker(engine: str, threads: int, gguf: str, conn) -> None:
         be = LlamaCppBackend(model_dir, gguf=gguf or None, threads=threads, progress=False)
     be.eos_ids = []  # exactly max_new_tokens per completion in both engines
     conn.send(("ready", getattr(be, "gguf_path", model_dir).name))
+    serve(be, conn, gen_extra=lambda out: {"outputs": out})
+
+
+def serve(be, conn, before=None, gen_extra=None) -> None:
+    """Answer ("gen", prompts, params) / ("score", prompts) requests with the engine ``be`` until ("stop",) (then
+    send the peak RSS in MB), each reply timed in wall and process CPU seconds. ``before()`` runs ahead of every
+    request (e.g. resetting a timer); ``gen_extra(outputs)`` adds fields to a "gen" reply."""
+    import resource
+
     while True:
         msg = conn.recv()
         if msg[0] == "stop":
             conn.send(("rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
             return
+        if before is not None:
+            before()
         c0, t0 = time.process_time(), time.perf_counter()
         if msg[0] == "gen":
             out = be.generate(msg[1], msg[2])
-            res = {"new_tokens": be.last_stats["new_tokens"], "sample": out[0][0][:300], "outputs": out}
+            res = {"new_tokens": be.last_stats["new_tokens"], "sample": out[0][0][:300],
+                   **(gen_extra(out) if gen_extra is not None else {})}
         else:
             res = {"p": be.score_yes_no(msg[1]).tolist()}
         res.update(wall=time.perf_counter() - t0, cpu=time.process_time() - c0)

@@ -68,6 +68,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import REPO, cpu_model, portable, ram_suffix  # noqa: E402
+from bench_generation import serve  # noqa: E402  (the request loop both engine benchmarks share)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation.md"
 DATA_DIR = Path("/tmp/bench_onnx_genai_data")
@@ -216,8 +217,6 @@ def prefill_timer(model) -> dict:
 # ------------------------------------------------------------------------------------------------ worker
 def worker(engine: str, threads: int, onnx_dir: str, conn) -> None:
     """Load one engine, then serve ("gen", prompts, params) / ("score", prompts) requests until ("stop",)."""
-    import resource
-
     from llmcf.llm.models import resolve_model
 
     hf_dir = resolve_model("smollm2-135m")
@@ -235,27 +234,14 @@ def worker(engine: str, threads: int, onnx_dir: str, conn) -> None:
     else:
         be = OrtGenAIEngine(Path(onnx_dir) / engine.removeprefix("ort-"), hf_dir, threads)
     conn.send(("ready", engine))
-    while True:
-        msg = conn.recv()
-        if msg[0] == "stop":
-            conn.send(("rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-            return
-        if timer is not None:
-            timer.update(wall=0.0, cpu=0.0, tokens=0)
-        c0, t0 = time.process_time(), time.perf_counter()
-        if msg[0] == "gen":
-            out = be.generate(msg[1], msg[2])
-            st = be.last_stats
-            res = {"new_tokens": st["new_tokens"], "sample": out[0][0][:300]}
-            if timer is not None:
-                res.update(prefill_wall=timer["wall"], prefill_cpu=timer["cpu"], prefill_tokens=timer["tokens"])
-            else:
-                res.update(prefill_wall=st["prefill_wall"], prefill_cpu=st["prefill_cpu"],
-                           prefill_tokens=st["prefill_tokens"])
-        else:
-            res = {"p": be.score_yes_no(msg[1]).tolist()}
-        res.update(wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
-        conn.send(("done", res))
+
+    def prefill(_out) -> dict:  # hf: the hooks' sums for this request; ORT: the engine's own counters
+        src = timer if timer is not None else {k.removeprefix("prefill_"): v for k, v in be.last_stats.items()
+                                               if k.startswith("prefill_")}
+        return {"prefill_wall": src["wall"], "prefill_cpu": src["cpu"], "prefill_tokens": src["tokens"]}
+
+    serve(be, conn, before=(lambda: timer.update(wall=0.0, cpu=0.0, tokens=0)) if timer is not None else None,
+          gen_extra=prefill)
 
 
 # ------------------------------------------------------------------------------------------------ main

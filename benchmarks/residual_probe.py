@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=2000, help="validation rows sampled (seed 0)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    from llmcf.config import load_config
+
     torch.set_num_threads(args.threads)
     root = args.run_dir / "variants"
     valid = pd.read_parquet(args.run_dir / "data" / "valid.parquet")
@@ -102,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     for vdir in sorted(p for p in root.iterdir() if p.is_dir()):
         for tdir in sorted((vdir / "models").glob(f"{args.model}+llmcf*")):
-            cfg_text = (tdir / "config.yaml").read_text() if (tdir / "config.yaml").exists() else ""
-            if "fusion: residual" not in cfg_text:
+            if not (tdir / "config.yaml").exists() or load_config(tdir / "config.yaml").ict.fusion != "residual":
                 continue
             for sdir in sorted(tdir.glob("seed_*")):
                 if (sdir / "model.safetensors").exists():

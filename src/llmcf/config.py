@@ -335,6 +335,13 @@ class ICTConfig:
     the base model, so the difference is the module's alone."""
 
 
+def check_frozen_backbone(ict: ICTConfig) -> None:
+    """``ict.freeze_backbone`` keeps a trained base model, so it needs ``ict.warm_start`` to load one."""
+    if ict.freeze_backbone and not ict.warm_start:
+        raise ConfigError("ict.freeze_backbone keeps the trained base model's weights: it needs ict.warm_start: true "
+                          "(and ict.fusion: residual)")
+
+
 @dataclass
 class BaselineConfig:
     """The cheaper ways of bringing an LLM's knowledge into a backbone (``llmcf train --baseline NAME``,

@@ -212,8 +212,9 @@ def check_plan(cfg: Config) -> None:
             ("base" not in cfg.variants or cfg.variants.index("base") > cfg.variants.index(ict_variants[0])):
         raise ConfigError(f"ict.warm_start starts every LLM-CF model from its trained base model: list 'base' first in "
                           f"variants (got {cfg.variants})")
-    if cfg.ict.freeze_backbone and not cfg.ict.warm_start:
-        raise ConfigError("ict.freeze_backbone keeps the trained base model's weights: it needs ict.warm_start: true")
+    from llmcf.config import check_frozen_backbone
+
+    check_frozen_backbone(cfg.ict)
 
 
 def cfg_variant(cfg: Config, variant: str) -> Config:

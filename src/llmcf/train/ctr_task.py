@@ -151,11 +151,10 @@ class CTRTask:
             warm_start_backbone(model, run.rd.model(self.model_name) / f"seed_{seed}" / "model.safetensors")
             if cfg.ict.freeze_backbone:
                 model.freeze_backbone()
-        elif cfg.ict.enabled and cfg.ict.freeze_backbone:
-            from llmcf.config import ConfigError
+        elif cfg.ict.enabled:
+            from llmcf.config import check_frozen_backbone
 
-            raise ConfigError("ict.freeze_backbone keeps the trained base model's weights: it needs ict.warm_start: "
-                              "true (and ict.fusion: residual)")
+            check_frozen_backbone(cfg.ict)
         method = _baseline(cfg)
         extra = method.train_arrays(run, cfg) if method is not None else None
         res = fit(model, run.batches("train", cfg, seed, True, extra), run.batches("valid", cfg, seed, False),

@@ -14,6 +14,10 @@ enters the backbone. The full variant (with CoTs) needs the LLM stages: give ``-
 and dataset where ``llmcf cot generate`` and ``llmcf cot score`` wrote real CoTs, and pick the ``*-cotbank`` variants
 (full, full with reconstruction weight 0.1 / 0, and w/o CoT over exactly those rows).
 
+The residual probe (``*-frozen``): the trained base model of the same seed kept frozen and only the in-context module
+learning its residual; its controls ``textemb-frozen`` (the item-text vectors alone on the residual, no retrieval) and
+``boost-frozen`` (a second backbone on the residual: capacity, no text) separate retrieval from text from boosting.
+
     nice -n 10 python benchmarks/bench_variants.py --dataset ../shared/data/ml-100k --preset ml-100k --seeds 3
 
 Every variant: same split, batch, lr, early stopping (valid AUC, patience), ``--max-epochs``; seeds 0..n-1; test is
@@ -96,6 +100,11 @@ VARIANTS = {
     "nocot-hybrid-unbal-frozen": {"ict": True, "warm": True,
                                   "sets": {**FROZEN, "retrieval.bank": "hybrid", "retrieval.balanced": False}},
     "full-cotbank-frozen": {"ict": True, "variant": "full", "cot_bank": True, "warm": True, "sets": FROZEN},
+    # the probe's controls, same frozen base and the same residual set-up, no retrieval: the item-text vectors alone
+    # (the target's and the history mean, which the ICT also reads) through a zero-initialised head, and a second
+    # backbone of the same kind on the residual (extra capacity, no text: one round of boosting)
+    "textemb-frozen": {"ict": False, "warm": True, "sets": {"baseline.name": "textemb", "baseline.residual": True}},
+    "boost-frozen": {"ict": False, "warm": True, "sets": {"baseline.name": "boost"}},
 }
 DEFAULT_VARIANTS = ("base", "nocot-bank", "nocot-hybrid", "nocot-safe")
 PLACEHOLDER = "no chain of thought: the w/o CoT variant does not read this text"

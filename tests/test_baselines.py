@@ -267,7 +267,17 @@ def test_train_baseline_end_to_end(tiny_run, tmp_path, baseline, capsys):
         assert stage["cost"]["rows_processed"] == 30
     else:
         assert stage["llm"] is False
-    # served: the service's scores of the test rows give the test metrics training recorded (offline = online)
+    _served_equals_offline(run, tag, res)
+    capsys.readouterr()
+    # a second run finds the trained seed and the LLM stage's outputs: nothing retrained or regenerated
+    assert main([*args, *sum((["--set", s] for s in sets), [])]) == 0
+    out = capsys.readouterr().out
+    assert "cached" in out.lower()
+    assert json.loads((run / "models" / tag / "seed_0" / "result.json").read_text()) == res
+
+
+def _served_equals_offline(run, tag: str, res: dict) -> None:
+    """The service's scores of the test rows give the test metrics training recorded (offline = online)."""
     from llmcf.serve import Scorer
     from llmcf.train.metrics import ctr_metrics
 
@@ -281,12 +291,80 @@ def test_train_baseline_end_to_end(tiny_run, tmp_path, baseline, capsys):
     u, h, cands = str(test.user_id.iloc[0]), list(test.history.iloc[0]), test.item_id.tolist()[:5]
     one = scorer.score(cands, h, u)  # one request, five candidates: the rows' scores
     np.testing.assert_allclose(one.scores, scorer.score_rows([u] * 5, [h] * 5, cands), atol=1e-6)
-    capsys.readouterr()
-    # a second run finds the trained seed and the LLM stage's outputs: nothing retrained or regenerated
-    assert main([*args, *sum((["--set", s] for s in sets), [])]) == 0
-    out = capsys.readouterr().out
-    assert "cached" in out.lower()
-    assert json.loads((run / "models" / tag / "seed_0" / "result.json").read_text()) == res
+
+
+def test_residual_baselines_start_at_the_backbone_and_keep_it_frozen(tiny_schema):
+    from llmcf.models.baselines import TextEmbFeature
+    from llmcf.models.ranking import BACKBONES
+    from llmcf.models.residual import FeatureHead, GatedLogit, ResidualModel
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(tiny_schema.n_items, 6)).astype(np.float32)
+    B = 8
+    batch = {"user": torch.arange(3, 3 + B), "item": torch.arange(7, 7 + B),
+             "hist": torch.randint(1, tiny_schema.n_items, (B, 4)), "hist_len": torch.full((B,), 4),
+             "brand": torch.zeros(B, dtype=torch.long), "cats": torch.zeros(B, 2, dtype=torch.long),
+             "label": torch.tensor([1.0, 0.0] * (B // 2))}
+
+    def make(name):
+        return BACKBONES.get(name)(tiny_schema, embed_dim=4, mlp=(8,), dropout=0.3, batch_norm=True)
+
+    torch.manual_seed(0)
+    base = make("DIN").eval()
+    deltas = {"textemb": FeatureHead(TextEmbFeature(items, dim=4, hidden=8, dropout=0.0)),
+              "boost": GatedLogit(make("DIN"))}
+    for kind, delta in deltas.items():
+        model = ResidualModel(make("DIN"), delta)
+        model.backbone.load_state_dict(base.state_dict())
+        model.freeze_backbone()
+        model.train()
+        assert not model.backbone.training and model.delta.training
+        with torch.no_grad():  # starts exactly at the base model (dropout of the delta aside: none in its output)
+            assert torch.equal(model.eval()(batch)["logit"], base(batch)["logit"]), kind
+        model.train()
+        before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+        for _ in range(4):
+            out = model(batch)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        after = model.backbone.state_dict()
+        assert any("running_mean" in k for k in before)
+        assert all(torch.equal(before[k], after[k]) for k in before), kind  # weights and BN statistics kept
+        with torch.no_grad():
+            moved = model.eval()(batch)["logit"] - base(batch)["logit"]
+        assert moved.abs().max() > 1e-4, kind  # the residual learned something
+    assert deltas["boost"].gate.item() != 0
+
+
+def test_residual_baselines_end_to_end_keep_the_base_weights(tiny_run, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    run = _copy_run(tiny_run, tmp_path)
+    sets = [*tiny_run["sets"], "recgen.skip=true", "train.max_epochs=2", "train.batch_size=32", "baseline.dim=4",
+            "baseline.hidden=8"]
+    flags = sum((["--set", s] for s in sets), [])
+    args = ["train", "--run", str(run), "--model", "DCN", "--quiet"]
+    # before the base model exists: a clear error, nothing trained
+    assert main([*args, "--baseline", "boost", *flags]) == 1
+    assert "train it first" in capsys.readouterr().err
+    assert main([*args, "--baseline", "kd", *flags, "--set", "baseline.residual=true"]) == 1
+    assert "kd has no feature" in capsys.readouterr().err
+    assert main([*args, *flags]) == 0
+    base_w = load_file(str(run / "models" / "DCN" / "seed_0" / "model.safetensors"))
+    for baseline, extra, tag in (("textemb", ["--set", "baseline.residual=true"], "DCN+textemb-residual"),
+                                 ("boost", [], "DCN+boost")):
+        assert main([*args, "--baseline", baseline, *flags, *extra]) == 0
+        w = load_file(str(run / "models" / tag / "seed_0" / "model.safetensors"))
+        for k, v in base_w.items():
+            assert torch.equal(w[f"backbone.{k}"], v), (tag, k)
+        res = json.loads((run / "models" / tag / "seed_0" / "result.json").read_text())
+        base_res = json.loads((run / "models" / "DCN" / "seed_0" / "result.json").read_text())
+        # epoch 0 is validated before any step: the residual model ends at the base or above it on validation
+        assert res["valid"]["auc"] >= base_res["valid"]["auc"] - 1e-9, tag
+        _served_equals_offline(run, tag, res)
 
 
 def test_train_baseline_rejects_the_ict_and_run_rejects_unknown_baselines(tiny_run, tmp_path, capsys):
@@ -307,6 +385,19 @@ def test_a_baseline_model_hashes_only_the_fields_it_reads():
     assert h("kar") == h("kar", "baseline.kd_rows=7") != h("kar", "baseline.kar_users=5")
     assert h("textemb") != h("textemb", "baseline.dim=8") and h("kd") != h("kd", "baseline.kd_weight=0.5")
     assert h("textemb") != h("kar") and ctr_config_hash(load_config(None, []), "DIN") != h("kd")
+    assert h("textemb") != h("textemb", "baseline.residual=true")
+    assert h("boost") == h("boost", "baseline.dim=8", "baseline.kd_rows=7") != h("textemb")
+
+
+def test_a_run_plan_with_a_residual_baseline_needs_the_base_model():
+    from llmcf.config import ConfigError
+    from llmcf.pipeline import check_plan
+
+    check_plan(load_config(None, ["models=[DCN]", "variants=[base, no_cot]", "baselines=[boost]"]))
+    with pytest.raises(ConfigError, match="add 'base' to variants"):
+        check_plan(load_config(None, ["models=[DCN]", "variants=[no_cot]", "baselines=[boost]"]))
+    with pytest.raises(ConfigError, match="kd has no feature"):
+        check_plan(load_config(None, ["models=[DCN]", "baselines=[textemb, kd]", "baseline.residual=true"]))
 
 
 def test_a_shard_job_returning_other_rows_is_refused():

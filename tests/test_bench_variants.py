@@ -19,8 +19,13 @@ def _bench():
 def test_warm_variants_start_from_the_base_backbone_and_say_so_when_it_is_missing(tmp_path):
     bench = _bench()
     warm = [n for n, spec in bench.VARIANTS.items() if spec.get("warm")]
-    assert warm and all(bench.VARIANTS[n]["sets"].get("ict.warm_start") is True
-                        and bench.VARIANTS[n]["sets"].get("ict.fusion") == "residual" for n in warm)
+    ict_warm = [n for n in warm if bench.VARIANTS[n]["ict"]]
+    assert ict_warm and all(bench.VARIANTS[n]["sets"].get("ict.warm_start") is True
+                            and bench.VARIANTS[n]["sets"].get("ict.fusion") == "residual" for n in ict_warm)
+    # the probe's controls start from the base model too: residual baselines (boost is always residual)
+    for n in set(warm) - set(ict_warm):
+        sets = bench.VARIANTS[n]["sets"]
+        assert sets["baseline.name"] == "boost" or sets.get("baseline.residual") is True, n
     run, d = tmp_path / "run", tmp_path / "run" / "variants" / "nocot-safe-warm"
     base = run / "variants" / "base" / "models" / "DCN"
     (base / "seed_0").mkdir(parents=True)

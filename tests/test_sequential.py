@@ -353,3 +353,6 @@ def test_seq_textemb_baseline_reads_item_text_on_both_sides_and_caches(tmp_path)
     cfg.baseline.name = "kd"
     with pytest.raises(ConfigError, match="baseline 'kd' is for the ctr task"):
         run_seq_train(tmp_path, cfg, "SASRec", run=run, progress=False)
+    cfg.baseline.name, cfg.baseline.residual = "textemb", True
+    with pytest.raises(ConfigError, match="baseline.residual is for the ctr task"):
+        run_seq_train(tmp_path, cfg, "SASRec", run=run, progress=False)

@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ict", action="store_true", help="add the LLM-CF in-context CoT module (needs `llmcf retrieve`)")
     t.add_argument("--variant", choices=list(VARIANTS[1:]), help="ICT variant (with --ict)")
     t.add_argument("--baseline", choices=list(BASELINES), help="train <model>+<baseline> instead: textemb (frozen "
-                   "item-text vectors), kd (distil the RecGen p(Yes)), kar (KAR's LLM user/item texts); settings in "
-                   "the baseline: config section")
+                   "item-text vectors), kd (distil the RecGen p(Yes)), kar (KAR's LLM user/item texts), boost (a second "
+                   "backbone on the trained one's residual); settings in the baseline: config section "
+                   "(--set baseline.residual=true: textemb/kar learn the trained base model's residual instead)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--nproc", type=int, default=1, help="ctr task: train with N processes on this machine (torchrun + "
                                                         "DistributedDataParallel, gloo; README 'Scaling out')")

@@ -23,9 +23,13 @@ class ConfigError(ValueError):
 VARIANTS = ("base", "full", "no_cot", "mean_pool")
 """Training variants: the backbone alone, LLM-CF, and the ICT ablations (``ict.variant`` takes the last three)."""
 TASKS = ("ctr", "sequential")
-BASELINES = ("textemb", "kd", "kar")
+BASELINES = ("textemb", "kd", "kar", "boost")
 """Baselines trained in the same harness (``llmcf train --baseline``; ``llmcf.train.baselines``): frozen item-text
-features, knowledge distillation of the RecGen model's p(Yes), and KAR (Xi et al. 2023)."""
+features, knowledge distillation of the RecGen model's p(Yes), KAR (Xi et al. 2023), and boost (a second backbone
+fitted to the trained one's residual: the no-knowledge control of the residual methods)."""
+RESIDUAL_BASELINES = ("textemb", "kar", "boost")
+"""Baselines that can learn the residual of the trained base model kept frozen (``baseline.residual``; boost always
+does)."""
 
 
 def model_tag(name: str, ict: bool = False, variant: str = "full", task: str = "ctr", baseline: str | None = None) -> str:
@@ -39,6 +43,20 @@ def model_tag(name: str, ict: bool = False, variant: str = "full", task: str = "
     if not ict:
         return base
     return f"{base}+llmcf" if variant == "full" else f"{base}+llmcf-{variant}"
+
+
+def baseline_tag(b: "BaselineConfig") -> str | None:
+    """The ``<name>`` of a baseline's model tag: ``textemb-residual`` / ``kar-residual`` with ``baseline.residual``
+    (boost is always residual and keeps its name)."""
+    if b.name and b.residual and b.name != "boost":
+        return f"{b.name}-residual"
+    return b.name
+
+
+def check_residual_baseline(b: "BaselineConfig") -> None:
+    if b.residual and b.name and b.name not in RESIDUAL_BASELINES:
+        raise ConfigError(f"baseline.residual: {b.name} has no feature to fit the base model's residual with "
+                          f"(residual baselines: {', '.join(RESIDUAL_BASELINES)})")
 
 
 def backbone_params(params: dict[str, Any], name: str) -> dict[str, Any]:
@@ -356,10 +374,20 @@ class BaselineConfig:
     kar: one LLM text per user (preferences, from their training interactions only) and per item (factual
     knowledge), cached in baselines/kar/ (resumable shards), embedded by the configured encoder and mapped by a
     hybrid-expert adaptor (``kar_shared_experts`` shared + ``kar_dedicated_experts`` per side, a softmax gate per
-    side) to two ``dim`` vectors, concatenated as the backbone's ``extra`` input."""
+    side) to two ``dim`` vectors, concatenated as the backbone's ``extra`` input.
+    boost: a second backbone of the same kind, fresh, fitted to the residual of the trained base model of the same
+    seed, which is kept frozen: ``logit = base(x) + g · second(x)``, g a learned scalar starting at 0 (one round of
+    boosting; needs the base model trained first, as ``ict.warm_start``). No LLM, no text: it measures what extra
+    capacity on the residual alone buys, the control for the residual methods (``ict.freeze_backbone``,
+    ``baseline.residual``)."""
 
     name: str | None = None
-    """None (no baseline) | textemb | kd | kar."""
+    """None (no baseline) | textemb | kd | kar | boost."""
+    residual: bool = False
+    """textemb / kar: instead of entering the backbone as an ``extra`` input from the start, the feature learns the
+    residual of the trained base model of the same seed, kept frozen (as ``ict.freeze_backbone``): ``logit = base(x)
+    + MLP(feature(x))`` with the MLP's last layer zero-initialised, so training starts at the base model. Needs the
+    base model trained first. Tagged ``<backbone>+<name>-residual``. (boost is always residual; kd has no feature.)"""
     dim: int = 32
     """Size of each vector given to the backbone (kar gives two: user and item)."""
     hidden: int = 64

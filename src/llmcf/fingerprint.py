@@ -27,6 +27,7 @@ stage and model hashes."""
 ADDED_AT_DEFAULT: dict[tuple[str, str], object] = {("train", "ict_lr"): None, ("ict", "fusion"): "concat",
                                                    ("ict", "warm_start"): False, ("ict", "sim_input"): False,
                                                    ("ict", "freeze_backbone"): False,
+                                                   ("baseline", "residual"): False,
                                                    ("retrieval", "bank"): "cot", ("train", "amp"): False,
                                                    ("train", "grad_clip"): None, ("train", "plateau_lr_factor"): None,
                                                    ("train", "min_epochs"): 0,
@@ -176,14 +177,15 @@ def ctr_payload(cfg, model_name: str | None = None) -> dict:
         fields = section_payload(cfg, "baseline")["baseline"]
         prefix = f"{baseline.name}_"
         payload["baseline"] = {k: v for k, v in fields.items()
-                               if k == "name" or k.startswith(prefix)
-                               or (k in BASELINE_SHARED_FIELDS and baseline.name != "kd")
+                               if k in ("name", "residual") or k.startswith(prefix)
+                               or (k in BASELINE_SHARED_FIELDS and baseline.name in ("textemb", "kar"))
                                or (k == "partial" and baseline.name in ("kd", "kar"))}
     return payload
 
 
 BASELINE_SHARED_FIELDS = ("dim", "hidden", "dropout")
-"""The ``baseline`` fields every feature baseline (textemb, kar) reads; the rest belong to the method their prefix
+"""The ``baseline`` fields every feature baseline (textemb, kar) reads (``residual`` is hashed for any baseline once
+set); the rest belong to the method their prefix
 names (``kd_*``, ``kar_*``), so changing a KAR budget never retrains textemb or kd."""
 
 

@@ -215,6 +215,15 @@ def check_plan(cfg: Config) -> None:
     from llmcf.config import check_frozen_backbone
 
     check_frozen_backbone(cfg.ict)
+    from dataclasses import replace
+
+    from llmcf.config import check_residual_baseline
+
+    residual = [b for b in cfg.baselines if b == "boost" or cfg.baseline.residual]
+    for b in residual:
+        check_residual_baseline(replace(cfg.baseline, name=b))
+    if residual and cfg.models and "base" not in cfg.variants:
+        raise ConfigError(f"baselines {residual} fit the residual of the trained base model: add 'base' to variants")
 
 
 def cfg_variant(cfg: Config, variant: str) -> Config:

@@ -15,6 +15,7 @@ from llmcf.config import ICTConfig, ModelConfig
 from llmcf.data.schema import OOV, FeatureSchema
 from llmcf.errors import DataError
 from llmcf.models.ict import ICT
+from llmcf.models.residual import FrozenBackbone, zero_head
 
 
 def build_ict(schema: FeatureSchema, item_text: torch.Tensor | None, cot_dim: int | None, cfg: ICTConfig,
@@ -34,7 +35,7 @@ def build_ict(schema: FeatureSchema, item_text: torch.Tensor | None, cot_dim: in
 FUSIONS = ("concat", "residual")
 
 
-class LLMCFModel(nn.Module):
+class LLMCFModel(FrozenBackbone, nn.Module):
     """backbone(batch, extra=ICT(query)); losses = backbone losses ∪ ICT losses (the trainer adds the task loss).
 
     The output is the backbone's (``logit`` for ranking, ``user_vec`` for sequential) with the merged losses.
@@ -47,11 +48,9 @@ class LLMCFModel(nn.Module):
         if fusion not in FUSIONS:
             raise ValueError(f"ict.fusion '{fusion}': expected one of {', '.join(FUSIONS)}")
         self.backbone, self.ict, self.hide_target, self.fusion = backbone, ict, hide_target, fusion
-        self.backbone_frozen = False
-        if fusion == "residual":
-            self.ict_head = nn.Sequential(nn.Linear(ict.dim, ict.dim), nn.SiLU(), nn.Linear(ict.dim, 1))
-            nn.init.zeros_(self.ict_head[2].weight)
-            nn.init.zeros_(self.ict_head[2].bias)
+        self.residual = fusion == "residual"  # its backbone is built exactly as the base model (warm_start_backbone)
+        if self.residual:
+            self.ict_head = zero_head(ict.dim)
 
     def freeze_backbone(self) -> None:
         """Keep the backbone's current weights (``ict.freeze_backbone``; residual fusion only): no gradients, and
@@ -59,15 +58,7 @@ class LLMCFModel(nn.Module):
         if self.fusion != "residual":
             raise ValueError("ict.freeze_backbone needs ict.fusion: residual (the ICT then learns the residual of the "
                              "backbone's logit)")
-        self.backbone_frozen = True
-        self.backbone.requires_grad_(False)
-        self.backbone.train(False)
-
-    def train(self, mode: bool = True) -> "LLMCFModel":
-        super().train(mode)
-        if self.backbone_frozen:
-            self.backbone.train(False)
-        return self
+        super().freeze_backbone()
 
     def item_vectors(self) -> torch.Tensor:
         """The backbone's item table (sequential backbones)."""
@@ -83,11 +74,7 @@ class LLMCFModel(nn.Module):
         else:
             w, ict_losses = self.ict(query)
         if self.fusion == "residual":
-            if self.backbone_frozen:
-                with torch.no_grad():
-                    out = self.backbone(batch)
-            else:
-                out = self.backbone(batch)
+            out = self.backbone_output(batch)
             out = {**out, "logit": out["logit"] + self.ict_head(w).squeeze(-1)}
         else:
             out = self.backbone(batch, extra=w)
@@ -125,17 +112,18 @@ def build_model(name: str, schema: FeatureSchema, model_cfg: ModelConfig, ict_cf
 
 def warm_start_backbone(model: nn.Module, weights: Path) -> None:
     """Load a trained base model's weights (``weights``: its model.safetensors) into ``model.backbone``; only a
-    safe-fusion model (fusion=residual) has a backbone of exactly the base model's shape."""
+    safe-fusion model (fusion=residual) or a residual baseline (``ResidualModel``) has a backbone of exactly the base
+    model's shape."""
     from safetensors.torch import load_file
 
     from llmcf.errors import RunError
 
-    if not isinstance(model, LLMCFModel) or model.fusion != "residual":
+    if not getattr(model, "residual", False):
         raise RunError("ict.warm_start needs ict.fusion: residual (with concat the backbone's input layer differs "
                        "from the base model's)")
     if not weights.exists():
-        raise RunError(f"{weights}: missing; ict.warm_start starts from the trained base model, so train it first "
-                       "(llmcf train without --ict, same seeds)")
+        raise RunError(f"{weights}: missing; ict.warm_start (and a residual baseline) starts from the trained base "
+                       "model, so train it first (llmcf train without --ict or --baseline, same seeds)")
     state = load_file(str(weights))
     missing, unexpected = model.backbone.load_state_dict(state, strict=False)
     if unexpected or missing:

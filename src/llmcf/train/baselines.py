@@ -6,8 +6,11 @@ model reads, how it is built, which per-row arrays its training batches carry, a
              unfinished) → ``DistilledModel``'s soft-label loss
     kar      KAR's user/item texts (``llmcf.llm.baselines.kar``, run here when missing or unfinished), embedded with
              the configured encoder (cached) → ``KARFeature`` (hybrid-expert adaptor) → extra input
-Settings: the ``baseline`` config section (``llmcf.config.BaselineConfig``). The backbone, optimiser, data and early
-stopping are the CTR task's, unchanged.
+    boost    a second backbone fitted to the residual of the trained base model (``llmcf.models.residual``)
+With ``baseline.residual`` a feature baseline (textemb, kar) does not enter the backbone's input: its feature learns
+the residual of the trained base model of the same seed, kept frozen (``ResidualModel`` + ``FeatureHead``; the CTR
+task loads the base weights, as for ``ict.warm_start``). Settings: the ``baseline`` config section
+(``llmcf.config.BaselineConfig``). The backbone, optimiser, data and early stopping are the CTR task's, unchanged.
 """
 from __future__ import annotations
 
@@ -49,8 +52,28 @@ class Baseline:
         """Fingerprint of the artifacts the model reads (part of its cache key)."""
         return ""
 
-    def build(self, model_name: str, run, cfg: Config) -> torch.nn.Module:
+    def residual(self, cfg: Config) -> bool:
+        """True: the model is a ``ResidualModel`` over the trained, frozen base model (see the module docstring)."""
+        from llmcf.config import check_residual_baseline
+
+        check_residual_baseline(cfg.baseline)
+        return bool(cfg.baseline.residual)
+
+    def feature(self, run, cfg: Config) -> torch.nn.Module:
+        """The feature module (``.dim`` wide) of a feature baseline."""
         raise NotImplementedError
+
+    def build(self, model_name: str, run, cfg: Config) -> torch.nn.Module:
+        """A feature baseline: ``AugmentedModel`` (the feature as the backbone's extra input), or with
+        ``baseline.residual`` a ``ResidualModel`` whose ``FeatureHead`` learns the base model's residual."""
+        feature = self.feature(run, cfg)
+        if self.residual(cfg):
+            from llmcf.models.residual import FeatureHead, ResidualModel
+
+            return ResidualModel(backbone(model_name, run, cfg), FeatureHead(feature))
+        from llmcf.models.baselines import AugmentedModel
+
+        return AugmentedModel(backbone(model_name, run, cfg, feature.dim), feature)
 
     def train_arrays(self, run, cfg: Config) -> dict[str, np.ndarray]:
         return {}
@@ -66,14 +89,13 @@ class TextEmb(Baseline):
     def stamp(self, run, cfg):
         return files_fingerprint([run.rd.item_emb, run.rd.item_ids])
 
-    def build(self, model_name, run, cfg):
-        from llmcf.models.baselines import AugmentedModel, TextEmbFeature
+    def feature(self, run, cfg):
+        from llmcf.models.baselines import TextEmbFeature
         from llmcf.models.context import item_text_matrix
 
         b = cfg.baseline
         text = _memo(run, "item_text", lambda: item_text_matrix(run.run_dir, run.vocab))
-        feature = TextEmbFeature(text, dim=b.dim, hidden=b.hidden, dropout=b.dropout)
-        return AugmentedModel(backbone(model_name, run, cfg, feature.dim), feature)
+        return TextEmbFeature(text, dim=b.dim, hidden=b.hidden, dropout=b.dropout)
 
     def llm_stage(self, run, cfg):
         meta = run.rd.read_json(run.rd.embed / "meta.json", {}) or {}
@@ -105,6 +127,7 @@ class KD(Baseline):
     def build(self, model_name, run, cfg):
         from llmcf.models.baselines import DistilledModel
 
+        self.residual(cfg)  # refuses baseline.residual: kd has no feature
         b = cfg.baseline
         return DistilledModel(backbone(model_name, run, cfg), b.kd_weight, b.kd_temperature)
 
@@ -159,14 +182,13 @@ class KAR(Baseline):
         _, _, manifest, model_id, n = self._vectors(run, cfg)
         return text_digest(f"{manifest['gen_id']}|{model_id}|{n}", 12)
 
-    def build(self, model_name, run, cfg):
-        from llmcf.models.baselines import AugmentedModel, KARFeature
+    def feature(self, run, cfg):
+        from llmcf.models.baselines import KARFeature
 
         b = cfg.baseline
         U, I, _, _, _ = self._vectors(run, cfg)
-        feature = KARFeature(U, I, dim=b.dim, hidden=b.hidden, shared=b.kar_shared_experts,
-                             dedicated=b.kar_dedicated_experts, dropout=b.dropout)
-        return AugmentedModel(backbone(model_name, run, cfg, feature.dim), feature)
+        return KARFeature(U, I, dim=b.dim, hidden=b.hidden, shared=b.kar_shared_experts,
+                          dedicated=b.kar_dedicated_experts, dropout=b.dropout)
 
     def llm_stage(self, run, cfg):
         U, I, manifest, model_id, n = self._vectors(run, cfg)
@@ -175,6 +197,22 @@ class KAR(Baseline):
                 "users_with_text": int((np.abs(U).sum(1) > 0).sum()),
                 "items_with_text": int((np.abs(I).sum(1) > 0).sum()), "max_new_tokens": cfg.baseline.kar_max_new_tokens,
                 "model": manifest.get("model", {}).get("kind"), "cost": manifest.get("cost"), "encoder": model_id}
+
+
+@BASELINE_METHODS.register("boost")
+class Boost(Baseline):
+    name = "boost"
+
+    def residual(self, cfg):
+        return True
+
+    def build(self, model_name, run, cfg):
+        from llmcf.models.residual import GatedLogit, ResidualModel
+
+        return ResidualModel(backbone(model_name, run, cfg), GatedLogit(backbone(model_name, run, cfg)))
+
+    def llm_stage(self, run, cfg):
+        return {"llm": False, "what": "a second backbone on the trained one's residual (no LLM, no text)"}
 
 
 def get_baseline(name: str) -> Baseline:

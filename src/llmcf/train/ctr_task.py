@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmcf.config import Config, model_tag
+from llmcf.config import Config, baseline_tag, model_tag
 from llmcf.data.schema import SPLITS
 from llmcf.errors import RunError
 from llmcf.fingerprint import ctr_config_hash, model_cache_key
@@ -92,7 +92,7 @@ class RunData:
 
 
 def variant_tag(model_name: str, cfg: Config) -> str:
-    return model_tag(model_name, cfg.ict.enabled, cfg.ict.variant, baseline=cfg.baseline.name)
+    return model_tag(model_name, cfg.ict.enabled, cfg.ict.variant, baseline=baseline_tag(cfg.baseline))
 
 
 def _baseline(cfg: Config):
@@ -122,6 +122,7 @@ class CTRTask:
     def cache_key(self, model_name: str, cfg: Config) -> str:
         method = _baseline(cfg)
         if method is not None:  # its LLM stage first (resumable; a no-op once done): the key hashes what it wrote
+            method.residual(cfg)  # a bad combination is refused before any LLM work
             method.prepare(self.run, cfg)
             return model_cache_key(ctr_config_hash(cfg, model_name), model_name, self.upstream,
                                    method.stamp(self.run, cfg))
@@ -144,18 +145,20 @@ class CTRTask:
         from llmcf.train.trainer import fit, predict
 
         run, a = self.run, self.run.arrays
-        warm = bool(cfg.ict.enabled and cfg.ict.warm_start)
+        method = _baseline(cfg)
+        # the residual baselines start from the trained base model of this seed and keep it frozen
+        residual = method is not None and method.residual(cfg)
+        warm = bool(cfg.ict.enabled and cfg.ict.warm_start) or residual
         if warm:
             from llmcf.models.llmcf_model import warm_start_backbone
 
             warm_start_backbone(model, run.rd.model(self.model_name) / f"seed_{seed}" / "model.safetensors")
-            if cfg.ict.freeze_backbone:
+            if cfg.ict.freeze_backbone or residual:
                 model.freeze_backbone()
         elif cfg.ict.enabled:
             from llmcf.config import check_frozen_backbone
 
             check_frozen_backbone(cfg.ict)
-        method = _baseline(cfg)
         extra = method.train_arrays(run, cfg) if method is not None else None
         res = fit(model, run.batches("train", cfg, seed, True, extra), run.batches("valid", cfg, seed, False),
                   a["valid"]["label"], cfg.train, valid_users=a["valid"]["user"],

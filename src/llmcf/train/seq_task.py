@@ -40,6 +40,9 @@ def check_seq_baseline(cfg: Config, ict: bool) -> None:
                           f"{', '.join(SEQ_BASELINES)}")
     if name and ict:
         raise ConfigError("--baseline and --ict are separate methods: train one at a time")
+    if name and cfg.baseline.residual:
+        raise ConfigError("baseline.residual is for the ctr task (a logit to add to); the sequential task trains "
+                          "textemb into the backbone")
 
 
 class SeqRunData:

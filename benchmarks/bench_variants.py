@@ -147,10 +147,10 @@ def check_cot_run(run: Path, cot_run: Path) -> None:
                          f"same preset and dataset)")
 
 
-def view(cfg, run: Path, name: str, cot_run: Path | None = None) -> Path:
-    """<run>/variants/<name>/ with relative links to the shared stage outputs (its own bank if the variant sets
-    ``bank_rows``; the CoT run's cot/ and its own embeddings of them if it sets ``cot_bank``)."""
-    v = run / "variants" / name
+def view(cfg, run: Path, name: str, cot_run: Path | None = None, folder: str | None = None) -> Path:
+    """<run>/variants/<folder or name>/ with relative links to the shared stage outputs (its own bank if the variant
+    sets ``bank_rows``; the CoT run's cot/ and its own embeddings of them if it sets ``cot_bank``)."""
+    v = run / "variants" / (folder or name)
     v.mkdir(parents=True, exist_ok=True)
     spec = VARIANTS[name]
     if spec.get("cot_bank") and cot_run is None:
@@ -185,7 +185,16 @@ def link_base_model(run: Path, d: Path, model: str, seeds: int) -> None:
         os.symlink(os.path.relpath(base, link.parent), link, target_is_directory=True)
 
 
-def run_variant(cfg, run: Path, name: str, model: str, seeds: int, cot_run: Path | None = None) -> dict:
+def warm_folder(name: str, warm_sets: dict) -> str | None:
+    """The folder of a warm-started variant trained with ``--warm-set`` values (None: the variant's own name), so a
+    second protocol never retrains over the first one's seeds: ``nocot-frozen@train.min_epochs=6``."""
+    if not warm_sets or not VARIANTS[name].get("warm"):
+        return None
+    return name + "@" + ",".join(f"{k}={v}" for k, v in sorted(warm_sets.items()))
+
+
+def run_variant(cfg, run: Path, name: str, model: str, seeds: int, cot_run: Path | None = None,
+                warm_sets: dict | None = None) -> dict:
     from llmcf.config import save_config
     from llmcf.retrieval.stage import run_retrieve
     from llmcf.slices import SliceTable, load_predictions
@@ -193,9 +202,10 @@ def run_variant(cfg, run: Path, name: str, model: str, seeds: int, cot_run: Path
     from llmcf.tune import apply_params
 
     spec = VARIANTS[name]
-    vcfg = apply_params(cfg, {**spec["sets"], "ict.enabled": spec["ict"],
+    extra = (warm_sets or {}) if spec.get("warm") else {}
+    vcfg = apply_params(cfg, {**spec["sets"], **extra, "ict.enabled": spec["ict"],
                               "ict.variant": spec.get("variant", "no_cot")})
-    d = view(vcfg, run, name, cot_run)
+    d = view(vcfg, run, name, cot_run, warm_folder(name, extra))
     save_config(vcfg, d / "config.yaml")
     if spec.get("warm"):
         link_base_model(run, d, model, seeds)
@@ -319,6 +329,10 @@ def main() -> int:
     ap.add_argument("--name", default=None)
     ap.add_argument("--cot-run", type=Path, default=None,
                     help="a run of the same preset with real CoTs (cot/selected.parquet) for the *-cotbank variants")
+    ap.add_argument("--warm-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config value for the warm-started variants only (e.g. train.min_epochs=6 for the residual "
+                         "probe and its controls); the base model stays as trained. Their seeds train in their own "
+                         "folders (variants/<name>@KEY=VALUE), beside the default protocol's")
     ap.add_argument("--refresh", action="store_true",
                     help="rewrite the record's tables from the trained seeds (all cached), keeping its command, "
                          "machine, start and each row's timings from the existing JSON (e.g. after a new column)")
@@ -332,6 +346,14 @@ def main() -> int:
     cfg = load_config(a.preset, [f"data.dataset={a.dataset}", f"train.seeds={a.seeds}",
                                  f"train.max_epochs={a.max_epochs}", f"train.patience={a.patience}",
                                  f"train.threads={a.threads}", "embed.batch_size=64"])
+    import yaml
+
+    warm_sets = {}
+    for kv in a.warm_set:
+        if "=" not in kv:
+            ap.error(f"--warm-set {kv!r}: expected KEY=VALUE")
+        k, v = kv.split("=", 1)
+        warm_sets[k.strip()] = yaml.safe_load(v)
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -346,7 +368,8 @@ def main() -> int:
                        f"early stopping on valid AUC (patience {a.patience}, max {a.max_epochs} epochs"
                        f"{lr_rule(cfg.train)}); seeds "
                        f"0..{a.seeds - 1}; K={cfg.retrieval.k} balanced={cfg.retrieval.balanced}; default bank = "
-                       f"{a.bank_rows} random train rows (seed 0)",
+                       f"{a.bank_rows} random train rows (seed 0)"
+                       + (f"; warm-started variants only: {', '.join(a.warm_set)}" if warm_sets else ""),
            "variants": variants, "seeds": a.seeds, "rows": []}
     prev = json.loads(out_json.read_text()) if a.refresh and out_json.exists() else None
     if a.refresh and prev is None:
@@ -365,7 +388,7 @@ def main() -> int:
     for n in range(1, a.seeds + 1):
         for v in variants:
             print(f"=== {v}, seeds 0..{n - 1} ===", flush=True)
-            row = run_variant(cfg, a.run_dir, v, a.model, n, a.cot_run)
+            row = run_variant(cfg, a.run_dir, v, a.model, n, a.cot_run, warm_sets)
             if prev is not None:  # the timings of the run that trained the seeds, not of this re-read
                 old = next((r for r in prev["rows"] if r["variant"] == v), {})
                 row.update({k: old[k] for k in ("wall_seconds_last_seed", "cpu_seconds_last_seed", "finished")

@@ -61,3 +61,12 @@ def test_warm_variants_are_also_compared_seed_by_seed():
            "variants": ["base", "nocot-frozen"], "rows": [{**row, **base}, {**row, **warm}]}
     text = bench.markdown(rec)
     assert "| nocot-frozen | +0.0030, +0.0020 | +0.0025 ± 0.0007 | > 2 SE" in text
+
+
+def test_warm_set_values_train_the_warm_variants_in_their_own_folders():
+    bench = _bench()
+    sets = {"train.min_epochs": 6}
+    assert bench.warm_folder("nocot-frozen", sets) == "nocot-frozen@train.min_epochs=6"
+    assert bench.warm_folder("textemb-frozen", sets) == "textemb-frozen@train.min_epochs=6"
+    assert bench.warm_folder("base", sets) is None and bench.warm_folder("nocot-bank", sets) is None
+    assert bench.warm_folder("nocot-frozen", {}) is None  # the default protocol keeps the variant's own folder

@@ -185,8 +185,8 @@ def ctr_payload(cfg, model_name: str | None = None) -> dict:
 
 BASELINE_SHARED_FIELDS = ("dim", "hidden", "dropout")
 """The ``baseline`` fields every feature baseline (textemb, kar) reads (``residual`` is hashed for any baseline once
-set); the rest belong to the method their prefix
-names (``kd_*``, ``kar_*``), so changing a KAR budget never retrains textemb or kd."""
+set); the rest belong to the method their prefix names (``kd_*``, ``kar_*``), so changing a KAR budget never
+retrains textemb or kd."""
 
 
 def seq_payload(cfg, model_name: str, ict: bool) -> dict:

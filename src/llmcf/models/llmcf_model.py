@@ -48,14 +48,18 @@ class LLMCFModel(FrozenBackbone, nn.Module):
         if fusion not in FUSIONS:
             raise ValueError(f"ict.fusion '{fusion}': expected one of {', '.join(FUSIONS)}")
         self.backbone, self.ict, self.hide_target, self.fusion = backbone, ict, hide_target, fusion
-        self.residual = fusion == "residual"  # its backbone is built exactly as the base model (warm_start_backbone)
         if self.residual:
             self.ict_head = zero_head(ict.dim)
+
+    @property
+    def residual(self) -> bool:
+        """Safe fusion: the backbone is built exactly as the base model (what ``warm_start_backbone`` loads into)."""
+        return self.fusion == "residual"
 
     def freeze_backbone(self) -> None:
         """Keep the backbone's current weights (``ict.freeze_backbone``; residual fusion only): no gradients, and
         eval mode whatever ``train()`` is called with, so dropout and batch-norm statistics stay put too."""
-        if self.fusion != "residual":
+        if not self.residual:
             raise ValueError("ict.freeze_backbone needs ict.fusion: residual (the ICT then learns the residual of the "
                              "backbone's logit)")
         super().freeze_backbone()
@@ -73,7 +77,7 @@ class LLMCFModel(FrozenBackbone, nn.Module):
             w, ict_losses, attn = self.ict(query, return_attention=True)
         else:
             w, ict_losses = self.ict(query)
-        if self.fusion == "residual":
+        if self.residual:
             out = self.backbone_output(batch)
             out = {**out, "logit": out["logit"] + self.ict_head(w).squeeze(-1)}
         else:

@@ -100,6 +100,10 @@ VARIANTS = {
     "nocot-hybrid-unbal-frozen": {"ict": True, "warm": True,
                                   "sets": {**FROZEN, "retrieval.bank": "hybrid", "retrieval.balanced": False}},
     "full-cotbank-frozen": {"ict": True, "variant": "full", "cot_bank": True, "warm": True, "sets": FROZEN},
+    "nocot-cotbank-frozen": {"ict": True, "cot_bank": True, "warm": True, "sets": FROZEN},
+    # the architecture-matched control of the probe: the same frozen base, ICT, bank and label balance, with the
+    # in-context rows drawn at random per query instead of by similarity (``retrieval.selection: random``)
+    "nocot-random-frozen": {"ict": True, "warm": True, "sets": {**FROZEN, "retrieval.selection": "random"}},
     # the probe's controls, same frozen base and the same residual set-up, no retrieval: the item-text vectors alone
     # (the target's and the history mean, which the ICT also reads) through a zero-initialised head, and a second
     # backbone of the same kind on the residual (extra capacity, no text: one round of boosting)

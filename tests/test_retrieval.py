@@ -134,6 +134,49 @@ def test_balance_exactly_half_of_each_label():
     assert (frame["label"].to_numpy()[ctx] == 1).mean() < 0.4
 
 
+@pytest.mark.parametrize("balanced", [True, False])
+def test_random_selection_is_a_leakage_safe_uniform_control(balanced):
+    """``selection: random``: the same count per label, no repeats, the leakage rule, independent of the key, the
+    same rows for the same query in any batch, and spread over the whole bucket."""
+    from llmcf.config import ConfigError, ICTConfig, check_sim_input
+
+    rng = np.random.default_rng(7)
+    frame, h, t = make_bank(rng, n=200, users=4, pos_rate=0.3)
+    cfg = RetrievalConfig(k=4, balanced=balanced, selection="random", margin=1, query_batch=32)
+    sel, keys = make_selector(frame, h, t, cfg)
+    n = 400
+    users = [f"u{i % 4}" for i in range(n)]
+    pos = rng.integers(0, 60, n).astype(np.int64)
+    targets = [f"t{i}" for i in range(n)]
+    ctx, sim = sel.select(unit(rng, n, keys.shape[1]), users, pos, targets, with_scores=True)
+    assert ctx.shape == (n, 4) and leakage_violations(ctx, frame, users, pos, "same_or_later") == 0
+    assert (ctx >= 0).all() and not sim.any()  # a full row for every query; scores 0
+    assert all(len(set(r)) == 4 for r in ctx.tolist())  # no repeats within a query
+    lab = frame["label"].to_numpy()[ctx]
+    if balanced:
+        assert ((lab == 1).sum(1) == 2).all()
+    # the key plays no part, the query's seed does: other keys and other batching give the same rows
+    again = sel.select(unit(rng, n, keys.shape[1])[::-1][::-1], users, pos, targets)
+    np.testing.assert_array_equal(again, ctx)
+    one = Selector(frame["user_id"].tolist(), frame["pos"].to_numpy(), frame["label"].to_numpy(), sel.indexes,
+                   RetrievalConfig(**{**cfg.__dict__, "query_batch": 7}))
+    np.testing.assert_array_equal(one.select(unit(rng, n, keys.shape[1]), users, pos, targets), ctx)
+    # the draws differ from query to query and cover most of the bank
+    assert len({tuple(sorted(r)) for r in ctx.tolist()}) > 0.9 * n
+    assert len(np.unique(ctx)) > 0.8 * len(frame)
+    # a user holding most of a tiny bucket still gets only allowed rows (the fallback path), short rows padded
+    small = frame.iloc[:12].assign(user_id="u0", label=[1] * 6 + [0] * 6, pos=np.arange(12))
+    s2, _ = make_selector(small, h[:12], t[:12], cfg)
+    c2 = s2.select(unit(rng, 3, keys.shape[1]), ["u0"] * 3, np.array([0, 3, 12]), ["a", "b", "c"])
+    assert (c2[0] == -1).all() and leakage_violations(c2, small, ["u0"] * 3, np.array([0, 3, 12]), "same_or_later") == 0
+    assert ((c2[2] >= 0).sum() == 4)
+    with pytest.raises(ConfigError, match="sim_input"):
+        check_sim_input(cfg, ICTConfig(sim_input=True))
+    with pytest.raises(Exception, match="selection"):
+        Selector(frame["user_id"].tolist(), frame["pos"].to_numpy(), frame["label"].to_numpy(), sel.indexes,
+                 RetrievalConfig(selection="nearest"))
+
+
 def test_deterministic_order_under_seed():
     rng = np.random.default_rng(4)
     frame, h, t = make_bank(rng)

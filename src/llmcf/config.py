@@ -321,6 +321,11 @@ class RetrievalConfig:
     query_batch: int = 2048
     """Queries per FAISS search call (and per progress-bar step)."""
     seed: int = 0
+    selection: str = "similar"
+    """similar (the method: the most similar allowed bank rows) | random (a control: the same number of bank rows of
+    each label drawn at random per query — seeded by the query, same leakage rule — so the module, the bank and the
+    label balance stay and only what similarity chooses is removed; scores are written as 0, so it refuses
+    ``ict.sim_input``)."""
 
 
 @dataclass
@@ -351,6 +356,13 @@ class ICTConfig:
     mode, so dropout and batch-norm statistics do not move either); only the ICT and its fusion head learn, on the
     base model's residual. The clean probe of what the in-context module adds to a trained backbone: its epoch 0 is
     the base model, so the difference is the module's alone."""
+
+
+def check_sim_input(retrieval: RetrievalConfig, ict: ICTConfig) -> None:
+    """``ict.sim_input`` reads the retrieval scores, which ``retrieval.selection: random`` does not have."""
+    if ict.sim_input and retrieval.selection == "random":
+        raise ConfigError("ict.sim_input reads each example's retrieval score, and retrieval.selection: random draws "
+                          "its examples without one (scores 0): turn one of them off")
 
 
 def check_frozen_backbone(ict: ICTConfig) -> None:

@@ -212,9 +212,10 @@ def check_plan(cfg: Config) -> None:
             ("base" not in cfg.variants or cfg.variants.index("base") > cfg.variants.index(ict_variants[0])):
         raise ConfigError(f"ict.warm_start starts every LLM-CF model from its trained base model: list 'base' first in "
                           f"variants (got {cfg.variants})")
-    from llmcf.config import check_frozen_backbone
+    from llmcf.config import check_frozen_backbone, check_sim_input
 
     check_frozen_backbone(cfg.ict)
+    check_sim_input(cfg.retrieval, cfg.ict)
     from dataclasses import replace
 
     from llmcf.config import check_residual_baseline

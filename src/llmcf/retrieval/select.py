@@ -8,6 +8,10 @@ margin`` results, filtered, and only the queries still short are searched again 
 bucket), so the result is exact for a flat index. The selected rows come in a random order seeded by ``cfg.seed`` and
 the query itself (user, pos, target), so it is deterministic and independent of batching; missing slots (a short
 bucket) are -1 and always at the end of the row.
+
+``selection: random`` (a control) keeps all of that except the similarity: each label bucket's rows are drawn
+uniformly at random per query (seeded by the same per-query seed, without repeats, the leakage rule applied), and
+their scores are 0.
 """
 from __future__ import annotations
 
@@ -24,12 +28,15 @@ from llmcf.lookup import IdIndex
 from llmcf.retrieval.index import search
 
 RULES = ("same_or_later", "later")
+SELECTIONS = ("similar", "random")
 _GROWTH = 4
 
 
 def check_config(cfg: RetrievalConfig) -> None:
     if cfg.leakage not in RULES:
         raise ConfigError(f"retrieval.leakage='{cfg.leakage}': expected one of {', '.join(RULES)}")
+    if cfg.selection not in SELECTIONS:
+        raise ConfigError(f"retrieval.selection='{cfg.selection}': expected one of {', '.join(SELECTIONS)}")
     if cfg.k < 1:
         raise ConfigError(f"retrieval.k={cfg.k}: expected a positive integer")
     if cfg.margin < 0 or cfg.query_batch < 1:
@@ -148,12 +155,44 @@ class Selector:
             k *= _GROWTH
         return out_r, out_s
 
+    def _random_valid(self, rows_map: np.ndarray, salt: int, ucode: np.ndarray, pos: np.ndarray, seeds: np.ndarray,
+                      m: int) -> tuple[np.ndarray, np.ndarray]:
+        """``m`` allowed rows of ``rows_map`` drawn uniformly without repeats per query (``selection: random``):
+        (rows [N, m] with -1 padding, scores 0 with -inf padding, as ``_top_valid``)."""
+        n, nb = len(pos), len(rows_map)
+        out_r = np.full((n, m), -1, np.int64)
+        if nb and m and n:
+            tries = m + int(self.cfg.margin)
+            with np.errstate(over="ignore"):
+                slots = (seeds ^ np.uint64(salt))[:, None] + \
+                    np.arange(1, tries + 1, dtype=np.uint64)[None, :] * np.uint64(0x9E3779B97F4A7C15)
+            g = rows_map[(_mix(slots) % np.uint64(nb)).astype(np.int64)]
+            eq = g[:, :, None] == g[:, None, :]
+            repeat = np.tril(eq, -1).any(axis=2)  # equal to an earlier draw of the same query
+            ok = ~repeat & ~self.forbidden(g, ucode, pos)
+            order = np.argsort(~ok, axis=1, kind="stable")[:, :m]
+            out_r = np.where(np.take_along_axis(ok, order, axis=1), np.take_along_axis(g, order, axis=1), -1)
+            for i in np.flatnonzero(ok.sum(axis=1) < m):  # rare: draw from the whole bucket, in a seeded order
+                perm = rows_map[np.random.default_rng(int(seeds[i]) ^ salt).permutation(nb)]
+                allowed = perm[~self.forbidden(perm[None, :], ucode[i:i + 1], pos[i:i + 1])[0]][:m]
+                out_r[i] = -1
+                out_r[i, :len(allowed)] = allowed
+        return out_r, np.where(out_r >= 0, 0.0, -np.inf).astype(np.float32)
+
     def select_batch(self, keys: np.ndarray, ucode: np.ndarray, pos: np.ndarray, seeds: np.ndarray,
                      with_scores: bool = False):
         """[N, k] bank rows; with ``with_scores`` also their retrieval scores [N, k] float32 (0 for a missing
         slot), in the same (shuffled) order."""
         k = int(self.cfg.k)
-        if self.cfg.balanced:
+        if self.cfg.selection == "random":
+            if self.cfg.balanced:
+                rp, sp = self._random_valid(self.rows[1], 1, ucode, pos, seeds, k - k // 2)
+                rn, sn = self._random_valid(self.rows[0], 2, ucode, pos, seeds, k // 2)
+                ctx, sc = np.concatenate([rp, rn], axis=1), np.concatenate([sp, sn], axis=1)
+            else:
+                every = np.arange(len(self.bank_user), dtype=np.int64)
+                ctx, sc = self._random_valid(every, 3, ucode, pos, seeds, k)
+        elif self.cfg.balanced:
             rp, sp = self._top_valid(1, keys, ucode, pos, k - k // 2)
             rn, sn = self._top_valid(0, keys, ucode, pos, k // 2)
             ctx, sc = np.concatenate([rp, rn], axis=1), np.concatenate([sp, sn], axis=1)

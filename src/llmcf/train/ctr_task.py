@@ -87,6 +87,9 @@ class RunData:
             bank, idx, _, _ = self.context()
             ctx = (idx[split], bank)
             if cfg.ict.sim_input:
+                from llmcf.config import check_sim_input
+
+                check_sim_input(cfg.retrieval, cfg.ict)
                 arrays = {**arrays, "ctx_sim": self.similarities(split)}
         return make_batches(arrays, cfg.train, seed, train, ctx)
 

@@ -266,6 +266,23 @@ def test_a_frozen_backbone_ends_as_the_base_model_plus_the_residual_head(ict_run
     assert res["valid"]["auc"] >= base_valid - 1e-9  # epoch 0 is the base model, which early stopping may keep
     if res["best_epoch"] > 0:  # the head learned something validation kept
         assert llmcf["ict_head.2.weight"].abs().sum() > 0
+    # the seed is stamped with the base weights it loaded: the same base keeps it cached, a replaced base retrains it
+    from safetensors.torch import save_file
+
+    from llmcf.fingerprint import file_sha
+
+    base_path = ict_run / "models" / "DIN" / "seed_0" / "model.safetensors"
+    assert res["base_weights"] == file_sha(base_path)
+    warm = ["train", "--run", str(ict_run), "--model", "DIN", "--ict", "--quiet", *SMALL, *frozen,
+            "--set", "ict.warm_start=true"]
+    capsys.readouterr()
+    assert main(warm) == 0 and "DIN+llmcf seed 0: cached" in capsys.readouterr().out
+    save_file({k: v * 1.01 if v.is_floating_point() else v for k, v in base.items()}, str(base_path))
+    assert main(warm) == 0 and "DIN+llmcf seed 0: cached" not in capsys.readouterr().out
+    again = json.loads((ict_run / "models" / "DIN+llmcf" / "seed_0" / "result.json").read_text())
+    assert again["base_weights"] == file_sha(base_path) != res["base_weights"]
+    moved = load_file(str(ict_run / "models" / "DIN+llmcf" / "seed_0" / "model.safetensors"))
+    assert all(torch.equal(moved[f"backbone.{k}"], v * 1.01 if v.is_floating_point() else v) for k, v in base.items())
     # benchmarks/residual_probe.py reads it from a bench_variants-style folder: one row per seed, the two terms
     # adding up to the served logit (it checks that itself), the concat-fusion and base models left out
     import importlib.util

@@ -17,7 +17,7 @@ import torch
 from llmcf.config import Config, baseline_tag, model_tag
 from llmcf.data.schema import SPLITS
 from llmcf.errors import RunError
-from llmcf.fingerprint import ctr_config_hash, model_cache_key
+from llmcf.fingerprint import ctr_config_hash, file_sha, model_cache_key
 from llmcf.publish import verify
 from llmcf.rundir import RunDir
 from llmcf.train.batches import make_batches
@@ -144,18 +144,35 @@ class CTRTask:
                                cot_gaps=bank.cot_gaps)
         return build_model(model_name, self.run.schema, cfg.model, None)
 
+    def _warm(self, cfg: Config) -> tuple[bool, bool]:
+        """(starts from the trained base model of the seed, is a residual baseline)."""
+        method = _baseline(cfg)
+        residual = method is not None and method.residual(cfg)
+        return bool(cfg.ict.enabled and cfg.ict.warm_start) or residual, residual
+
+    def base_weights(self, model_name: str, seed: int) -> Path:
+        """The trained base model a warm-started seed loads."""
+        return self.run.rd.model(model_name) / f"seed_{seed}" / "model.safetensors"
+
+    def seed_stamp(self, model_name: str, cfg: Config, seed: int) -> dict:
+        """A warm-started seed (``ict.warm_start``, residual baselines) is also stamped with the content hash of the
+        base weights it loads, so a base model retrained or replaced retrains it instead of leaving it cached."""
+        path = self.base_weights(model_name, seed)
+        if not self._warm(cfg)[0] or not path.exists():  # no base yet: fit() says "train it first"
+            return {}
+        return {"base_weights": file_sha(path)}
+
     def fit(self, model: torch.nn.Module, cfg: Config, seed: int, progress: bool, desc: str) -> FitResult:
         from llmcf.train.trainer import fit, predict
 
         run, a = self.run, self.run.arrays
         method = _baseline(cfg)
         # the residual baselines start from the trained base model of this seed and keep it frozen
-        residual = method is not None and method.residual(cfg)
-        warm = bool(cfg.ict.enabled and cfg.ict.warm_start) or residual
+        warm, residual = self._warm(cfg)
         if warm:
             from llmcf.models.llmcf_model import warm_start_backbone
 
-            warm_start_backbone(model, run.rd.model(self.model_name) / f"seed_{seed}" / "model.safetensors")
+            warm_start_backbone(model, self.base_weights(self.model_name, seed))
             if cfg.ict.freeze_backbone or residual:
                 model.freeze_backbone()
         elif cfg.ict.enabled:

@@ -64,14 +64,17 @@ def recover_seed_dirs(out_dir: Path) -> None:
 def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: range,
                 train_one: Callable[[int], tuple[torch.nn.Module, FitResult]],
                 cached_line: Callable[[dict], str], done_line: Callable[[FitResult], str],
-                cfg: Config | None = None, seed_files: Callable[[int], dict] | None = None) -> list[dict]:
+                cfg: Config | None = None, seed_files: Callable[[int], dict] | None = None,
+                seed_stamp: Callable[[int], dict] | None = None) -> list[dict]:
     """Records of every seed in ``seeds``, training the missing ones with ``train_one(seed) -> (model, result)``
     after seeding torch and numpy. A seed is cached when its ``result.json`` has ``config_hash`` equal to ``chash``
     (``llmcf.fingerprint.model_cache_key``). ``cached_line(record)`` / ``done_line(result)`` finish the printed status lines.
     ``cfg``: written as each seed's config.yaml. ``seed_files(seed) -> {file name: array}``: extra .npy files of a
     freshly trained seed (e.g. its per-row test predictions), written into the seed folder with its weights.
     Under torchrun every rank trains, rank 0 alone writes and prints, and the ranks meet at a barrier after each seed
-    (``llmcf.train.distributed``)."""
+    (``llmcf.train.distributed``). ``seed_stamp(seed) -> {field: value}``: what else one seed was trained from (a
+    warm start's base weights), recorded in its result.json; a cached seed must carry the same values (a record
+    written before the field existed is taken as it is)."""
     from safetensors.torch import save_file
 
     d = current()
@@ -83,7 +86,8 @@ def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: ran
         sdir = Path(out_dir) / f"seed_{seed}"
         rpath = sdir / "result.json"
         prev = json.loads(rpath.read_text()) if rpath.exists() else {}
-        if d.same_everywhere(prev.get("config_hash") == chash):
+        stamp = seed_stamp(seed) if seed_stamp else {}
+        if d.same_everywhere(prev.get("config_hash") == chash and all(prev.get(k, v) == v for k, v in stamp.items())):
             results.append(prev)
             if d.main:
                 print(f"[train] {tag} seed {seed}: cached ({cached_line(prev)})")
@@ -93,7 +97,7 @@ def train_seeds(out_dir: Path, tag: str, model_name: str, chash: str, seeds: ran
         t0 = time.perf_counter()
         with PeakMemory() as mem:
             model, res = train_one(seed)
-        record = {"model": model_name, "tag": tag, "seed": seed, "config_hash": chash, **asdict(res),
+        record = {"model": model_name, "tag": tag, "seed": seed, "config_hash": chash, **stamp, **asdict(res),
                   "wall_seconds": time.perf_counter() - t0,
                   "params": int(sum(p.numel() for p in model.parameters())), "processes": d.world}
         memory = mem.record()  # this model's own peak (see llmcf.resources), not the process's high-water mark

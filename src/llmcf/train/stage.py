@@ -67,7 +67,9 @@ def train_model(run_dir: str | Path, task: Task, cfg: Config, model_name: str, p
     results = train_seeds(out_dir, tag, model_name, task.cache_key(model_name, cfg),
                           range(cfg.train.seed, cfg.train.seed + cfg.train.seeds), train_one,
                           cached_line=task.cached_line, done_line=task.done_line, cfg=cfg,
-                          seed_files=getattr(task, "seed_files", None))
+                          seed_files=getattr(task, "seed_files", None),
+                          seed_stamp=(lambda s: task.seed_stamp(model_name, cfg, s)) if hasattr(task, "seed_stamp")
+                          else None)
     summary = {"model": model_name, "tag": tag, **task.summary_head(), "seeds": [r["seed"] for r in results],
                "protocol": protocol,
                "test": {m: mean_std([r["test"][m] for r in results]) for m in task.test_metrics

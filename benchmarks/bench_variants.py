@@ -101,6 +101,9 @@ VARIANTS = {
                                   "sets": {**FROZEN, "retrieval.bank": "hybrid", "retrieval.balanced": False}},
     "full-cotbank-frozen": {"ict": True, "variant": "full", "cot_bank": True, "warm": True, "sets": FROZEN},
     "nocot-cotbank-frozen": {"ict": True, "cot_bank": True, "warm": True, "sets": FROZEN},
+    # study (a) inside the probe: more random train rows in the bank (its own cot/ and embed/, as nocot-bank1k/4k)
+    "nocot-bank1k-frozen": {"ict": True, "warm": True, "sets": FROZEN, "bank_rows": 1000},
+    "nocot-bank4k-frozen": {"ict": True, "warm": True, "sets": FROZEN, "bank_rows": 4000},
     # the architecture-matched control of the probe: the same frozen base, ICT, bank and label balance, with the
     # in-context rows drawn at random per query instead of by similarity (``retrieval.selection: random``)
     "nocot-random-frozen": {"ict": True, "warm": True, "sets": {**FROZEN, "retrieval.selection": "random"}},

@@ -255,7 +255,13 @@ def versus(row: dict, base: dict | None, metric: str = "auc") -> str:
     if a.get("n", 1) < 2 or b.get("n", 1) < 2:
         return f"{diff:+.4f} (n<2)"
     se = (a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]) ** 0.5
-    return f"{diff:+.4f} ({'> 2 SE' if abs(diff) > 2 * se else '< 2 SE'}, SE {se:.4f})"
+    return f"{diff:+.4f} ({beyond(diff, se)}, SE {se:.4f})"
+
+
+def beyond(diff: float, se: float) -> str:
+    """'> 2 SE' or '< 2 SE'; a difference that is 0.0000 at the tables' four decimals is never beyond (identical
+    per-seed results give SE 0, and float noise in the last bits must not read as significant)."""
+    return "> 2 SE" if abs(diff) >= 5e-5 and abs(diff) > 2 * se else "< 2 SE"
 
 
 def paired(row: dict, base: dict, key: str = "test_auc") -> dict | None:
@@ -299,7 +305,7 @@ def markdown(rec: dict) -> str:
                   "mean ± std |", "|---|---|---|---|---|---|"]
         for r, t, v, ll in pairs:
             lines.append(f"| {r['variant']} | {', '.join(f'{d:+.4f}' for d in t['diffs'])} | {t['mean']:+.4f} ± "
-                         f"{t['std']:.4f} | {'> 2 SE' if abs(t['mean']) > 2 * t['se'] else '< 2 SE'} (SE "
+                         f"{t['std']:.4f} | {beyond(t['mean'], t['se'])} (SE "
                          f"{t['se']:.4f}) | {', '.join(f'{d:+.4f}' for d in v['diffs'])} | {ll['mean']:+.4f} ± "
                          f"{ll['std']:.4f} |")
     if rec["rows"]:

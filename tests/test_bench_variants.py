@@ -70,3 +70,15 @@ def test_warm_set_values_train_the_warm_variants_in_their_own_folders():
     assert bench.warm_folder("textemb-frozen", sets) == "textemb-frozen@train.min_epochs=6"
     assert bench.warm_folder("base", sets) is None and bench.warm_folder("nocot-bank", sets) is None
     assert bench.warm_folder("nocot-frozen", {}) is None  # the default protocol keeps the variant's own folder
+
+
+def test_paired_differences_that_vanish_at_four_decimals_are_never_beyond_2_se():
+    bench = _bench()
+    base = {"per_seed": {"seed": [0, 1, 2], "test_auc": [0.8, 0.81, 0.82]}}
+    same = {"per_seed": {"seed": [0, 1, 2], "test_auc": [0.8 + 1e-9, 0.81 + 1e-9, 0.82 + 1e-9]}}
+    t = bench.paired(same, base)
+    assert t["se"] < 1e-12 and bench.beyond(t["mean"], t["se"]) == "< 2 SE"
+    lift = {"per_seed": {"seed": [0, 1, 2], "test_auc": [0.803, 0.8131, 0.8229]}}
+    t = bench.paired(lift, base)
+    assert abs(t["mean"] - 0.003) < 1e-9 and bench.beyond(t["mean"], t["se"]) == "> 2 SE"
+    assert bench.beyond(-0.003, 0.002) == "< 2 SE" and bench.beyond(-0.003, 0.001) == "> 2 SE"

@@ -104,6 +104,9 @@ VARIANTS = {
     # study (a) inside the probe: more random train rows in the bank (its own cot/ and embed/, as nocot-bank1k/4k)
     "nocot-bank1k-frozen": {"ict": True, "warm": True, "sets": FROZEN, "bank_rows": 1000},
     "nocot-bank4k-frozen": {"ict": True, "warm": True, "sets": FROZEN, "bank_rows": 4000},
+    # unbalanced over the 4k bank: the neighbours' label mix is free to be a k-NN estimate for the query
+    "nocot-bank4k-unbal-frozen": {"ict": True, "warm": True, "bank_rows": 4000,
+                                  "sets": {**FROZEN, "retrieval.balanced": False}},
     # the architecture-matched control of the probe: the same frozen base, ICT, bank and label balance, with the
     # in-context rows drawn at random per query instead of by similarity (``retrieval.selection: random``)
     "nocot-random-frozen": {"ict": True, "warm": True, "sets": {**FROZEN, "retrieval.selection": "random"}},

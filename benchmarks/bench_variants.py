@@ -130,9 +130,22 @@ def prepare(cfg, run: Path, bank_rows: int, seed: int) -> None:
     sample_bank(cfg, run, run, bank_rows, seed)
 
 
+def embed_variant(cfg, run: Path, dest: Path) -> None:
+    """Embed ``dest``'s items and bank CoTs through ``run``'s embedding cache, so the item texts the study's run has
+    embedded already are read back instead of encoded again (only new texts, e.g. real CoTs, are encoded)."""
+    from dataclasses import replace
+
+    from llmcf.embed import run_embed
+    from llmcf.rundir import RunDir
+
+    shared = RunDir(run).embed_cache
+    if cfg.embed.cache_dir is None and shared.exists():
+        cfg = replace(cfg, embed=replace(cfg.embed, cache_dir=str(shared)))
+    run_embed(dest, cfg)
+
+
 def sample_bank(cfg, run: Path, dest: Path, bank_rows: int, seed: int) -> None:
     """``dest``/cot/selected.parquet: ``bank_rows`` train rows of ``run`` (seeded), no CoT text; then its embeddings."""
-    from llmcf.embed import run_embed
     from llmcf.io import write_parquet
 
     sel = dest / "cot" / "selected.parquet"
@@ -142,7 +155,7 @@ def sample_bank(cfg, run: Path, dest: Path, bank_rows: int, seed: int) -> None:
         rows = rows.assign(cot=PLACEHOLDER, score=0.0)
         write_parquet(rows[["user_id", "pos", "item_id", "label", "history", "cot", "score"]], sel)
     if not (dest / "embed" / "cot.npy").exists():
-        run_embed(dest, cfg)
+        embed_variant(cfg, run, dest)
 
 
 def check_cot_run(run: Path, cot_run: Path) -> None:
@@ -174,11 +187,9 @@ def view(cfg, run: Path, name: str, cot_run: Path | None = None, folder: str | N
         if not (v / sub).exists():
             os.symlink(os.path.relpath(target, v), v / sub, target_is_directory=True)
     if "bank_rows" in spec:
-        sample_bank(cfg, v, v, spec["bank_rows"], seed=0)
+        sample_bank(cfg, run, v, spec["bank_rows"], seed=0)
     elif spec.get("cot_bank") and not (v / "embed" / "cot.npy").exists():
-        from llmcf.embed import run_embed
-
-        run_embed(v, cfg)
+        embed_variant(cfg, run, v)
     return v
 
 

@@ -82,3 +82,20 @@ def test_paired_differences_that_vanish_at_four_decimals_are_never_beyond_2_se()
     t = bench.paired(lift, base)
     assert abs(t["mean"] - 0.003) < 1e-9 and bench.beyond(t["mean"], t["se"]) == "> 2 SE"
     assert bench.beyond(-0.003, 0.002) == "< 2 SE" and bench.beyond(-0.003, 0.001) == "> 2 SE"
+
+
+def test_a_variant_folder_embeds_through_the_study_runs_cache(tmp_path, monkeypatch):
+    """Item texts the study's run has embedded are read back from its cache, not encoded again per variant."""
+    import llmcf.embed
+    from llmcf.config import load_config
+    from llmcf.rundir import RunDir
+
+    bench = _bench()
+    seen = []
+    monkeypatch.setattr(llmcf.embed, "run_embed", lambda d, cfg: seen.append((d, cfg.embed.cache_dir)))
+    run, dest = tmp_path / "run", tmp_path / "run" / "variants" / "v"
+    cfg = load_config("demo", [])
+    bench.embed_variant(cfg, run, dest)  # no cache in the run yet: the variant's own default
+    RunDir(run).embed_cache.mkdir(parents=True)
+    bench.embed_variant(cfg, run, dest)
+    assert seen == [(dest, None), (dest, str(RunDir(run).embed_cache))] and cfg.embed.cache_dir is None

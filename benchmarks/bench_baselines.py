@@ -240,7 +240,17 @@ def stage_cell(row: dict) -> str:
     return ""
 
 
+def kept_sections(text: str, generated: set[str]) -> list[str]:
+    """The ``## `` sections of an existing baselines.md that no json writes (hand-written records, e.g. rows trained
+    with ``llmcf train`` outside this script), so regenerating the file keeps them, in their order."""
+    chunks = text.split("\n## ")[1:]
+    return ["## " + c.rstrip("\n") for c in chunks if c.split("\n", 1)[0].strip() not in generated]
+
+
 def write_markdown() -> Path:
+    out = RESULTS_DIR / "baselines.md"
+    previous = out.read_text() if out.exists() else ""
+    generated: set[str] = set()
     parts = ["# Baselines vs LLM-CF (CTR)", "",
              "Written by `benchmarks/bench_baselines.py` from `benchmarks/results/baselines-*.json`. Mean ± sample "
              "std over seeds. s/epoch: mean training time of one epoch on a shared 2-core CPU (other jobs running). "
@@ -249,6 +259,7 @@ def write_markdown() -> Path:
              "trainer and epoch rule, trained on another day: its s/epoch is not comparable)."]
     for p in sorted(RESULTS_DIR.glob("baselines-*.json")):
         res = json.loads(p.read_text())
+        generated.add(res["name"])
         parts += ["", f"## {res['name']}", "", f"Command: `{res['command']}`  ", f"Machine: {res['machine']}  ",
                   f"Date: {res['date']}  ", f"Protocol: {res['protocol']}  ", f"Teacher / generator: {res['teacher']}  ",
                   f"Stage seconds: {res.get('stage_seconds')}"]
@@ -270,7 +281,8 @@ def write_markdown() -> Path:
                              f"{spe(r):.1f} | {online} | {cell} |")
         if res.get("notes"):
             parts += [""] + res["notes"]
-    out = RESULTS_DIR / "baselines.md"
+    for section in kept_sections(previous, generated):
+        parts += ["", section]
     atomic_write_text(out, portable("\n".join(parts) + "\n"))
     return out
 
@@ -342,7 +354,7 @@ def main(argv=None) -> None:
     pool = linfo.get("pool") or {}
     res = {
         "name": name, "dataset": a.dataset,
-        "command": " + ".join(x for x in [old.get("command"), cmd] if x and x != cmd) or cmd,
+        "command": " + ".join(dict.fromkeys(x for x in [old.get("command"), cmd] if x)),
         "machine": B.machine(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "protocol": f"split {first.get('split', {}).get('name', first.get('split'))}; {first['early_stopping']}; "
                     f"batch {first['batch_size']}, Adam lr {first['lr']}, weight decay {first['weight_decay']}, "

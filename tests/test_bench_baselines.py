@@ -54,3 +54,21 @@ def test_teacher_is_linked_only_when_it_is_a_tuned_model_of_the_same_split(tmp_p
     assert "600 steps on 4800 rec rows" in bench.teacher_text(A)
     A.teacher = None
     assert bench.teacher_text(A).startswith("RecGen LoRA 12 steps on 96 rec rows")
+
+
+def test_regenerating_baselines_md_keeps_the_hand_written_sections(tmp_path, monkeypatch):
+    import json
+
+    bench = _bench()
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    res = {"name": "toy", "command": "a + b", "machine": "m", "date": "d", "protocol": "p", "teacher": "t",
+           "models": [], "rows": [], "notes": ["note one"]}
+    (tmp_path / "baselines-toy.json").write_text(json.dumps(res))
+    (tmp_path / "baselines.md").write_text("# Baselines\n\n## toy\n\nstale table\n\n## Beauty, by hand\n\n| a |\n\n"
+                                           "kept text\n\n## Another by hand\n\nmore\n")
+    text = bench.write_markdown().read_text()
+    assert "stale table" not in text and "Command: `a + b`" in text and "note one" in text
+    assert text.index("## toy") < text.index("## Beauty, by hand") < text.index("## Another by hand")
+    assert "| a |\n\nkept text" in text and text.count("## Beauty, by hand") == 1
+    again = bench.write_markdown().read_text()  # idempotent: nothing doubles on a second write
+    assert again == text

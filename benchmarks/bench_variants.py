@@ -100,6 +100,8 @@ VARIANTS = {
     "nocot-hybrid-unbal-frozen": {"ict": True, "warm": True,
                                   "sets": {**FROZEN, "retrieval.bank": "hybrid", "retrieval.balanced": False}},
     "full-cotbank-frozen": {"ict": True, "variant": "full", "cot_bank": True, "warm": True, "sets": FROZEN},
+    "full-cotbank-r0-frozen": {"ict": True, "variant": "full", "cot_bank": True, "warm": True,
+                               "sets": {**FROZEN, "ict.recon_weight": 0.0}},
     "nocot-cotbank-frozen": {"ict": True, "cot_bank": True, "warm": True, "sets": FROZEN},
     # study (a) inside the probe: more random train rows in the bank (its own cot/ and embed/, as nocot-bank1k/4k)
     "nocot-bank1k-frozen": {"ict": True, "warm": True, "sets": FROZEN, "bank_rows": 1000},

@@ -184,17 +184,17 @@ class Selector:
         """[N, k] bank rows; with ``with_scores`` also their retrieval scores [N, k] float32 (0 for a missing
         slot), in the same (shuffled) order."""
         k = int(self.cfg.k)
-        if self.cfg.selection == "random":
-            if self.cfg.balanced:
-                rp, sp = self._random_valid(self.rows[1], 1, ucode, pos, seeds, k - k // 2)
-                rn, sn = self._random_valid(self.rows[0], 2, ucode, pos, seeds, k // 2)
-                ctx, sc = np.concatenate([rp, rn], axis=1), np.concatenate([sp, sn], axis=1)
-            else:
-                every = np.arange(len(self.bank_user), dtype=np.int64)
-                ctx, sc = self._random_valid(every, 3, ucode, pos, seeds, k)
+        at_random = self.cfg.selection == "random"
+        if at_random and not self.cfg.balanced:
+            every = np.arange(len(self.bank_user), dtype=np.int64)
+            ctx, sc = self._random_valid(every, 3, ucode, pos, seeds, k)
         elif self.cfg.balanced:
-            rp, sp = self._top_valid(1, keys, ucode, pos, k - k // 2)
-            rn, sn = self._top_valid(0, keys, ucode, pos, k // 2)
+            def pick(label: int, m: int):
+                # salts 1 (positives) and 2 (negatives): the draws every recorded random-control run used
+                return self._random_valid(self.rows[label], 2 - label, ucode, pos, seeds, m) if at_random \
+                    else self._top_valid(label, keys, ucode, pos, m)
+
+            (rp, sp), (rn, sn) = pick(1, k - k // 2), pick(0, k // 2)
             ctx, sc = np.concatenate([rp, rn], axis=1), np.concatenate([sp, sn], axis=1)
         else:
             rp, sp = self._top_valid(1, keys, ucode, pos, k)

@@ -87,9 +87,6 @@ class RunData:
             bank, idx, _, _ = self.context()
             ctx = (idx[split], bank)
             if cfg.ict.sim_input:
-                from llmcf.config import check_sim_input
-
-                check_sim_input(cfg.retrieval, cfg.ict)
                 arrays = {**arrays, "ctx_sim": self.similarities(split)}
         return make_batches(arrays, cfg.train, seed, train, ctx)
 
@@ -169,6 +166,10 @@ class CTRTask:
         method = _baseline(cfg)
         # the residual baselines start from the trained base model of this seed and keep it frozen
         warm, residual = self._warm(cfg)
+        if cfg.ict.enabled:
+            from llmcf.config import check_sim_input
+
+            check_sim_input(cfg.retrieval, cfg.ict)  # before any training, once
         if warm:
             from llmcf.models.llmcf_model import warm_start_backbone
 

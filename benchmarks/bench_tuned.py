@@ -17,6 +17,14 @@ LLM-CF here is the *w/o CoT* variant over a bank of ``--bank-rows`` random train
 needs no LLM stage, which this machine cannot afford inside a tuning loop; with CoTs, point ``--run-dir`` at a run
 whose cot/ and embed/ come from ``llmcf run`` and pass ``--with-cot``. Writes ``benchmarks/results/tuned-<name>.json``
 and ``.md`` after every trial pair and every final training (partial tables while it runs).
+
+``--method textemb|kd|kar`` tunes a baseline instead of LLM-CF (``llmcf tune --baseline``: the backbone's space plus
+``tune.baselines.<name>``), with the same budget and rules; its LLM stage outputs (KAR texts, teacher scores) must
+already be in ``--run-dir`` (bench_baselines.py makes them) and ``--run-config`` starts from that run's config.yaml, so
+every trial reads them instead of generating anew:
+
+    python benchmarks/bench_tuned.py --dataset ../shared/data/ml-100k --model xDeepFM --method kar --run-config \
+        --trials 5 --seeds 3 --run-dir ../runs/15/ml100k-decay
 """
 from __future__ import annotations
 
@@ -39,16 +47,27 @@ from bench_variants import fmt, prepare, versus  # noqa: E402
 from llmcf.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SIDES = ("backbone", "llmcf")
-ABLATION = "backbone @ LLM-CF's backbone params"
+METHODS = {"llmcf": "LLM-CF", "textemb": "textemb", "kd": "kd", "kar": "KAR"}
+"""The tuned method compared with the tuned backbone (``--method``) and its label in the record."""
+
+
+def sides_of(method: str) -> tuple[str, str]:
+    return ("backbone", method)
+
+
+def ablation_name(method: str) -> str:
+    return f"backbone @ {METHODS[method]}'s backbone params"
 
 
 def side_config(cfg, side: str, with_cot: bool):
     from llmcf.tune import apply_params
 
     if side == "backbone":
-        return apply_params(cfg, {"ict.enabled": False})
-    return apply_params(cfg, {"ict.enabled": True, "ict.variant": "full" if with_cot else "no_cot"})
+        return apply_params(cfg, {"ict.enabled": False, "baseline.name": None})
+    if side == "llmcf":
+        return apply_params(cfg, {"ict.enabled": True, "ict.variant": "full" if with_cot else "no_cot",
+                                  "baseline.name": None})
+    return apply_params(cfg, {"ict.enabled": False, "baseline.name": side})
 
 
 def final_train(run: Path, best_yaml: Path, model: str, seeds: int, name: str | None = None,
@@ -81,11 +100,13 @@ def final_train(run: Path, best_yaml: Path, model: str, seeds: int, name: str | 
 
 
 def markdown(rec: dict) -> str:
+    method = rec.get("method", "llmcf")  # records written before --method compared LLM-CF
+    label, sides, ablation = METHODS[method], sides_of(method), ablation_name(method)
     lines = [f"# Tuned vs tuned: {rec['name']}", "", f"- command: `{rec['command']}`", f"- machine: {rec['machine']}",
              f"- started: {rec['started']}", f"- protocol: {rec['protocol']}", "",
              "## The studies (validation AUC, seed 0)", "",
              "| side | trials | best trial | best valid AUC | best parameters |", "|---|---|---|---|---|"]
-    for side in SIDES:
+    for side in sides:
         s = rec["studies"].get(side)
         if s:
             params = ", ".join(f"{k}={v}" for k, v in s["best"]["params"].items())
@@ -97,23 +118,24 @@ def markdown(rec: dict) -> str:
                   "| side | test AUC | Δ AUC vs backbone | test LogLoss | Δ LogLoss vs backbone | valid AUC | "
                   "best epochs | s/epoch | wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
         base = finals.get("backbone")
-        for side in SIDES:
+        for side in sides:
             r = finals.get(side)
             if r:
                 lines.append(f"| {side} | {fmt(r['test']['auc'])} | {versus(r, base)} | {fmt(r['test']['logloss'])}"
                              f" | {versus(r, base, 'logloss')} | {fmt(r['valid']['auc'])} | {r['best_epochs']} | "
                              f"{r['seconds_per_epoch']['mean']:.1f} | {r['wall_seconds']} | {r['cpu_seconds']} |")
-        ab = finals.get(ABLATION)
+        ab = finals.get(ablation)
         if ab:
-            lines.append(f"| {ABLATION} | {fmt(ab['test']['auc'])} | {versus(ab, base)} | {fmt(ab['test']['logloss'])}"
+            lines.append(f"| {ablation} | {fmt(ab['test']['auc'])} | {versus(ab, base)} | {fmt(ab['test']['logloss'])}"
                          f" | {versus(ab, base, 'logloss')} | {fmt(ab['valid']['auc'])} | {ab['best_epochs']} | "
                          f"{ab['seconds_per_epoch']['mean']:.1f} | {ab['wall_seconds']} | {ab['cpu_seconds']} |")
-            lines += ["", f"`{ABLATION}` is an ablation, not a selection: the backbone alone with the backbone "
-                      "hyper-parameters (lr, weight decay, embedding size, dropout, backbone fields) of LLM-CF's best "
-                      "trial, so LLM-CF minus this row is what the in-context module adds at equal backbone settings "
-                      f"(LLM-CF vs this row: AUC {versus(finals['llmcf'], ab)}, LogLoss "
-                      f"{versus(finals['llmcf'], ab, 'logloss')})." if "llmcf" in finals else ""]
-        rows = [(side, finals[side]) for side in (*SIDES, ABLATION) if side in finals]
+            part = "the in-context module" if method == "llmcf" else f"{label}'s own part"
+            lines += ["", f"`{ablation}` is an ablation, not a selection: the backbone alone with the backbone "
+                      f"hyper-parameters (lr, weight decay, embedding size, dropout, backbone fields) of {label}'s "
+                      f"best trial, so {label} minus this row is what {part} adds at equal backbone settings "
+                      f"({label} vs this row: AUC {versus(finals[method], ab)}, LogLoss "
+                      f"{versus(finals[method], ab, 'logloss')})." if method in finals else ""]
+        rows = [(side, finals[side]) for side in (*sides, ablation) if side in finals]
         for kind in ("user", "item"):
             first = rows[0][1]
             lines += ["", f"Test AUC by {kind} training rows (edges {first['edges'][kind]}; mean over seeds):", "",
@@ -140,6 +162,12 @@ def main() -> int:
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--bank-rows", type=int, default=240)
     ap.add_argument("--with-cot", action="store_true", help="LLM-CF reads the run's CoTs (the run has them)")
+    ap.add_argument("--method", choices=list(METHODS), default="llmcf",
+                    help="the method tuned against the backbone: LLM-CF, or a baseline (`llmcf tune --baseline`) "
+                         "whose LLM stage outputs are in --run-dir (made by bench_baselines.py)")
+    ap.add_argument("--run-config", action="store_true",
+                    help="start from --run-dir's config.yaml (the settings its LLM stage ran with) instead of "
+                         "the preset; --dataset must match it")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--run-dir", type=Path, default=Path("runs/bench-tuned-ml-100k"))
     ap.add_argument("--name", default=None)
@@ -150,21 +178,30 @@ def main() -> int:
     from llmcf.tune import run_tune, study_tag
 
     torch.set_num_threads(a.threads)
-    cfg = load_config(a.preset, [f"data.dataset={a.dataset}", f"train.max_epochs={a.max_epochs}",
+    cfg = load_config(a.run_dir / "config.yaml" if a.run_config else a.preset, [f"data.dataset={a.dataset}", f"train.max_epochs={a.max_epochs}",
                                  f"train.patience={a.patience}", f"train.threads={a.threads}", "embed.batch_size=64",
                                  f"tune.seeds={a.seeds_per_trial}"])
-    name = a.name or f"{Path(a.dataset).name}-{a.model}"
+    name = a.name or f"{Path(a.dataset).name}-{a.model}" + ("" if a.method == "llmcf" else f"-{a.method}")
+    label, SIDES, ABLATION = METHODS[a.method], sides_of(a.method), ablation_name(a.method)
+    if a.run_config and not (a.run_dir / "config.yaml").exists():
+        ap.error(f"--run-config: {a.run_dir / 'config.yaml'} is missing")
     out_json, out_md = RESULTS / f"tuned-{name}.json", RESULTS / f"tuned-{name}.md"
     rec = {"name": name, "command": "python benchmarks/bench_tuned.py " + shlex.join(sys.argv[1:]),
            "machine": f"{cpu_model()}, {os.cpu_count()} CPUs{ram_suffix()}, torch {torch.__version__} "
                       f"({a.threads} thread), load average at start {os.getloadavg()[0]:.1f} (shared with other jobs)",
            "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "protocol": f"{a.preset} preset split/label; {a.model}; `llmcf tune` on each side, {a.trials} trials "
+           "method": a.method,
+           "protocol": ("the run's config.yaml (its preset, split, label and LLM stage settings)" if a.run_config
+                        else f"{a.preset} preset split/label") + f"; {a.model}; `llmcf tune` on each side, {a.trials} trials "
                        f"(TPE seed {cfg.tune.seed}, {cfg.tune.startup_trials} random start-up trials), objective "
                        + ("valid AUC of seed 0" if a.seeds_per_trial == 1 else
                           f"mean valid AUC of seeds 0..{a.seeds_per_trial - 1}")
-                       + f"; early stopping on valid AUC (patience {a.patience}, max {a.max_epochs} epochs) in every trial and final run; LLM-CF "
-                       + ("with the run's CoTs" if a.with_cot else f"w/o CoT, bank = {a.bank_rows} random train rows")
+                       + f"; early stopping on valid AUC (patience {a.patience}, max {a.max_epochs} epochs) in every "
+                       + "trial and final run; "
+                       + (f"{label} over the run's LLM stage outputs (baselines/{a.method}/, made once, read by "
+                          "every trial)" if a.method != "llmcf" else
+                          "LLM-CF " + ("with the run's CoTs" if a.with_cot else
+                                       f"w/o CoT, bank = {a.bank_rows} random train rows"))
                        + f"; test read once per seed (0..{a.seeds - 1}) for each side's best trial",
            "trials": a.trials, "seeds": a.seeds, "studies": {}, "finals": {}}
     prev = json.loads(out_json.read_text()) if out_json.exists() else None
@@ -178,7 +215,10 @@ def main() -> int:
             row = {**row, "wall_seconds": old["wall_seconds"], "cpu_seconds": old["cpu_seconds"]}
         return row
 
-    if a.with_cot:
+    if a.method != "llmcf":
+        if a.with_cot:
+            ap.error("--with-cot is for --method llmcf")
+    elif a.with_cot:
         if not (a.run_dir / "cot" / "selected.parquet").exists():
             ap.error(f"--with-cot: {a.run_dir / 'cot' / 'selected.parquet'} is missing (run `llmcf run` there first)")
     else:
@@ -199,14 +239,14 @@ def main() -> int:
         print(f"=== {side}: best configuration, seeds 0..{a.seeds - 1} ===", flush=True)
         best = a.run_dir / "tune" / study_tag(a.model, sides[side]) / "best.yaml"
         rec["finals"][side] = timed(side, final_train(a.run_dir, best, a.model, a.seeds))
-        rec["status"] = "" if len(rec["finals"]) == len(SIDES) else "Partial: LLM-CF's final training is running."
+        rec["status"] = "" if len(rec["finals"]) == len(SIDES) else f"Partial: {label}'s final training is running."
         save()
     print(f"=== {ABLATION}, seeds 0..{a.seeds - 1} ===", flush=True)
-    best = a.run_dir / "tune" / study_tag(a.model, sides["llmcf"]) / "best.yaml"
+    best = a.run_dir / "tune" / study_tag(a.model, sides[a.method]) / "best.yaml"
     rec["status"] = "Partial: the ablation row is training."
     rec["finals"][ABLATION] = timed(ABLATION, final_train(a.run_dir, best, a.model, a.seeds,
-                                                         name=f"{a.model}-at-llmcf-params",
-                                                         sets={"ict.enabled": False}))
+                                                         name=f"{a.model}-at-{a.method}-params",
+                                                         sets={"ict.enabled": False, "baseline.name": None}))
     rec["status"] = ""
     save()
     print(markdown(rec), flush=True)

@@ -417,3 +417,37 @@ def test_a_shard_job_returning_other_rows_is_refused():
     pool = pd.DataFrame({"key": [f"r{i}" for i in range(6)]})
     with pytest.raises(LLMCFError, match="shard 0: the worker returned records for other rows"):
         list(run_shards(Shuffling(), pool, [0, 1], 3, LLMConfig()))
+
+
+def test_tune_a_baseline_through_the_cli(tiny_run, tmp_path, capsys):
+    """`llmcf tune --baseline kar`: its own study (DIN+kar), every trial trains the baseline with the trial's
+    baseline values, and the KAR texts are generated once for the whole study."""
+    run = _copy_run(tiny_run, tmp_path)
+    space = "{baseline.dim: {choices: [4, 8]}, baseline.kar_shared_experts: {low: 1, high: 2}}"
+    sets = [*tiny_run["sets"], "recgen.skip=true", "llm.backend=hf", f"llm.model={tiny_run['model']}",
+            "llm.batch_size=8", "baseline.kar_max_new_tokens=4", "baseline.kar_users=10", "train.max_epochs=1",
+            "train.batch_size=32", "baseline.hidden=8", "tune.startup_trials=3",
+            "tune.space={train.lr: {low: 0.001, high: 0.05, log: true}}", "tune.models={}",
+            f"tune.baselines={{kar: {space}}}"]
+    args = ["tune", "--run", str(run), "--model", "DIN", "--baseline", "kar", "--trials", "3"]
+    assert main([*args, *sum((["--set", s] for s in sets), [])]) == 0
+    out = run / "tune" / "DIN+kar"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"] == "kar" and summary["trials"] == 3
+    assert set(summary["space"]) == {"train.lr", "baseline.dim", "baseline.kar_shared_experts"}
+    gens = set()
+    for trial in summary["all"]:
+        trained = json.loads((out / "trials" / str(trial["number"]) / "models" / "DIN+kar" / "summary.json")
+                             .read_text())
+        b = trained["protocol"]["baseline"]
+        assert b["name"] == "kar" and b["dim"] == trial["params"]["baseline.dim"]
+        assert b["kar_shared_experts"] == trial["params"]["baseline.kar_shared_experts"]
+        gens.add(json.dumps(trained["llm_stage"]["cost"], sort_keys=True))
+        assert trained["llm_stage"]["users_with_text"] == 10
+    assert len(gens) == 1  # one generation read by every trial
+    assert load_config(out / "best.yaml").baseline.name == "kar"
+    with pytest.raises(SystemExit):  # argparse: --baseline boost has nothing of its own to search
+        main(["tune", "--run", str(run), "--model", "DIN", "--baseline", "boost"])
+    capsys.readouterr()
+    assert main(["tune", "--run", str(run), "--model", "DIN", "--baseline", "kar", "--ict"]) == 1
+    assert "separate methods" in capsys.readouterr().err

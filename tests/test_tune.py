@@ -175,3 +175,24 @@ def test_seeds_per_trial_average_real_trainings_and_stay_fixed_for_the_study(run
         run_tune(run_dir, load_config(None, sets[:-1] + ["tune.seeds=1"]), "DCN", trials=3)
     with pytest.raises(ConfigError, match="tune.seeds"):
         run_tune(run_dir, load_config(None, sets[:-1] + ["tune.seeds=0"]), "DCN", trials=3)
+
+
+def test_a_baseline_study_searches_its_own_fields_and_only_those():
+    kar = load_config(None, ["baseline.name=kar"])
+    space = search_space(kar, "xDeepFM", ict=False)
+    assert {"baseline.dim", "baseline.kar_shared_experts", "train.lr", "model.params.xDeepFM.cin_layers"} <= set(space)
+    assert not any(k.startswith(("ict.", "retrieval.")) for k in space)
+    kd = search_space(load_config(None, ["baseline.name=kd"]), "DIN", ict=False)
+    assert "baseline.kd_weight" in kd and "baseline.dim" not in kd  # kd has no feature to size
+    assert not any(k.startswith("baseline.") for k in search_space(load_config(None), "DIN", ict=False))
+    with pytest.raises(ConfigError, match="separate methods"):
+        search_space(kar, "DIN", ict=True)
+    with pytest.raises(ConfigError, match="residual"):
+        search_space(load_config(None, ["baseline.name=kar", "baseline.residual=true"]), "DIN", ict=False)
+    # fields that change the LLM stage, or a baseline field searched without a baseline, are refused by name
+    for sets, msg in ((["baseline.name=kd", "tune.baselines={kd: {baseline.kd_rows: {low: 10, high: 20}}}"],
+                       "'baseline.kd_rows' cannot be tuned"),
+                      (["tune.space={baseline.dim: {choices: [8, 16]}}"], "only with --baseline"),
+                      (["baseline.name=kar", "tune.baselines={kd: {}}"], "no search space for baseline 'kar'")):
+        with pytest.raises(ConfigError, match=msg):
+            search_space(load_config(None, sets), "DIN", ict=False)

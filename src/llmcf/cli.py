@@ -27,7 +27,7 @@ stages (each reads/writes files in a run directory):
   embed        sentence-encoder embeddings of item texts and CoTs              (runs/<name>/embed/)
   retrieve     CoT bank, FAISS index, in-context example ids for every row     (runs/<name>/retrieval/)
   train        a backbone with or without the ICT module, over seeds           (runs/<name>/models/<tag>/)
-  tune         Optuna search of a backbone (± ICT) on validation AUC           (runs/<name>/tune/<tag>/)
+  tune         Optuna search of a backbone (± ICT / a baseline), valid AUC     (runs/<name>/tune/<tag>/)
   report       tables, slices and plots of every trained model and study       (runs/<name>/report/)
   run          all of the above from one preset, skipping unchanged stages
 
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--model", required=True, help="DeepFM | xDeepFM | DCN | DCNv2 | AutoInt | DIN")
     tu.add_argument("--ict", action="store_true", help="tune LLM-CF (the backbone with the ICT module)")
     tu.add_argument("--variant", choices=["full", "no_cot", "mean_pool"], help="ICT variant (with --ict)")
+    tu.add_argument("--baseline", choices=[b for b in BASELINES if b != "boost"],
+                    help="tune <model>+<baseline> instead: the backbone's space plus tune.baselines.<baseline>")
     tu.add_argument("--trials", type=int, help="finished trials wanted (default tune.trials); a rerun resumes")
     _add_config_args(tu)
 
@@ -223,11 +225,14 @@ def _cmd_tune(args) -> None:
     from llmcf.tune import run_tune
 
     cfg = _config_for_run(args, args.run)
+    if args.baseline and (args.ict or args.variant):
+        raise ConfigError("--baseline and --ict are separate methods: tune one at a time")
     if args.ict or args.variant:
         cfg.ict.enabled = True
         cfg.ict.variant = args.variant or cfg.ict.variant
     else:
         cfg.ict.enabled = False
+    cfg.baseline.name = args.baseline
     run_tune(args.run, cfg, args.model, trials=args.trials)
 
 

@@ -510,12 +510,23 @@ def _tune_ict() -> dict[str, Any]:
             "retrieval.k": {"choices": [2, 4, 8]}}
 
 
+def _tune_baselines() -> dict[str, Any]:
+    feature = {"baseline.dim": {"choices": [16, 32, 64]}, "baseline.hidden": {"choices": [32, 64, 128]},
+               "baseline.dropout": {"low": 0.0, "high": 0.5}}
+    return {"textemb": dict(feature),
+            "kar": {**feature, "baseline.kar_shared_experts": {"low": 1, "high": 3},
+                    "baseline.kar_dedicated_experts": {"low": 1, "high": 3}},
+            "kd": {"baseline.kd_weight": {"low": 0.1, "high": 3.0, "log": True},
+                   "baseline.kd_temperature": {"choices": [1.0, 2.0, 4.0]}}}
+
+
 @dataclass
 class TuneConfig:
     """`llmcf tune` (llmcf.tune): Optuna TPE search on validation AUC. A search space maps a dotted config field to
     a distribution: ``{low, high}`` (float; ``log: true`` for a log scale; integers when both bounds are integers,
     optional ``step``) or ``{choices: [...]}`` (any YAML values, lists included). The space of a trial is ``space``
-    (every backbone) ∪ ``models[<backbone>]`` ∪ (with --ict) ``ict``; a later one overrides an earlier one's field
+    (every backbone) ∪ ``models[<backbone>]`` ∪ (with --ict) ``ict`` ∪ (with --baseline NAME) ``baselines[NAME]``
+    (the baseline's own fields: its feature sizes, dropout, KD weight and temperature); a later one overrides an earlier one's field
     and a field mapped to null is left out (``ict.recon_weight`` is left out for a variant without the reconstruction
     loss: no_cot, mean_pool). Setting ``models`` in a preset replaces the shipped per-backbone table."""
 
@@ -532,6 +543,9 @@ class TuneConfig:
     space: dict[str, Any] = field(default_factory=_tune_space)
     models: dict[str, Any] = field(default_factory=_tune_models)
     ict: dict[str, Any] = field(default_factory=_tune_ict)
+    baselines: dict[str, Any] = field(default_factory=_tune_baselines)
+    """Per baseline (textemb | kd | kar), the ``baseline.*`` fields searched with ``llmcf tune --baseline NAME``
+    beside the backbone's; fields that change the LLM stage (kd_rows, kar_users, ...) cannot be tuned."""
 
 
 @dataclass

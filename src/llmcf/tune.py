@@ -1,15 +1,17 @@
 """`llmcf tune`: hyper-parameter search (Optuna TPE, seeded) of one backbone, or of LLM-CF, on validation AUC only.
 
-    llmcf tune --run R --model DIN [--ict] [--variant V] [--trials N]
+    llmcf tune --run R --model DIN [--ict [--variant V] | --baseline textemb|kd|kar] [--trials N]
 
 The search space is the ``tune`` section of the config (``TuneConfig``): ``space`` (every backbone) ∪
-``models[<backbone>]`` ∪, with ``--ict``, ``ict`` (ICT size, depth, learning rate, reconstruction weight, K). Each
+``models[<backbone>]`` ∪, with ``--ict``, ``ict`` (ICT size, depth, learning rate, reconstruction weight, K) or, with
+``--baseline NAME``, ``baselines[NAME]`` (the baseline's feature sizes, dropout, KD weight/temperature; its LLM
+texts or teacher scores are made once, by the first trial, and read by every later one). Each
 trial trains ``tune.seeds`` seeds (default one: ``train.seed``) through the training stage
 (``llmcf.train.stage.run_train``) with the trial's values set on the run's config, under the same early-stopping rule
 as ``llmcf train``; its objective is the best validation AUC (the mean over the seeds). Test rows are scored by the
 training stage as always but never read here.
 
-Files, in ``run_dir/tune/<tag>/`` (tag as in models/: DIN, DIN+llmcf, ...):
+Files, in ``run_dir/tune/<tag>/`` (tag as in models/: DIN, DIN+llmcf, DIN+kar, ...):
     study.db             the Optuna study (SQLite): resumable — rerun the same command after Ctrl-C or a kill and
                          it runs only the missing trials; an interrupted trial is run again with the same values
     trials/<n>/          trial n's training outputs (models/<tag>/seed_<s>/...)
@@ -17,7 +19,8 @@ Files, in ``run_dir/tune/<tag>/`` (tag as in models/: DIN, DIN+llmcf, ...):
     summary.json         best trial, every finished trial, parameter importances (read by ``llmcf report``)
 A trial whose values change the retrieval (``retrieval.k`` etc.) reads in-context ids from
 ``run_dir/tune/_retrieval/<hash>/``, a view of the run (links to data/, embed/, cot/) with its own retrieval stage.
-Give the backbone and LLM-CF the same ``--trials`` when comparing them: every comparison is tuned-vs-tuned.
+Give the backbone and LLM-CF (or a baseline) the same ``--trials`` when comparing them: every comparison is
+tuned-vs-tuned.
 """
 from __future__ import annotations
 
@@ -35,6 +38,10 @@ from llmcf.io import atomic_write_json
 
 NOT_TUNABLE = ("data.", "tune.", "llm.", "recgen.", "cot.", "embed.", "serve.", "seq.")
 """Config sections a trial may not change (they belong to other stages or to the study itself)."""
+BASELINE_TUNABLE = ("baseline.dim", "baseline.hidden", "baseline.dropout", "baseline.kd_weight",
+                    "baseline.kd_temperature", "baseline.kar_shared_experts", "baseline.kar_dedicated_experts")
+"""The ``baseline.*`` fields a trial may change: the trained part's sizes and loss weights. The others choose the
+method or change its LLM stage (which rows the teacher scores, which users get a KAR text), not a trial's model."""
 
 
 # ---- search space ---------------------------------------------------------------------------------------------
@@ -42,8 +49,18 @@ def search_space(cfg: Config, model_name: str, ict: bool) -> dict[str, dict]:
     """The merged, validated space of one study: {dotted field: distribution spec}."""
     t = cfg.tune
     merged: dict[str, Any] = {}
+    baseline = cfg.baseline.name
+    if baseline and ict:
+        raise ConfigError(f"tune: baseline '{baseline}' and the ICT (--ict) are separate methods: tune one at a time")
+    if baseline and cfg.baseline.residual:
+        raise ConfigError("tune: baseline.residual trains on a fixed, already trained base model; tune the base "
+                          "model (llmcf tune --model ...), train it, then train the residual baseline on it")
+    if baseline and baseline not in t.baselines:
+        raise ConfigError(f"tune: no search space for baseline '{baseline}' in tune.baselines "
+                          f"(has: {', '.join(sorted(t.baselines)) or 'none'})")
     for where, part in (("tune.space", t.space), (f"tune.models.{model_name}", t.models.get(model_name) or {}),
-                        *((("tune.ict", t.ict),) if ict else ())):
+                        *((("tune.ict", t.ict),) if ict else ()),
+                        *(((f"tune.baselines.{baseline}", t.baselines[baseline]),) if baseline else ())):
         if not isinstance(part, dict):
             raise ConfigError(f"{where}: expected a mapping of config field -> distribution, got {part!r}")
         for key, spec in part.items():
@@ -61,8 +78,12 @@ def search_space(cfg: Config, model_name: str, ict: bool) -> dict[str, dict]:
 
 
 def _check_spec(cfg: Config, where: str, key: str, spec: Any) -> None:
-    if key.startswith(NOT_TUNABLE):
-        raise ConfigError(f"{where}: '{key}' cannot be tuned (only model.*, train.*, ict.*, retrieval.*)")
+    if key.startswith(NOT_TUNABLE) or (key.startswith("baseline.") and key not in BASELINE_TUNABLE):
+        raise ConfigError(f"{where}: '{key}' cannot be tuned (only model.*, train.*, ict.*, retrieval.* and, with "
+                          f"--baseline, {', '.join(BASELINE_TUNABLE)})")
+    if key.startswith("baseline.") and not cfg.baseline.name:
+        raise ConfigError(f"{where}: '{key}' is a baseline's field; it is searched only with --baseline "
+                          f"(put it under tune.baselines.<name>)")
     try:
         apply_params(cfg, {key: _example(spec)})
     except (ConfigError, KeyError, TypeError) as e:
@@ -341,7 +362,8 @@ def write_outputs(study, base: Config, space: dict, out: Path, tag: str, model_n
         importance = {}
     seeds = int(base.train.seeds)
     objective = "valid AUC" if seeds == 1 else f"valid AUC, mean of {seeds} seeds"
-    summary = {"tag": tag, "model": model_name, "ict": bool(base.ict.enabled), "objective": objective,
+    summary = {"tag": tag, "model": model_name, "ict": bool(base.ict.enabled), "baseline": base.baseline.name,
+               "objective": objective,
                "seeds_per_trial": seeds,
                "sampler": f"TPE seed {base.tune.seed}, {base.tune.startup_trials} random start-up trials",
                "trials": len(complete), "space": space,

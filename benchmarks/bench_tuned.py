@@ -112,6 +112,11 @@ def markdown(rec: dict) -> str:
             params = ", ".join(f"{k}={v}" for k, v in s["best"]["params"].items())
             lines.append(f"| {side} | {s['trials']} | {s['best']['number']} | {s['best']['valid_auc']:.4f} | "
                          f"{params} |")
+    for side in sides:
+        start = (rec["studies"].get(side) or {}).get("start_at_config")
+        if start:
+            lines.append(f"\nTrial 0 of the {side} study trained the starting configuration's own values "
+                         f"(`tune.start_at_config`): {', '.join(f'{k}={v}' for k, v in start.items())}.")
     finals = rec["finals"]
     if finals:
         lines += ["", f"## Test, best configuration of each side, seeds 0..{rec['seeds'] - 1}", "",
@@ -233,6 +238,8 @@ def main() -> int:
         for side in SIDES:
             s = run_tune(a.run_dir, sides[side], a.model, trials=n)
             rec["studies"][side] = {k: s[k] for k in ("tag", "trials", "best", "importance", "all")}
+            if s.get("start_at_config"):
+                rec["studies"][side]["start_at_config"] = s["start_at_config"]
         rec["status"] = f"Partial: {n} of {a.trials} trials per side; the final trainings have not run yet."
         save()
     for side in SIDES:

@@ -196,3 +196,30 @@ def test_a_baseline_study_searches_its_own_fields_and_only_those():
                       (["baseline.name=kar", "tune.baselines={kd: {}}"], "no search space for baseline 'kar'")):
         with pytest.raises(ConfigError, match=msg):
             search_space(load_config(None, sets), "DIN", ict=False)
+
+
+def test_a_new_study_starts_at_the_configs_own_values(run_dir):
+    space = ("tune.space={train.lr: {low: 0.001, high: 0.1, log: true}, model.embed_dim: {choices: [4, 8, 16]}, "
+             "model.dropout: {low: 0.2, high: 0.5}, train.patience: {low: 1, high: 5, step: 2}}")
+    cfg = load_config(None, ["tune.startup_trials=2", space, "train.lr=0.004", "model.embed_dim=8",
+                             "model.dropout=0.1", "train.patience=3", "tune.models={}"])
+    seen = []
+
+    def trainer(run, trial_dir, tcfg, name, cache):
+        seen.append((tcfg.train.lr, tcfg.model.embed_dim, tcfg.model.dropout, tcfg.train.patience))
+        return 0.5
+
+    summary = run_tune(run_dir, cfg, "DCN", trials=2, trainer=trainer)
+    lr, dim, dropout, patience = seen[0]
+    # trial 0 trains the config's values; dropout 0.1 lies outside [0.2, 0.5], so it is sampled in range
+    assert (lr, dim, patience) == (0.004, 8, 3) and 0.2 <= dropout <= 0.5
+    assert summary["start_at_config"] == {"train.lr": 0.004, "model.embed_dim": 8, "train.patience": 3}
+    assert seen[1][:2] != (0.004, 8)  # later trials are searched as before
+    run_tune(run_dir, cfg, "DCN", trials=3, trainer=trainer)  # resuming adds no second config trial
+    assert len(seen) == 3 and seen[2][:2] != (0.004, 8)
+    off = cfg
+    off.tune.start_at_config = False
+    seen.clear()
+    run_tune(run_dir, off, "DIN", trials=1, trainer=trainer)
+    assert seen[0][:2] != (0.004, 8)
+    assert run_tune(run_dir, off, "DIN", trials=1, trainer=trainer)["start_at_config"] is None

@@ -536,6 +536,10 @@ class TuneConfig:
     """Seed of the TPE sampler."""
     startup_trials: int = 5
     """Random trials before TPE starts modelling."""
+    start_at_config: bool = True
+    """A new study's first trial trains the config's own values of the searched fields (each one its distribution
+    can hold; the others are sampled), so the study's best is never below the untuned configuration on validation
+    (for the seeds it trains). Resuming a study never adds it."""
     seeds: int = 1
     """Seeds per trial (``train.seed`` .. ``train.seed + seeds - 1``): the objective is their mean validation AUC.
     One seed is a noisy selector on small data (benchmarks/results/tuned-ml-100k-DCN.md: the backbone's best trial

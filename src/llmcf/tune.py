@@ -125,6 +125,52 @@ def suggest(trial, key: str, spec: dict) -> Any:
                                step=None if spec.get("log") or spec.get("step") is None else float(spec["step"]))
 
 
+_MISSING = object()
+
+
+def config_value(cfg: Config, key: str) -> Any:
+    """The value of dotted field ``key`` in ``cfg`` (``_MISSING`` when the config does not set it, e.g. a backbone
+    argument left at the constructor's default)."""
+    parts = key.split(".")
+    if parts[:2] == ["model", "params"] and len(parts) in (3, 4):
+        params = cfg.model.params_for(parts[2]) if len(parts) == 4 else cfg.model.params
+        return params.get(parts[-1], _MISSING)
+    node: Any = cfg.to_dict()
+    for p in parts:
+        if not isinstance(node, dict) or p not in node:
+            return _MISSING
+        node = node[p]
+    return node
+
+
+def config_params(cfg: Config, space: dict[str, dict]) -> dict[str, Any]:
+    """The config's own values of the searched fields, as Optuna params (choices as their JSON text), for each one
+    its distribution can hold."""
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        v = config_value(cfg, key)
+        if v is _MISSING or v is None:
+            continue
+        if "choices" in spec:
+            text = json.dumps(v)
+            if text in [json.dumps(c) for c in spec["choices"]]:
+                out[key] = text
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not spec["low"] <= v <= spec["high"]:
+            continue
+        lo, hi = spec["low"], spec["high"]
+        if isinstance(lo, int) and isinstance(hi, int) and not spec.get("log") \
+                and not isinstance(spec.get("step"), float):
+            step = int(spec.get("step") or 1)
+            if float(v).is_integer() and (int(v) - lo) % step == 0:
+                out[key] = int(v)
+        else:
+            step = None if spec.get("log") else spec.get("step")
+            if step is None or abs((v - lo) / step - round((v - lo) / step)) < 1e-9:  # on the grid a step makes
+                out[key] = float(v)
+    return out
+
+
 def decode(space: dict[str, dict], params: dict[str, Any]) -> dict[str, Any]:
     """Optuna's stored params -> config values (JSON text of choices decoded)."""
     return {k: json.loads(v) if "choices" in space.get(k, {}) and isinstance(v, str) else v for k, v in params.items()}
@@ -311,6 +357,11 @@ def run_tune(run_dir: Path, cfg: Config, model_name: str, trials: int | None = N
     if prev_seeds is not None and prev_seeds != seeds:
         raise ConfigError(f"{out / 'study.db'}: this study's trials average {prev_seeds} seed(s) each, not "
                           f"tune.seeds={seeds}; set it back, or delete {out} to start over")
+    if prev_space is None and not study.trials and cfg.tune.start_at_config:
+        start = config_params(base, space)
+        if start:  # trial 0 = the untuned configuration, so the study's best is never below it on validation
+            study.enqueue_trial(start)
+            study.set_user_attr("start_at_config", decode(space, start))
     study.set_user_attr("space", space)
     study.set_user_attr("seeds_per_trial", seeds)
     requeued = _recover_interrupted(study)
@@ -364,7 +415,7 @@ def write_outputs(study, base: Config, space: dict, out: Path, tag: str, model_n
     objective = "valid AUC" if seeds == 1 else f"valid AUC, mean of {seeds} seeds"
     summary = {"tag": tag, "model": model_name, "ict": bool(base.ict.enabled), "baseline": base.baseline.name,
                "objective": objective,
-               "seeds_per_trial": seeds,
+               "seeds_per_trial": seeds, "start_at_config": study.user_attrs.get("start_at_config"),
                "sampler": f"TPE seed {base.tune.seed}, {base.tune.startup_trials} random start-up trials",
                "trials": len(complete), "space": space,
                "best": {"number": best.number, "valid_auc": best.value, "params": best_values},

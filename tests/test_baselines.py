@@ -451,3 +451,42 @@ def test_tune_a_baseline_through_the_cli(tiny_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["tune", "--run", str(run), "--model", "DIN", "--baseline", "kar", "--ict"]) == 1
     assert "separate methods" in capsys.readouterr().err
+
+
+def test_a_generation_is_resumed_whatever_the_run_path_is_spelled(tiny_run, tmp_path, monkeypatch):
+    """The tuned model is recorded by its path inside the run: reaching the run by another path (relative,
+    absolute, a moved folder) resumes its texts instead of generating them again, also for a manifest written
+    when the path was recorded as the command spelled it."""
+    from pathlib import Path
+
+    from llmcf import fingerprint
+    from llmcf.llm.baselines.kar import run_kar_generate
+
+    run = _copy_run(tiny_run, tmp_path)
+    model = run / "llm" / "recgen" / "model"
+    model.mkdir(parents=True)
+    (model / "adapter_model.safetensors").write_bytes(b"weights")
+    cfg = _cfg(tiny_run, "recgen.skip=false", "baseline.kar_users=4", "baseline.kar_items=2")
+    first = CountingBackend()
+    m1 = run_kar_generate(run, cfg, backend=first)
+    assert m1["model"]["kind"] == "recgen" and m1["model"]["path"] == "llm/recgen/model" and first.rows == 6
+    monkeypatch.chdir(run.parent)
+    again = CountingBackend()
+    assert run_kar_generate(Path("run"), cfg, backend=again)["gen_id"] == m1["gen_id"] and again.rows == 0
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    assert run_kar_generate(moved, cfg, backend=again)["gen_id"] == m1["gen_id"] and again.rows == 0
+    # a manifest of the old kind: the path as some command line spelled it, hashed into its id
+    mpath = moved / "baselines" / "kar" / "manifest.json"
+    old = json.loads(mpath.read_text())
+    old["model"] = {**old["model"], "path": "../elsewhere/run/llm/recgen/model"}
+    old["gen_id"] = fingerprint.generation_id({k: old[k] for k in ("pool_hash", "model", "sampling")})
+    mpath.write_text(json.dumps(old))
+    m3 = run_kar_generate(moved, cfg, backend=again)
+    assert again.rows == 0 and m3["gen_id"] == old["gen_id"]
+    assert m3["model"]["path"] == "../elsewhere/run/llm/recgen/model"  # kept: the manifest stays self-consistent
+    assert run_kar_generate(moved, cfg, backend=again)["gen_id"] == old["gen_id"] and again.rows == 0
+    # another model (other weights) is another generation
+    (moved / "llm" / "recgen" / "model" / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert run_kar_generate(moved, cfg, backend=again)["gen_id"] not in (m1["gen_id"], old["gen_id"])
+    assert again.rows == 6

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from llmcf import fingerprint
 from llmcf.errors import DataError, RunError
 from llmcf.io import atomic_path
 
@@ -54,6 +55,26 @@ def archive(folder: Path, name: str, files: tuple[str, ...]) -> Path:
         if (Path(folder) / f).exists():
             shutil.move(str(Path(folder) / f), str(dest / f))
     return dest
+
+
+def generation_for(folder: Path, parts: dict) -> tuple[str, dict]:
+    """(gen_id, parts) of the generation ``parts`` describe. A generation already in ``folder`` that differs only
+    in the spelling of the tuned model's path (recorded before the path was kept relative to the run directory, as
+    the command line spelled it: ``runs/x/llm/...`` vs ``/abs/runs/x/llm/...``) is the same generation: its own id
+    and recorded path are kept, so its shards are resumed instead of generated again."""
+    gen_id = fingerprint.generation_id(parts)
+    mpath = Path(folder) / "manifest.json"
+    model = parts.get("model")
+    if not mpath.exists() or not isinstance(model, dict) or "path" not in model:
+        return gen_id, parts
+    old = json.loads(mpath.read_text())
+    old_model = old.get("model")
+    if old.get("gen_id") == gen_id or not isinstance(old_model, dict) or "path" not in old_model:
+        return gen_id, parts
+    legacy = {**parts, "model": {**model, "path": old_model["path"]}}
+    if fingerprint.generation_id(legacy) == old.get("gen_id"):
+        return old["gen_id"], legacy
+    return gen_id, parts
 
 
 def prepare_folder(folder: Path, gen_id: str, files: tuple[str, ...]) -> str:

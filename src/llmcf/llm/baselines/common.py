@@ -8,7 +8,6 @@ from typing import Callable
 
 import pandas as pd
 
-from llmcf import fingerprint
 from llmcf.estimate import EstimatingBar
 from llmcf.io import atomic_write_json, write_parquet
 from llmcf.config import LLMConfig
@@ -28,7 +27,7 @@ def run_generation(folder: Path, pool: pd.DataFrame, parts: dict, shard_size: in
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    gen_id = fingerprint.generation_id(parts)
+    gen_id, parts = shards.generation_for(folder, parts)
     note = shards.prepare_folder(folder, gen_id, ("pool.parquet",))
     print(f"[{log}] generation {gen_id}: {note}")
     keys = pool["key"].tolist()

@@ -117,9 +117,12 @@ def resolve_cot_model(run_dir: Path, cfg: Config) -> tuple[Path | None, dict[str
     from llmcf.llm.backends.factory import backend_name
 
     ident: dict[str, Any] = {"backend": backend_name(cfg.llm), "endpoint": cfg.llm.endpoint}
-    tuned = RunDir(run_dir).recgen_model
+    run = RunDir(run_dir)
+    tuned = run.recgen_model
     if not cfg.recgen.skip and tuned.is_dir():
-        ident.update(kind="recgen", path=str(tuned), fingerprint=fingerprint.dir_fingerprint(tuned))
+        # the path relative to the run directory: the same run reached by another path is the same generation
+        ident.update(kind="recgen", path=tuned.relative_to(run.root).as_posix(),
+                     fingerprint=fingerprint.dir_fingerprint(tuned))
         return tuned, ident
     ident.update(kind="base", name=cfg.llm.model)
     return None, ident
@@ -219,7 +222,7 @@ def run_cot_generate(run_dir: Path, cfg: Config, backend=None) -> Path:
     phash = pool_hash(pool, cfg.llm.prompt_style)
     parts = {"pool_hash": phash, "sampling": {k: v for k, v in vars(params).items() if k != "seed"},
              "seed": cfg.cot.seed, "shard_size": cfg.cot.shard_size, "model": model_ident}
-    gen_id = fingerprint.generation_id(parts)
+    gen_id, parts = shards.generation_for(cot_dir, parts)
     cot_dir.mkdir(parents=True, exist_ok=True)
     note = _prepare_folder(cot_dir, gen_id)
     print(f"[cot] generation {gen_id} ({model_ident['kind']} model): {note}")

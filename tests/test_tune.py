@@ -223,3 +223,20 @@ def test_a_new_study_starts_at_the_configs_own_values(run_dir):
     run_tune(run_dir, off, "DIN", trials=1, trainer=trainer)
     assert seen[0][:2] != (0.004, 8)
     assert run_tune(run_dir, off, "DIN", trials=1, trainer=trainer)["start_at_config"] is None
+
+
+def test_the_config_trial_takes_unset_backbone_arguments_at_the_constructors_default():
+    from llmcf.tune import config_params
+
+    cfg = load_config(None)
+    space = search_space(cfg, "xDeepFM", ict=False)
+    # xDeepFM's CIN layers are not in the config: the model is built with the constructor's (100, 100)
+    assert config_params(cfg, space, "xDeepFM")["model.params.xDeepFM.cin_layers"] == "[100, 100]"
+    dcn = config_params(cfg, search_space(cfg, "DCN", ict=False), "DCN")
+    assert dcn["model.params.DCN.cross_layers"] == 3
+    set_ = config_params(load_config(None, ["model.params={DCN: {cross_layers: 2}}"]),
+                         search_space(cfg, "DCN", ict=False), "DCN")
+    assert set_["model.params.DCN.cross_layers"] == 2  # a value the config sets wins
+    shared = {"model.params.cross_layers": {"low": 1, "high": 4}}
+    assert config_params(cfg, shared, "DCN") == {"model.params.cross_layers": 3}
+    assert config_params(cfg, shared, "DIN") == {}  # DIN has no such argument: sampled

@@ -128,13 +128,31 @@ def suggest(trial, key: str, spec: dict) -> Any:
 _MISSING = object()
 
 
-def config_value(cfg: Config, key: str) -> Any:
-    """The value of dotted field ``key`` in ``cfg`` (``_MISSING`` when the config does not set it, e.g. a backbone
-    argument left at the constructor's default)."""
+def _constructor_default(model_name: str, arg: str) -> Any:
+    """The default of backbone ``model_name``'s constructor argument ``arg`` (``_MISSING`` if none)."""
+    import inspect
+
+    from llmcf.models.ranking import BACKBONES
+
+    if model_name not in BACKBONES:
+        return _MISSING
+    p = inspect.signature(BACKBONES.get(model_name).__init__).parameters.get(arg)
+    if p is None or p.default is inspect.Parameter.empty:
+        return _MISSING
+    return list(p.default) if isinstance(p.default, tuple) else p.default
+
+
+def config_value(cfg: Config, key: str, model_name: str | None = None) -> Any:
+    """The value of dotted field ``key`` in ``cfg``; a backbone argument the config leaves unset
+    (``model.params.<Backbone>.<arg>``, or ``model.params.<arg>`` for ``model_name``) is the constructor's default
+    the model is built with; ``_MISSING`` when there is none."""
     parts = key.split(".")
     if parts[:2] == ["model", "params"] and len(parts) in (3, 4):
-        params = cfg.model.params_for(parts[2]) if len(parts) == 4 else cfg.model.params
-        return params.get(parts[-1], _MISSING)
+        owner = parts[2] if len(parts) == 4 else model_name
+        params = cfg.model.params_for(owner) if owner else cfg.model.params
+        if parts[-1] in params:
+            return params[parts[-1]]
+        return _constructor_default(owner, parts[-1]) if owner else _MISSING
     node: Any = cfg.to_dict()
     for p in parts:
         if not isinstance(node, dict) or p not in node:
@@ -143,12 +161,12 @@ def config_value(cfg: Config, key: str) -> Any:
     return node
 
 
-def config_params(cfg: Config, space: dict[str, dict]) -> dict[str, Any]:
-    """The config's own values of the searched fields, as Optuna params (choices as their JSON text), for each one
-    its distribution can hold."""
+def config_params(cfg: Config, space: dict[str, dict], model_name: str | None = None) -> dict[str, Any]:
+    """The config's own values of the searched fields (backbone arguments it leaves unset: the constructor's
+    defaults), as Optuna params (choices as their JSON text), for each one its distribution can hold."""
     out: dict[str, Any] = {}
     for key, spec in space.items():
-        v = config_value(cfg, key)
+        v = config_value(cfg, key, model_name)
         if v is _MISSING or v is None:
             continue
         if "choices" in spec:
@@ -358,7 +376,7 @@ def run_tune(run_dir: Path, cfg: Config, model_name: str, trials: int | None = N
         raise ConfigError(f"{out / 'study.db'}: this study's trials average {prev_seeds} seed(s) each, not "
                           f"tune.seeds={seeds}; set it back, or delete {out} to start over")
     if prev_space is None and not study.trials and cfg.tune.start_at_config:
-        start = config_params(base, space)
+        start = config_params(base, space, model_name)
         if start:  # trial 0 = the untuned configuration, so the study's best is never below it on validation
             study.enqueue_trial(start)
             study.set_user_attr("start_at_config", decode(space, start))

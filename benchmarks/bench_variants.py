@@ -64,6 +64,7 @@ VARIANTS = {
     "nocot-k8": {"ict": True, "sets": {"retrieval.k": 8}},
     "nocot-unbalanced": {"ict": True, "sets": {"retrieval.balanced": False}},
     "nocot-history-only": {"ict": True, "sets": {"retrieval.history_weight": 1.0, "retrieval.target_weight": 0.0}},
+    "nocot-target-only": {"ict": True, "sets": {"retrieval.history_weight": 0.0, "retrieval.target_weight": 1.0}},
     # learning-rate decay on plateau (FuxiCTR's default, worth +0.005 AUC to DCN alone: benchmarks/results/fuxictr.md)
     # on both sides: does the in-context module still add anything to a backbone trained with it?
     "base-decay": {"ict": False, "sets": {"train.plateau_lr_factor": 0.1}},

@@ -225,8 +225,6 @@ def _cmd_tune(args) -> None:
     from llmcf.tune import run_tune
 
     cfg = _config_for_run(args, args.run)
-    if args.baseline and (args.ict or args.variant):
-        raise ConfigError("--baseline and --ict are separate methods: tune one at a time")
     if args.ict or args.variant:
         cfg.ict.enabled = True
         cfg.ict.variant = args.variant or cfg.ict.variant

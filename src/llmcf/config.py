@@ -526,8 +526,8 @@ class TuneConfig:
     a distribution: ``{low, high}`` (float; ``log: true`` for a log scale; integers when both bounds are integers,
     optional ``step``) or ``{choices: [...]}`` (any YAML values, lists included). The space of a trial is ``space``
     (every backbone) ∪ ``models[<backbone>]`` ∪ (with --ict) ``ict`` ∪ (with --baseline NAME) ``baselines[NAME]``
-    (the baseline's own fields: its feature sizes, dropout, KD weight and temperature); a later one overrides an earlier one's field
-    and a field mapped to null is left out (``ict.recon_weight`` is left out for a variant without the reconstruction
+    (the baseline's own fields: its feature sizes, dropout, KD weight and temperature); a later one overrides an
+    earlier one's field and a field mapped to null is left out (``ict.recon_weight`` is left out for a variant without the reconstruction
     loss: no_cot, mean_pool). Setting ``models`` in a preset replaces the shipped per-backbone table."""
 
     trials: int = 20

@@ -18,7 +18,9 @@ Results: ``benchmarks/results/baselines-<name>.json`` (merged over invocations) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import shlex
@@ -36,6 +38,19 @@ from llmcf.io import atomic_write_json, atomic_write_text  # noqa: E402
 RESULTS_DIR = B.RESULTS_DIR
 METHODS = ("base", "textemb", "kd", "kar")
 NAMES = {"base": "base", "textemb": "textemb", "kd": "kd", "kar": "KAR", "full": "LLM-CF"}
+
+
+@contextlib.contextmanager
+def merge_lock(out: Path):
+    """Hold an exclusive lock beside ``out`` while one invocation reads, merges and rewrites it, so two invocations
+    finishing at once (e.g. DIN and DCN trained side by side) cannot drop each other's rows."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def build_config(a):
@@ -231,12 +246,15 @@ def stage_cell(row: dict) -> str:
         return f"{st.get('texts_embedded')} item texts embedded (no generation)"
     cost = st.get("cost") or {}
     if row["variant"] == "kd":
+        auc = st.get("teacher_train_auc")
         return (f"{st.get('rows_scored')} train rows scored: {cost.get('seconds', 0) / 60:.0f} min wall, "
-                f"{cost.get('cpu_seconds', 0) / 60:.0f} min CPU")
+                f"{cost.get('cpu_seconds', 0) / 60:.0f} min CPU" + (f"; teacher AUC on them {auc:.3f}" if auc else ""))
     if row["variant"] == "kar":
+        cov = (st.get("coverage") or {}).get("test")
+        share = f"; test rows with a user/item text {100 * cov['user']:.1f} % / {100 * cov['item']:.1f} %" if cov else ""
         return (f"{st.get('users_with_text')} user + {st.get('items_with_text')} item texts (≤ "
                 f"{st.get('max_new_tokens')} tokens): {cost.get('seconds', 0) / 60:.0f} min wall, "
-                f"{cost.get('cpu_seconds', 0) / 60:.0f} min CPU")
+                f"{cost.get('cpu_seconds', 0) / 60:.0f} min CPU{share}")
     return ""
 
 
@@ -345,31 +363,32 @@ def main(argv=None) -> None:
         return
     models, methods = a.models.split(","), a.methods.split(",")
     rows = train_rows(cfg, a.run_dir, models, methods, a.requests, not a.quiet)
-    old = json.loads(out.read_text()) if out.exists() else {}  # re-read: another invocation may have written since
-    keep = [r for r in old.get("rows", []) if (r["model"], r["variant"]) not in {(m, v) for m in models for v in methods}
-            and r["variant"] != "full"]
-    rows = keep + rows
-    lrows, linfo = llmcf_rows(name, {r["model"] for r in rows})
-    first = rows[0]["protocol"]
-    pool = linfo.get("pool") or {}
-    res = {
-        "name": name, "dataset": a.dataset,
-        "command": " + ".join(dict.fromkeys(x for x in [old.get("command"), cmd] if x)),
-        "machine": B.machine(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "protocol": f"split {first.get('split', {}).get('name', first.get('split'))}; {first['early_stopping']}; "
-                    f"batch {first['batch_size']}, Adam lr {first['lr']}, weight decay {first['weight_decay']}, "
-                    f"every method the same; seeds 0..{a.seeds - 1}; test at the best valid epoch",
-        "teacher": f"SmolLM2-135M-Instruct, {teacher_text(a)}, transformers on CPU, {a.llm_threads} thread, batch {a.llm_batch}; KD prompt "
-                   f"with {a.history_items} history items; KAR greedy ≤ {a.kar_tokens} new tokens, budget picks {a.kar_sample} users/items",
-        "stage_seconds": stage_seconds, "rate": old.get("rate"),
-        "models": sorted({r["model"] for r in rows}, key=lambda m: (m != "DIN", m)),
-        "rows": rows + [{**r, "llmcf_date": linfo.get("date")} for r in lrows],
-        "llmcf_stage": (f"{pool.get('rows')} CoT rows × 2 candidates ≤ 96 tokens + RecGen "
-                        f"(recorded {linfo.get('date')}; stage seconds {linfo.get('stage_seconds')})") if lrows else "",
-        "notes": list(dict.fromkeys([*old.get("notes", []), *a.note])),
-    }
-    atomic_write_json(out, json.loads(portable(json.dumps(res))))
-    print(f"[bench] wrote {out} and {write_markdown()}", flush=True)
+    with merge_lock(out):
+        old = json.loads(out.read_text()) if out.exists() else {}  # re-read: another invocation may have written since
+        keep = [r for r in old.get("rows", []) if (r["model"], r["variant"]) not in {(m, v) for m in models for v in methods}
+                and r["variant"] != "full"]
+        rows = keep + rows
+        lrows, linfo = llmcf_rows(name, {r["model"] for r in rows})
+        first = rows[0]["protocol"]
+        pool = linfo.get("pool") or {}
+        res = {
+            "name": name, "dataset": a.dataset,
+            "command": " + ".join(dict.fromkeys(x for x in [old.get("command"), cmd] if x)),
+            "machine": B.machine(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "protocol": f"split {first.get('split', {}).get('name', first.get('split'))}; {first['early_stopping']}; "
+                        f"batch {first['batch_size']}, Adam lr {first['lr']}, weight decay {first['weight_decay']}, "
+                        f"every method the same; seeds 0..{a.seeds - 1}; test at the best valid epoch",
+            "teacher": f"SmolLM2-135M-Instruct, {teacher_text(a)}, transformers on CPU, {a.llm_threads} thread, batch {a.llm_batch}; KD prompt "
+                       f"with {a.history_items} history items; KAR greedy ≤ {a.kar_tokens} new tokens, budget picks {a.kar_sample} users/items",
+            "stage_seconds": stage_seconds, "rate": old.get("rate"),
+            "models": sorted({r["model"] for r in rows}, key=lambda m: (m != "DIN", m)),
+            "rows": rows + [{**r, "llmcf_date": linfo.get("date")} for r in lrows],
+            "llmcf_stage": (f"{pool.get('rows')} CoT rows × 2 candidates ≤ 96 tokens + RecGen "
+                            f"(recorded {linfo.get('date')}; stage seconds {linfo.get('stage_seconds')})") if lrows else "",
+            "notes": list(dict.fromkeys([*old.get("notes", []), *a.note])),
+        }
+        atomic_write_json(out, json.loads(portable(json.dumps(res))))
+        print(f"[bench] wrote {out} and {write_markdown()}", flush=True)
 
 
 if __name__ == "__main__":

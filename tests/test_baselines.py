@@ -265,6 +265,15 @@ def test_train_baseline_end_to_end(tiny_run, tmp_path, baseline, capsys):
     elif baseline == "kar":
         assert stage["users_with_text"] == 10 and stage["items_with_text"] == 20
         assert stage["cost"]["rows_processed"] == 30
+        # coverage: the share of each split's rows whose user / item got a text, counted here from the files
+        from llmcf.llm.baselines.kar import read_kar_texts
+
+        users, items, _ = read_kar_texts(run)
+        for split in ("train", "test"):
+            df = pd.read_parquet(run / "data" / f"{split}.parquet")
+            want = {"user": df.user_id.astype(str).isin(users).mean(), "item": df.item_id.astype(str).isin(items).mean()}
+            assert stage["coverage"][split] == pytest.approx(want, abs=1e-4)
+        assert 0 < stage["coverage"]["train"]["user"] < 1
     else:
         assert stage["llm"] is False
     _served_equals_offline(run, tag, res)

@@ -196,7 +196,16 @@ class KAR(Baseline):
                 "texts": n, "texts_planned": manifest.get("rows"), "partial": bool(cfg.baseline.partial),
                 "users_with_text": int((np.abs(U).sum(1) > 0).sum()),
                 "items_with_text": int((np.abs(I).sum(1) > 0).sum()), "max_new_tokens": cfg.baseline.kar_max_new_tokens,
+                "coverage": kar_coverage(run.arrays, U, I),
                 "model": manifest.get("model", {}).get("kind"), "cost": manifest.get("cost"), "encoder": model_id}
+
+
+def kar_coverage(arrays: dict, U: np.ndarray, I: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per split, the share of rows whose user (``U`` row non-zero) and whose target item (``I`` row) has a KAR
+    text: a budget that writes texts for few users/items leaves most rows reading the learned "missing" vector."""
+    has_u, has_i = np.abs(U).sum(1) > 0, np.abs(I).sum(1) > 0
+    return {split: {"user": round(float(has_u[a["user"]].mean()), 4), "item": round(float(has_i[a["item"]].mean()), 4)}
+            for split, a in arrays.items() if len(a.get("user", ())) and "item" in a}
 
 
 @BASELINE_METHODS.register("boost")

@@ -228,13 +228,19 @@ def fmt(m: dict, key: str) -> str:
     return f"{m[key]['mean']:.4f} ± {m[key]['std']:.4f}"
 
 
-def llmcf_rows(name: str, models) -> tuple[list[dict], dict]:
+SAME_PROTOCOL = ("split", "early_stopping", "batch_size", "lr", "weight_decay")
+
+
+def llmcf_rows(name: str, models, protocol: dict) -> tuple[list[dict], dict]:
+    """LLM-CF's recorded rows (``llmcf-<name>.json``) for ``models``, only those trained under the same split, epoch
+    rule and optimiser as ``protocol`` (the baselines' own): a row from another epoch rule is not comparable."""
     p = RESULTS_DIR / f"llmcf-{name}.json"
     if not p.exists():
         return [], {}
     res = json.loads(p.read_text())
     ctr = res.get("ctr", {})
-    rows = [r for r in ctr.get("rows", []) if r["model"] in models and r["variant"] == "full"]
+    rows = [r for r in ctr.get("rows", []) if r["model"] in models and r["variant"] == "full"
+            and all(r.get("protocol", {}).get(k) == protocol.get(k) for k in SAME_PROTOCOL)]
     return rows, {"date": ctr.get("date"), "stage_seconds": res.get("stage_seconds"), "pool": res.get("pool")}
 
 
@@ -368,8 +374,8 @@ def main(argv=None) -> None:
         keep = [r for r in old.get("rows", []) if (r["model"], r["variant"]) not in {(m, v) for m in models for v in methods}
                 and r["variant"] != "full"]
         rows = keep + rows
-        lrows, linfo = llmcf_rows(name, {r["model"] for r in rows})
         first = rows[0]["protocol"]
+        lrows, linfo = llmcf_rows(name, {r["model"] for r in rows}, first)
         pool = linfo.get("pool") or {}
         res = {
             "name": name, "dataset": a.dataset,

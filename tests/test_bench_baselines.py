@@ -72,3 +72,21 @@ def test_regenerating_baselines_md_keeps_the_hand_written_sections(tmp_path, mon
     assert "| a |\n\nkept text" in text and text.count("## Beauty, by hand") == 1
     again = bench.write_markdown().read_text()  # idempotent: nothing doubles on a second write
     assert again == text
+
+
+def test_llmcf_rows_are_quoted_only_under_the_same_protocol(tmp_path, monkeypatch):
+    import json
+
+    bench = _bench()
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    proto = {"split": {"split": "loo"}, "early_stopping": "valid AUC, patience 2, max 20 epochs", "batch_size": 128,
+             "lr": 0.01, "weight_decay": 1e-4}
+    rows = [{"model": "DIN", "variant": "full", "protocol": proto},
+            {"model": "DCN", "variant": "full", "protocol": {**proto, "early_stopping": "valid AUC, patience 2, max 4 epochs"}},
+            {"model": "DIN", "variant": "base", "protocol": proto},
+            {"model": "xDeepFM", "variant": "full", "protocol": proto}]
+    (tmp_path / "llmcf-d.json").write_text(json.dumps({"ctr": {"rows": rows, "date": "then"}}))
+    got, info = bench.llmcf_rows("d", {"DIN", "DCN"}, proto)
+    assert [(r["model"], r["variant"]) for r in got] == [("DIN", "full")] and info["date"] == "then"
+    assert bench.llmcf_rows("d", {"DIN"}, {**proto, "lr": 0.001})[0] == []
+    assert bench.llmcf_rows("missing", {"DIN"}, proto) == ([], {})

@@ -253,8 +253,11 @@ def test_train_baseline_end_to_end(tiny_run, tmp_path, baseline, capsys):
             "llm.batch_size=8", "baseline.kar_max_new_tokens=4", "baseline.kd_rows=24", "baseline.kar_users=10",
             "train.max_epochs=1", "train.batch_size=32", "baseline.dim=4", "baseline.hidden=8"]
     args = ["train", "--run", str(run), "--model", "DIN", "--baseline", baseline, "--quiet"]
-    assert main([*args, *sum((["--set", s] for s in sets), [])]) == 0
     tag = f"DIN+{baseline}"
+    plan = _baseline_plan(run, sets, baseline)
+    assert (plan["name"], plan["tag"], plan["pending_seeds"]) == (f"train {tag}", tag, [0])
+    assert main([*args, *sum((["--set", s] for s in sets), [])]) == 0
+    assert _baseline_plan(run, sets, baseline)["cached_seeds"] == [0]  # the trained seed, its LLM-stage stamp aside
     summary = json.loads((run / "models" / tag / "summary.json").read_text())
     res = json.loads((run / "models" / tag / "seed_0" / "result.json").read_text())
     assert 0 <= res["test"]["auc"] <= 1 and res["test"]["logloss"] > 0
@@ -283,6 +286,18 @@ def test_train_baseline_end_to_end(tiny_run, tmp_path, baseline, capsys):
     out = capsys.readouterr().out
     assert "cached" in out.lower()
     assert json.loads((run / "models" / tag / "seed_0" / "result.json").read_text()) == res
+
+
+def _baseline_plan(run, sets: list[str], baseline: str) -> dict:
+    """`llmcf run --plan`'s row for DIN+<baseline> when the run lists it under `baselines:`."""
+    from llmcf.config import load_config
+    from llmcf.plan import make_plan
+
+    cfg = load_config(str(run / "config.yaml"), [*sets, "models=[DIN]", "variants=[base]", f"baselines=[{baseline}]"])
+    cfg.seq_models = []
+    rows = [r for r in make_plan(cfg, run) if r.get("tag", "").startswith("DIN+")]
+    assert len(rows) == 1
+    return rows[0]
 
 
 def _served_equals_offline(run, tag: str, res: dict) -> None:

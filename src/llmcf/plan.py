@@ -74,7 +74,7 @@ def _estimate(work: list[tuple[str, int, str]], rates: dict) -> tuple[str, float
 
 def make_plan(cfg: Config, run_dir: Path, force: set[str] | None = None) -> list[dict]:
     """One dict per stage and per model seed: name, status (cached | pending), detail, seconds (estimate or None)."""
-    from llmcf.pipeline import ORDER, cfg_variant, stage_hash
+    from llmcf.pipeline import ORDER, cfg_baseline, cfg_variant, stage_hash
 
     force = force or set()
     run_dir = Path(run_dir)
@@ -93,6 +93,8 @@ def make_plan(cfg: Config, run_dir: Path, force: set[str] | None = None) -> list
         for variant in cfg.variants:
             v = cfg_variant(cfg, variant)
             rows += ctr_seed_rows(run_dir, v, name, hashes["retrieve"] if v.ict.enabled else "", rates)
+        for baseline in cfg.baselines:  # <backbone>+<baseline>, trained after the variants (pipeline.run_pipeline)
+            rows += ctr_seed_rows(run_dir, cfg_baseline(cfg, baseline), name, "", rates)
     if cfg.seq_models:
         from llmcf.config import model_tag
         from llmcf.fingerprint import model_cache_key, seq_config_hash
@@ -111,14 +113,23 @@ def make_plan(cfg: Config, run_dir: Path, force: set[str] | None = None) -> list
 
 
 def ctr_seed_rows(run_dir: Path, cfg: Config, name: str, upstream: str = "", rates: dict | None = None) -> list[dict]:
-    """Plan rows of one CTR model's seeds (``cfg`` already the variant's config; ``upstream`` as run_train gets it)."""
-    from llmcf.config import model_tag
+    """Plan rows of one CTR model's seeds (``cfg`` already the variant's or baseline's config; ``upstream`` as
+    run_train gets it). A baseline's key ends with the stamp of its LLM outputs (``CTRTask.cache_key``), which only
+    its LLM stage can compute; the plan matches the rest of the key, so a seed whose texts/scores have since changed
+    shows as cached here and is retrained when training finds the new stamp."""
+    from llmcf.config import baseline_tag, model_tag
     from llmcf.fingerprint import ctr_config_hash, model_cache_key
 
     chash = model_cache_key(ctr_config_hash(cfg, name), name, upstream)  # as CTRTask.cache_key
+    if cfg.baseline.name:
+        def is_cached(rec):
+            return str(rec.get("config_hash", "")).rsplit("-", 1)[0] == chash
+    else:
+        def is_cached(rec):
+            return rec.get("config_hash") == chash
     seeds = range(cfg.train.seed, cfg.train.seed + cfg.train.seeds)
-    return _model_rows(Path(run_dir), model_tag(name, cfg.ict.enabled, cfg.ict.variant), seeds, lambda rec: rec.get("config_hash") == chash,
-                       load_rates() if rates is None else rates)
+    tag = model_tag(name, cfg.ict.enabled, cfg.ict.variant, baseline=baseline_tag(cfg.baseline))
+    return _model_rows(Path(run_dir), tag, seeds, is_cached, load_rates() if rates is None else rates)
 
 
 def _model_rows(run_dir: Path, tag: str, seeds, is_cached, rates: dict) -> list[dict]:

@@ -121,12 +121,9 @@ def ctr_seed_rows(run_dir: Path, cfg: Config, name: str, upstream: str = "", rat
     from llmcf.fingerprint import ctr_config_hash, model_cache_key
 
     chash = model_cache_key(ctr_config_hash(cfg, name), name, upstream)  # as CTRTask.cache_key
-    if cfg.baseline.name:
-        def is_cached(rec):
-            return str(rec.get("config_hash", "")).rsplit("-", 1)[0] == chash
-    else:
-        def is_cached(rec):
-            return rec.get("config_hash") == chash
+    def is_cached(rec):
+        key = str(rec.get("config_hash", ""))
+        return (key.rsplit("-", 1)[0] if cfg.baseline.name else key) == chash
     seeds = range(cfg.train.seed, cfg.train.seed + cfg.train.seeds)
     tag = model_tag(name, cfg.ict.enabled, cfg.ict.variant, baseline=baseline_tag(cfg.baseline))
     return _model_rows(Path(run_dir), tag, seeds, is_cached, load_rates() if rates is None else rates)

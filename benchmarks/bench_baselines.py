@@ -214,14 +214,31 @@ def train_rows(cfg, run_dir: Path, models, methods, requests: int, progress: boo
             print(format_summary(s), f"[{time.perf_counter() - t0:.0f}s]", flush=True)
             row = B.summary_row(s, method, run_dir)
             row["llm_stage"] = s.get("llm_stage")
+            row["cpu_seconds_per_epoch"] = cpu_per_epoch(Path(run_dir) / "models" / s["tag"], s["seeds"])
             row["online"] = online_cost(run, mcfg, name, requests)
             rows.append(row)
     return rows
 
 
-def spe(r: dict) -> float:
+def cpu_per_epoch(model_dir: Path, seeds) -> float | None:
+    """Mean CPU (process) seconds of a training epoch over ``seeds`` (each seed's result.json curve), or None when a
+    seed's curve has no CPU time."""
+    per_seed = []
+    for seed in seeds:
+        curve = json.loads((model_dir / f"seed_{seed}" / "result.json").read_text()).get("curve") or []
+        cpu = [c["cpu_seconds"] for c in curve if c.get("cpu_seconds") is not None]
+        if not cpu:
+            return None
+        per_seed.append(sum(cpu) / len(cpu))
+    return round(sum(per_seed) / len(per_seed), 2) if per_seed else None
+
+
+def spe(r: dict) -> str:
+    """Wall seconds per epoch, with CPU seconds beside them when recorded."""
     v = r["seconds_per_epoch"]
-    return v["mean"] if isinstance(v, dict) else v
+    wall = v["mean"] if isinstance(v, dict) else v
+    cpu = r.get("cpu_seconds_per_epoch")
+    return f"{wall:.1f}" + (f" ({cpu:.1f} CPU)" if cpu is not None else "")
 
 
 def fmt(m: dict, key: str) -> str:
@@ -277,7 +294,8 @@ def write_markdown() -> Path:
     generated: set[str] = set()
     parts = ["# Baselines vs LLM-CF (CTR)", "",
              "Written by `benchmarks/bench_baselines.py` from `benchmarks/results/baselines-*.json`. Mean ± sample "
-             "std over seeds. s/epoch: mean training time of one epoch on a shared 2-core CPU (other jobs running). "
+             "std over seeds. s/epoch: mean wall time of one training epoch on a shared 2-core CPU (other jobs "
+             "running), its CPU (process) time in brackets where recorded. "
              "Online: CPU ms of one in-process model forward for a one-row request (median), the LLM never called "
              "online by any method. LLM-CF's row is quoted from `llmcf-<dataset>.json` (same data build, split, "
              "trainer and epoch rule, trained on another day: its s/epoch is not comparable)."]
@@ -302,7 +320,7 @@ def write_markdown() -> Path:
                 cell = stage_cell(r) if r["variant"] != "full" else res.get("llmcf_stage", "")
                 parts.append(f"| {model} | {NAMES.get(r['variant'], r['variant'])} | {fmt(r['test'], 'auc')} | "
                              f"{fmt(r['test'], 'logloss')} | {d} | {len(r['seeds'])} | "
-                             f"{spe(r):.1f} | {online} | {cell} |")
+                             f"{spe(r)} | {online} | {cell} |")
         if res.get("notes"):
             parts += [""] + res["notes"]
     for section in kept_sections(previous, generated):

@@ -90,3 +90,19 @@ def test_llmcf_rows_are_quoted_only_under_the_same_protocol(tmp_path, monkeypatc
     assert [(r["model"], r["variant"]) for r in got] == [("DIN", "full")] and info["date"] == "then"
     assert bench.llmcf_rows("d", {"DIN"}, {**proto, "lr": 0.001})[0] == []
     assert bench.llmcf_rows("missing", {"DIN"}, proto) == ([], {})
+
+
+def test_cpu_seconds_per_epoch_come_from_the_seeds_curves(tmp_path):
+    import json
+
+    bench = _bench()
+    for seed, cpu in ((0, [10.0, 20.0]), (1, [30.0])):
+        (tmp_path / f"seed_{seed}").mkdir()
+        curve = [{"epoch": k + 1, "seconds": 99.0, "cpu_seconds": c} for k, c in enumerate(cpu)]
+        (tmp_path / f"seed_{seed}" / "result.json").write_text(json.dumps({"curve": curve}))
+    assert bench.cpu_per_epoch(tmp_path, [0, 1]) == 22.5  # (15 + 30) / 2
+    (tmp_path / "seed_2").mkdir()
+    (tmp_path / "seed_2" / "result.json").write_text(json.dumps({"curve": [{"epoch": 1, "seconds": 5.0}]}))
+    assert bench.cpu_per_epoch(tmp_path, [0, 2]) is None
+    row = {"seconds_per_epoch": {"mean": 40.04}, "cpu_seconds_per_epoch": 22.5}
+    assert bench.spe(row) == "40.0 (22.5 CPU)" and bench.spe({"seconds_per_epoch": 3.0}) == "3.0"
